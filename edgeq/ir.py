@@ -1,0 +1,123 @@
+"""The small typed graph that every stage shares: importers produce it, passes rewrite it, the quantizer
+turns float ops into integer ops, the bundle stores it and the runtime executes it.
+
+Float graphs use ONNX op names (``Conv``, ``Gemm``...); quantized graphs use the ``Q*`` ops of
+``edgeq.runtimes.registry``. Shapes always carry the batch dimension first; a graph whose batch is
+dynamic is stored at batch 1 and ``dynamic_batch`` says the runtime may run any batch size.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class Tensor:
+    """A value in the graph: shape, element type and (for quantized tensors) its quantization."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str  # numpy dtype name: "float32", "int8", "int32"
+    scale: list[float] | None = None  # one per tensor, or one per channel along ``axis``
+    zero_point: list[int] | None = None
+    axis: int | None = None
+
+    @property
+    def size(self) -> int:
+        """Number of elements."""
+        return int(np.prod(self.shape, dtype=np.int64))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of one instance of the tensor."""
+        return self.size * np.dtype(self.dtype).itemsize
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form used by the bundle manifest."""
+        d: dict[str, Any] = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+        if self.scale is not None:
+            d.update(scale=self.scale, zero_point=self.zero_point, axis=self.axis)
+        return d
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "Tensor":
+        """Inverse of :meth:`to_dict`."""
+        return Tensor(d["name"], tuple(int(s) for s in d["shape"]), d["dtype"], d.get("scale"),
+                      d.get("zero_point"), d.get("axis"))
+
+
+@dataclass
+class Node:
+    """One operation: op type, input/output tensor names and JSON-able attributes."""
+
+    op: str
+    name: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form used by the bundle manifest."""
+        return {"op": self.op, "name": self.name, "inputs": self.inputs, "outputs": self.outputs,
+                "attrs": self.attrs}
+
+    @staticmethod
+    def from_dict(d: dict[str, Any]) -> "Node":
+        """Inverse of :meth:`to_dict`."""
+        return Node(d["op"], d["name"], list(d["inputs"]), list(d["outputs"]), dict(d.get("attrs", {})))
+
+
+@dataclass
+class Graph:
+    """Nodes in execution order, the tensors they connect, and constant tensor data."""
+
+    nodes: list[Node]
+    tensors: dict[str, Tensor]
+    inputs: list[str]
+    outputs: list[str]
+    consts: dict[str, np.ndarray] = field(default_factory=dict)
+    dynamic_batch: bool = False
+
+    def producers(self) -> dict[str, Node]:
+        """Map tensor name -> the node that writes it."""
+        return {o: n for n in self.nodes for o in n.outputs}
+
+    def consumers(self) -> dict[str, list[Node]]:
+        """Map tensor name -> nodes that read it (graph outputs are not nodes)."""
+        users: dict[str, list[Node]] = {}
+        for n in self.nodes:
+            for i in n.inputs:
+                if i:
+                    users.setdefault(i, []).append(n)
+        return users
+
+    def add_const(self, name: str, value: np.ndarray, **quant: Any) -> str:
+        """Register a constant tensor and return its name."""
+        value = np.ascontiguousarray(value)
+        self.consts[name] = value
+        self.tensors[name] = Tensor(name, tuple(value.shape), value.dtype.name, **quant)
+        return name
+
+    def unique_name(self, base: str) -> str:
+        """A tensor name not used yet in this graph."""
+        name, i = base, 0
+        while name in self.tensors:
+            i += 1
+            name = f"{base}_{i}"
+        return name
+
+    def prune(self) -> None:
+        """Drop nodes whose outputs nobody reads and tensors nobody references."""
+        live = set(self.outputs)
+        kept: list[Node] = []
+        for node in reversed(self.nodes):
+            if any(o in live for o in node.outputs):
+                kept.append(node)
+                live.update(i for i in node.inputs if i)
+        self.nodes = kept[::-1]
+        live.update(self.inputs)
+        self.tensors = {k: v for k, v in self.tensors.items() if k in live}
+        self.consts = {k: v for k, v in self.consts.items() if k in live}

@@ -1,0 +1,123 @@
+"""Running an integer graph: on the reference kernels node by node, or as one compiled program.
+
+Floats appear only at the boundary: ``quantize_inputs`` before the first op and ``dequantize_outputs``
+after the last one. Everything in between is integer arithmetic.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import numpy as np
+
+from edgeq.errors import BackendError, InputError
+from edgeq.ir import Graph, Tensor
+from .planner import MemoryPlan, plan_memory
+from .program import compile_program, pack_consts
+from .registry import OPS
+
+BACKENDS = ("reference", "numba", "c")
+_COMPILED = {"numba": "edgeq.runtimes.numba_backend", "c": "edgeq.runtimes.c_backend"}
+
+
+def quantize(x: np.ndarray, t: Tensor) -> np.ndarray:
+    """Float -> int8 with the tensor's (per-tensor) scale and zero point, rounding half to even."""
+    q = np.rint(np.asarray(x, dtype=np.float32) / np.float32(t.scale[0])) + t.zero_point[0]
+    return np.clip(q, -128, 127).astype(np.int8)
+
+
+def dequantize(q: np.ndarray, t: Tensor) -> np.ndarray:
+    """int8 -> float32 with the tensor's scale and zero point."""
+    return ((q.astype(np.int32) - t.zero_point[0]) * np.float32(t.scale[0])).astype(np.float32)
+
+
+def load_backend(name: str) -> Any:
+    """Import a compiled backend module (``numba`` or ``c``), with a clear error when it cannot run."""
+    if name not in _COMPILED:
+        raise BackendError(f"unknown backend '{name}'; choose one of {', '.join(BACKENDS)}")
+    module = importlib.import_module(_COMPILED[name])
+    module.ensure_available()
+    return module
+
+
+class Executor:
+    """Runs one integer graph on one backend; create once, call :meth:`run_quantized` many times."""
+
+    def __init__(self, graph: Graph, backend: str = "numba", plan: MemoryPlan | None = None,
+                 pool: np.ndarray | None = None, const_offsets: dict[str, int] | None = None):
+        self.graph = graph
+        self.backend_name = backend
+        self.plan = plan or plan_memory(graph)
+        if backend == "reference":
+            self._backend = None
+            return
+        self._backend = load_backend(backend)
+        if pool is None or const_offsets is None:
+            pool, const_offsets = pack_consts(graph.consts)
+        self._pool = pool
+        self.program = compile_program(graph, self.plan, const_offsets)
+        self._arena = np.zeros(max(self.program.arena_bytes, 1), dtype=np.int8)
+
+    def set_threads(self, n: int) -> None:
+        """Number of threads the compiled kernels may use."""
+        if self._backend is not None:
+            self._backend.set_threads(n)
+
+    def check_inputs(self, inputs: dict[str, np.ndarray], dtype: str | None = None) -> int:
+        """Validate names, shapes (and dtype if given) of ``inputs``; return the batch size."""
+        g = self.graph
+        missing = [n for n in g.inputs if n not in inputs]
+        if missing:
+            raise InputError(f"missing input '{missing[0]}'; the model's inputs are {', '.join(g.inputs)}")
+        extra = [n for n in inputs if n not in g.inputs]
+        if extra:
+            raise InputError(f"unknown input '{extra[0]}'; the model's inputs are {', '.join(g.inputs)}")
+        batches = set()
+        for name in g.inputs:
+            x, want = inputs[name], g.tensors[name].shape
+            if dtype is not None and np.asarray(x).dtype != np.dtype(dtype):
+                raise InputError(f"input '{name}' has dtype {np.asarray(x).dtype}, expected {dtype}")
+            shape = tuple(np.shape(x))
+            ok = shape[1:] == want[1:] and len(shape) == len(want) and (g.dynamic_batch or shape[0] == want[0])
+            if not ok:
+                exp = ("N" if g.dynamic_batch else str(want[0])) + "".join(f"x{d}" for d in want[1:])
+                raise InputError(f"input '{name}' has shape {'x'.join(map(str, shape)) or 'scalar'}, "
+                                 f"expected {exp}")
+            batches.add(shape[0])
+        if len(batches) != 1:
+            raise InputError(f"inputs disagree on the batch size: {sorted(batches)}")
+        return batches.pop()
+
+    def run_quantized(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """int8 inputs -> int8 outputs (the bit-exact contract between backends)."""
+        n = self.check_inputs(inputs, "int8")
+        if self._backend is None:
+            return self._run_reference(inputs)
+        g, prog = self.graph, self.program
+        in_buf = np.ascontiguousarray(np.concatenate([inputs[k].reshape(n, -1) for k in g.inputs], axis=1))
+        out_buf = np.empty((n, int(prog.outputs[:, 1].sum())), dtype=np.int8)
+        self._backend.execute(prog.words, self._arena, self._pool, in_buf, prog.inputs, out_buf, prog.outputs)
+        outs, pos = {}, 0
+        for name, (_, size) in zip(g.outputs, prog.outputs):
+            outs[name] = out_buf[:, pos: pos + size].reshape((n,) + g.tensors[name].shape[1:])
+            pos += size
+        return outs
+
+    def _run_reference(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {k: v for k, v in self.run_reference_all(inputs).items() if k in self.graph.outputs}
+
+    def run_reference_all(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Reference run returning every intermediate tensor (used for per-layer error reports)."""
+        values: dict[str, np.ndarray] = dict(self.graph.consts)
+        values.update(inputs)
+        for node in self.graph.nodes:
+            args = [values[i] for i in node.inputs if i]
+            values[node.outputs[0]] = OPS[node.op].reference(node, args)
+        return values
+
+    def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """float inputs -> float outputs: quantize, run integer-only, dequantize."""
+        self.check_inputs(inputs)
+        q = {k: quantize(v, self.graph.tensors[k]) for k, v in inputs.items()}
+        return {k: dequantize(v, self.graph.tensors[k]) for k, v in self.run_quantized(q).items()}

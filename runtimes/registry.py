@@ -1,0 +1,209 @@
+"""The op registry: for every integer op, its reference kernel and its program encoding.
+
+Optimized kernels do not live here as Python callables: the Numba and C backends each run a whole
+program in one call (so Python overhead is paid once per inference, not once per op) and dispatch on
+the ``opcode`` below. ``encode`` turns a node into the int64 words those kernels read; the word layout
+of each op is written next to its encoder and is the contract between this file, ``numba_kernels.py``
+and ``c/edgeq_kernels.c`` (tests check every backend against ``reference`` for every op).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+
+from edgeq.ir import Node
+from . import reference as ref
+
+NONE = -1  # offset of an absent optional operand (e.g. no fused table)
+
+
+class EncodeContext(Protocol):
+    """What an encoder may ask about the planned graph (see ``program.compile_program``)."""
+
+    def act(self, name: str) -> int: ...          # byte offset of an activation in the arena
+    def const(self, name: str) -> int: ...        # byte offset of a constant in the constant pool
+    def is_const(self, name: str) -> bool: ...
+    def shape(self, name: str) -> tuple[int, ...]:  # per-sample shape (batch dimension removed)
+        ...
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """One integer op: how the reference runs it and how compiled backends receive it."""
+
+    name: str
+    opcode: int
+    reference: Callable[[Node, list[np.ndarray]], np.ndarray]
+    encode: Callable[[Node, EncodeContext], list[int]]
+
+
+def _optional(ctx: EncodeContext, node: Node, i: int) -> int:
+    return ctx.const(node.inputs[i]) if len(node.inputs) > i and node.inputs[i] else NONE
+
+
+def _clamp(a: dict) -> list[int]:
+    return [a["act_min"], a["act_max"]]
+
+
+# --- QConv: [x, w, bias, mult, shift, lut?] -> y
+# words: x w bias mult shift lut y | C H W OC OH OW KH KW | sh sw pt pl dh dw group | x_zp y_zp min max
+def _enc_conv(n: Node, ctx: EncodeContext) -> list[int]:
+    a = n.attrs
+    c, h, w = ctx.shape(n.inputs[0])
+    oc, oh, ow = ctx.shape(n.outputs[0])
+    kh, kw = ctx.shape(n.inputs[1])[2:]
+    return [ctx.act(n.inputs[0]), *(ctx.const(t) for t in n.inputs[1:5]), _optional(ctx, n, 5),
+            ctx.act(n.outputs[0]), c, h, w, oc, oh, ow, kh, kw, *a["strides"], a["pads"][0], a["pads"][1],
+            *a["dilations"], a["group"], a["x_zp"], a["y_zp"], *_clamp(a)]
+
+
+def _ref_conv(n: Node, x: list[np.ndarray]) -> np.ndarray:
+    return ref.conv(*x, **n.attrs)
+
+
+# --- QFullyConnected: [x, w, bias, mult, shift, lut?] -> y ; x is [N, K], w is [OC, K]
+# words: x w bias mult shift lut y | K OC | x_zp y_zp min max
+def _enc_fc(n: Node, ctx: EncodeContext) -> list[int]:
+    a = n.attrs
+    k, oc = ctx.shape(n.inputs[0])[-1], ctx.shape(n.outputs[0])[-1]
+    return [ctx.act(n.inputs[0]), *(ctx.const(t) for t in n.inputs[1:5]), _optional(ctx, n, 5),
+            ctx.act(n.outputs[0]), k, oc, a["x_zp"], a["y_zp"], *_clamp(a)]
+
+
+def _ref_fc(n: Node, x: list[np.ndarray]) -> np.ndarray:
+    return ref.fully_connected(*x, **n.attrs)
+
+
+def broadcast_strides(shape: tuple[int, ...], out: tuple[int, ...]) -> list[int]:
+    """Element strides of ``shape`` read as the 4-D ``out`` (right-aligned, 0 where broadcast)."""
+    shape = (1,) * (4 - len(shape)) + tuple(shape)
+    strides, step = [0] * 4, 1
+    for i in range(3, -1, -1):
+        strides[i] = step if shape[i] != 1 else 0
+        step *= shape[i]
+    return strides
+
+
+def _binary_header(n: Node, ctx: EncodeContext) -> list[int]:
+    out = ctx.shape(n.outputs[0])
+    if len(out) > 4:
+        raise ValueError(f"{n.op} {n.name}: more than 4 dimensions per sample")
+    out4 = (1,) * (4 - len(out)) + tuple(out)
+    words = []
+    for t in n.inputs[:2]:
+        words += [ctx.const(t) if ctx.is_const(t) else ctx.act(t), int(ctx.is_const(t))]
+    words += [_optional(ctx, n, 2), ctx.act(n.outputs[0]), *out4]
+    for t in n.inputs[:2]:
+        words += broadcast_strides(ctx.shape(t), out4)
+    return words
+
+
+# --- QAdd / QMul: [a, b, lut?] -> y, either operand may be a constant, numpy broadcasting
+# words: a a_const b b_const lut y | d0 d1 d2 d3 | a_strides[4] b_strides[4] | quant... min max
+def _enc_add(n: Node, ctx: EncodeContext) -> list[int]:
+    a = n.attrs
+    return _binary_header(n, ctx) + [a[k] for k in ("a_zp", "b_zp", "y_zp", "a_mult", "a_shift", "b_mult",
+                                                    "b_shift", "y_mult", "y_shift")] + _clamp(a)
+
+
+def _enc_mul(n: Node, ctx: EncodeContext) -> list[int]:
+    a = n.attrs
+    return _binary_header(n, ctx) + [a[k] for k in ("a_zp", "b_zp", "y_zp", "y_mult", "y_shift")] + _clamp(a)
+
+
+def _ref_add(n: Node, x: list[np.ndarray]) -> np.ndarray:
+    return ref.add(*x, **n.attrs)
+
+
+def _ref_mul(n: Node, x: list[np.ndarray]) -> np.ndarray:
+    return ref.mul(*x, **n.attrs)
+
+
+# --- QLut: [x, table] -> y ; words: x table y count
+def _enc_lut(n: Node, ctx: EncodeContext) -> list[int]:
+    return [ctx.act(n.inputs[0]), ctx.const(n.inputs[1]), ctx.act(n.outputs[0]),
+            int(np.prod(ctx.shape(n.inputs[0])))]
+
+
+def _ref_lut(n: Node, x: list[np.ndarray]) -> np.ndarray:
+    return ref.lut(*x)
+
+
+# --- QMaxPool: [x] -> y ; words: x y | C H W OH OW KH KW | sh sw pt pl dh dw | min max
+def _enc_maxpool(n: Node, ctx: EncodeContext) -> list[int]:
+    a = n.attrs
+    c, h, w = ctx.shape(n.inputs[0])
+    _, oh, ow = ctx.shape(n.outputs[0])
+    return [ctx.act(n.inputs[0]), ctx.act(n.outputs[0]), c, h, w, oh, ow, *a["kernel"], *a["strides"],
+            a["pads"][0], a["pads"][1], *a["dilations"], *_clamp(a)]
+
+
+def _ref_maxpool(n: Node, x: list[np.ndarray]) -> np.ndarray:
+    return ref.max_pool(*x, **n.attrs)
+
+
+# --- QAvgPool: [x] -> y ; words: x y | C H W OH OW KH KW | sh sw pt pl | count_include_pad x_zp y_zp min max
+def _enc_avgpool(n: Node, ctx: EncodeContext) -> list[int]:
+    a = n.attrs
+    c, h, w = ctx.shape(n.inputs[0])
+    _, oh, ow = ctx.shape(n.outputs[0])
+    return [ctx.act(n.inputs[0]), ctx.act(n.outputs[0]), c, h, w, oh, ow, *a["kernel"], *a["strides"],
+            a["pads"][0], a["pads"][1], int(a["count_include_pad"]), a["x_zp"], a["y_zp"], *_clamp(a)]
+
+
+def _ref_avgpool(n: Node, x: list[np.ndarray]) -> np.ndarray:
+    return ref.avg_pool(*x, **n.attrs)
+
+
+# --- QSoftmax: [x, table(int32[256])] -> y over the last axis ; words: x table y rows cols
+def _enc_softmax(n: Node, ctx: EncodeContext) -> list[int]:
+    shape = ctx.shape(n.inputs[0])
+    cols = shape[-1]
+    return [ctx.act(n.inputs[0]), ctx.const(n.inputs[1]), ctx.act(n.outputs[0]),
+            int(np.prod(shape)) // cols, cols]
+
+
+def _ref_softmax(n: Node, x: list[np.ndarray]) -> np.ndarray:
+    return ref.softmax(*x)
+
+
+# --- QConcat: [x0, x1, ...] -> y along attrs["axis"] (>= 1)
+# words: y outer n_inputs y_zp | per input: x inner x_zp mult shift
+def _enc_concat(n: Node, ctx: EncodeContext) -> list[int]:
+    a = n.attrs
+    axis = a["axis"] - 1  # per-sample axis
+    out = ctx.shape(n.outputs[0])
+    words = [ctx.act(n.outputs[0]), int(np.prod(out[:axis])), len(n.inputs), a["y_zp"]]
+    for t, zp, m, s in zip(n.inputs, a["x_zps"], a["mults"], a["shifts"]):
+        words += [ctx.act(t), int(np.prod(ctx.shape(t)[axis:])), zp, m, s]
+    return words
+
+
+def _ref_concat(n: Node, x: list[np.ndarray]) -> np.ndarray:
+    return ref.concat(*x, **n.attrs)
+
+
+# --- QReshape: [x] -> y ; words: x y count (a no-op when the planner aliased y onto x)
+def _enc_reshape(n: Node, ctx: EncodeContext) -> list[int]:
+    return [ctx.act(n.inputs[0]), ctx.act(n.outputs[0]), int(np.prod(ctx.shape(n.inputs[0])))]
+
+
+def _ref_reshape(n: Node, x: list[np.ndarray]) -> np.ndarray:
+    return ref.reshape(x[0], **n.attrs)
+
+
+OPS: dict[str, OpDef] = {op.name: op for op in [
+    OpDef("QConv", 1, _ref_conv, _enc_conv),
+    OpDef("QFullyConnected", 2, _ref_fc, _enc_fc),
+    OpDef("QAdd", 3, _ref_add, _enc_add),
+    OpDef("QMul", 4, _ref_mul, _enc_mul),
+    OpDef("QLut", 5, _ref_lut, _enc_lut),
+    OpDef("QMaxPool", 6, _ref_maxpool, _enc_maxpool),
+    OpDef("QAvgPool", 7, _ref_avgpool, _enc_avgpool),
+    OpDef("QSoftmax", 8, _ref_softmax, _enc_softmax),
+    OpDef("QConcat", 9, _ref_concat, _enc_concat),
+    OpDef("QReshape", 10, _ref_reshape, _enc_reshape),
+]}
