@@ -1,0 +1,150 @@
+"""Float NumPy kernels for the float graph: used to fold constants, infer shapes, calibrate, and measure
+the quantized model's error against the float model (checked against onnxruntime in the tests).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from edgeq.ir import Node
+
+ACTIVATIONS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
+    "Relu": lambda x, a: np.maximum(x, 0),
+    "Clip": lambda x, a: np.clip(x, a.get("min", -np.inf), a.get("max", np.inf)),
+    "HardSigmoid": lambda x, a: np.clip(a.get("alpha", 0.2) * x + a.get("beta", 0.5), 0, 1),
+    "HardSwish": lambda x, a: x * np.clip(x / 6 + 0.5, 0, 1),
+    "Sigmoid": lambda x, a: 1 / (1 + np.exp(-x)),
+}
+
+
+def apply_activation(x: np.ndarray, act: dict | None) -> np.ndarray:
+    """Apply a fused activation ``{"op": name, **attrs}`` (or nothing)."""
+    return x if act is None else ACTIVATIONS[act["op"]](x, act).astype(x.dtype)
+
+
+def _windows(x: np.ndarray, kernel, strides, pads, dilations, pad_value: float) -> np.ndarray:
+    """(N, C, OH, OW, KH, KW) view of every kernel window over the padded input."""
+    pt, pl, pb, pr = pads
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)), constant_values=pad_value)
+    kh = (kernel[0] - 1) * dilations[0] + 1
+    kw = (kernel[1] - 1) * dilations[1] + 1
+    v = np.lib.stride_tricks.sliding_window_view(xp, (kh, kw), axis=(2, 3))
+    return v[:, :, ::strides[0], ::strides[1], ::dilations[0], ::dilations[1]]
+
+
+def conv(x, w, b=None, *, strides, pads, dilations, group, act=None):
+    """Grouped 2-D convolution, NCHW / OIHW."""
+    n, c = x.shape[:2]
+    oc, cg, kh, kw = w.shape
+    win = _windows(x, (kh, kw), strides, pads, dilations, 0.0)
+    oh, ow = win.shape[2:4]
+    win = win.reshape(n, group, cg, oh, ow, kh, kw)
+    y = np.einsum("ngchwkl,gockl->ngohw", win, w.reshape(group, oc // group, cg, kh, kw), optimize=True)
+    y = y.reshape(n, oc, oh, ow)
+    if b is not None:
+        y = y + b[None, :, None, None]
+    return apply_activation(y.astype(np.float32), act)
+
+
+def fully_connected(x, w, b=None, *, act=None):
+    """y = x @ w.T + b with w [OC, K]."""
+    y = x @ w.T
+    if b is not None:
+        y = y + b
+    return apply_activation(y.astype(np.float32), act)
+
+
+def max_pool(x, *, kernel, strides, pads, dilations, act=None):
+    """Max over windows; padding never wins."""
+    return apply_activation(_windows(x, kernel, strides, pads, dilations, -np.inf).max(axis=(-2, -1)), act)
+
+
+def avg_pool(x, *, kernel, strides, pads, count_include_pad, act=None):
+    """Mean over windows, counting padding only when ``count_include_pad``."""
+    total = _windows(x, kernel, strides, pads, (1, 1), 0.0).sum(axis=(-2, -1))
+    if count_include_pad:
+        return apply_activation((total / (kernel[0] * kernel[1])).astype(np.float32), act)
+    ones = np.ones((1, 1) + x.shape[2:], dtype=np.float32)
+    count = _windows(ones, kernel, strides, pads, (1, 1), 0.0).sum(axis=(-2, -1))
+    return apply_activation((total / count).astype(np.float32), act)
+
+
+def softmax(x, *, axis=-1):
+    """Softmax along ``axis``."""
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return (e / e.sum(axis=axis, keepdims=True)).astype(np.float32)
+
+
+def _binary(fn):
+    return lambda n, xs: apply_activation(fn(xs[0], xs[1]), n.attrs.get("act"))
+
+
+def _gather(n: Node, xs: list[np.ndarray]) -> np.ndarray:
+    return np.take(xs[0], xs[1], axis=n.attrs.get("axis", 0))
+
+
+def _slice(n: Node, xs: list[np.ndarray]) -> np.ndarray:
+    x, starts, ends = xs[0], xs[1], xs[2]
+    axes = xs[3] if len(xs) > 3 else np.arange(len(starts))
+    steps = xs[4] if len(xs) > 4 else np.ones(len(starts), dtype=np.int64)
+    index = [slice(None)] * x.ndim
+    for s, e, a, st in zip(starts, ends, axes, steps):
+        index[int(a)] = slice(int(s), int(e), int(st))
+    return x[tuple(index)]
+
+
+def _reshape(n: Node, xs: list[np.ndarray]) -> np.ndarray:
+    shape = [int(d) for d in (n.attrs["shape"] if "shape" in n.attrs else xs[1])]
+    # ONNX: 0 copies the input's dimension (allowzero=0); the batch follows the input.
+    shape = [xs[0].shape[i] if d == 0 else d for i, d in enumerate(shape)]
+    if "shape" in n.attrs:
+        shape[0] = xs[0].shape[0]
+    return xs[0].reshape(shape)
+
+
+def _unsqueeze(n: Node, xs: list[np.ndarray]) -> np.ndarray:
+    axes = n.attrs.get("axes", xs[1].tolist() if len(xs) > 1 else [])
+    out = xs[0]
+    for a in sorted(int(a) % (out.ndim + len(axes)) for a in axes):
+        out = np.expand_dims(out, a)
+    return out
+
+
+def _squeeze(n: Node, xs: list[np.ndarray]) -> np.ndarray:
+    axes = n.attrs.get("axes", xs[1].tolist() if len(xs) > 1 else None)
+    return np.squeeze(xs[0], axis=None if axes is None else tuple(int(a) for a in axes))
+
+
+FLOAT_OPS: dict[str, Callable[[Node, list[np.ndarray]], np.ndarray]] = {
+    "Conv": lambda n, xs: conv(*xs, **n.attrs),
+    "FullyConnected": lambda n, xs: fully_connected(*xs, **n.attrs),
+    "Add": _binary(np.add),
+    "Sub": _binary(np.subtract),
+    "Mul": _binary(np.multiply),
+    "Div": _binary(lambda a, b: a / b if a.dtype.kind == "f" else a // b),
+    "MaxPool": lambda n, xs: max_pool(xs[0], **n.attrs),
+    "AveragePool": lambda n, xs: avg_pool(xs[0], **n.attrs),
+    "Reshape": _reshape,
+    "BatchNormalization": lambda n, xs: xs[0] * xs[1] + xs[2],
+    "Concat": lambda n, xs: np.concatenate(xs, axis=n.attrs["axis"]),
+    "Softmax": lambda n, xs: softmax(xs[0], axis=n.attrs.get("axis", -1)),
+    # Only ever evaluated on constants (shape arithmetic), folded away before quantization:
+    "Shape": lambda n, xs: np.array(xs[0].shape, dtype=np.int64),
+    "Gather": _gather,
+    "Unsqueeze": _unsqueeze,
+    "Squeeze": _squeeze,
+    "Slice": _slice,
+    "Cast": lambda n, xs: xs[0].astype(n.attrs["to"]),
+    **{k: (lambda f: lambda n, xs: f(xs[0], n.attrs).astype(xs[0].dtype))(f) for k, f in ACTIVATIONS.items()},
+}
+
+
+def run_float(nodes: list[Node], values: dict[str, np.ndarray],
+              keep: Callable[[str], bool] = lambda name: True) -> dict[str, np.ndarray]:
+    """Evaluate ``nodes`` in order on ``values`` (inputs and constants); returns the values dict."""
+    for node in nodes:
+        out = FLOAT_OPS[node.op](node, [values[i] for i in node.inputs if i])
+        values[node.outputs[0]] = out
+    return values

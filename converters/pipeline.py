@@ -1,0 +1,138 @@
+"""The conversion pipeline at a glance:
+
+    import_onnx -> run_passes -> collect_ranges -> quantize_graph -> plan_memory -> write_bundle
+
+plus the report a user reads before deploying: per-layer SQNR, sizes, peak memory against the device's
+budgets, and the output error against the float model on the calibration data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeq import __version__
+from edgeq.bundle import write_bundle
+from edgeq.devices import DeviceProfile, get_device
+from edgeq.errors import CalibrationError, EdgeqError
+from edgeq.ir import Graph
+from edgeq.runtimes.executor import Executor, dequantize, quantize
+from edgeq.runtimes.planner import plan_memory
+from .calibrate import check_calibration, collect_ranges, load_calibration
+from .float_ops import run_float
+from .onnx_import import import_onnx
+from .passes import run_passes
+from .quantize import quantize_graph
+
+IMPLEMENTED_SCHEMES = ("int8",)
+REPORT_SAMPLES = 64  # calibration samples used for the error report (enough for stable SQNR)
+
+
+@dataclass
+class ConversionResult:
+    """Where the bundle went and the conversion report (JSON-able)."""
+
+    path: Path
+    report: dict[str, Any]
+
+
+def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio in dB (inf when identical)."""
+    noise = float(np.sum((ref.astype(np.float64) - test) ** 2))
+    signal = float(np.sum(ref.astype(np.float64) ** 2))
+    if noise == 0:
+        return float("inf")
+    return 10 * np.log10(max(signal, 1e-30) / noise)
+
+
+def _calibration(calib: Any, graph: Graph, sample: Any) -> dict[str, np.ndarray]:
+    if calib is None:
+        if sample is None:
+            raise CalibrationError("calibration data is required: pass --calib FILE.npy|FILE.npz")
+        return check_calibration({graph.inputs[0]: sample.calib}, graph)
+    if isinstance(calib, (str, Path)):
+        return load_calibration(calib, graph)
+    if isinstance(calib, np.ndarray):
+        calib = {graph.inputs[0]: calib}
+    return check_calibration(dict(calib), graph)
+
+
+def _report(fg: Graph, qg: Graph, calib: dict[str, np.ndarray], device: DeviceProfile, arena: int,
+            sample: Any) -> dict[str, Any]:
+    n = min(REPORT_SAMPLES, next(iter(calib.values())).shape[0])
+    inputs = {k: v[:n] for k, v in calib.items()}
+    fvals = run_float(fg.nodes, {**fg.consts, **inputs})
+    ex = Executor(qg, "reference")
+    qvals = ex.run_reference_all({k: quantize(v, qg.tensors[k]) for k, v in inputs.items()})
+    layers = []
+    for node in qg.nodes:
+        out = node.outputs[0]
+        if out in fvals:
+            layers.append({"name": node.name, "op": node.op, "tensor": out,
+                           "sqnr_db": round(float(sqnr_db(fvals[out], dequantize(qvals[out], qg.tensors[out]))), 2)})
+    float_bytes = sum(int(v.nbytes) for v in fg.consts.values())
+    int_bytes = sum(int(v.nbytes) for v in qg.consts.values())
+    budget_w, budget_a = device.budget_weights_bytes, device.budget_activation_bytes
+    fits_w = budget_w is None or int_bytes <= budget_w
+    fits_a = budget_a is None or arena <= budget_a
+    report: dict[str, Any] = {
+        "device": device.id,
+        "layers": layers,
+        "worst_layers": [l["name"] for l in sorted(layers, key=lambda l: l["sqnr_db"])[:3]],
+        "size": {"float_weights_bytes": float_bytes, "int8_weights_bytes": int_bytes,
+                 "ratio": round(float_bytes / max(int_bytes, 1), 2)},
+        "memory": {"peak_activation_bytes": arena, "weights_bytes": int_bytes},
+        "budget": {"weights_bytes": budget_w, "activation_bytes": budget_a, "weights_fit": fits_w,
+                   "activations_fit": fits_a, "fits": fits_w and fits_a},
+        "output_max_abs_diff": {o: float(np.abs(fvals[o] - dequantize(qvals[o], qg.tensors[o])).max())
+                                for o in qg.outputs},
+        "report_samples": n,
+    }
+    if sample is not None:
+        logits = ex.run({qg.inputs[0]: sample.x_test})[qg.outputs[0]]
+        report["accuracy"] = {"float": sample.float_accuracy,
+                              "int8": round(float((logits.argmax(1) == sample.y_test).mean() * 100), 2),
+                              "samples": int(sample.y_test.size)}
+    return report
+
+
+def convert(model: str | Path | bytes | None = None, device: str = "host", output: str | Path | None = None,
+            scheme: str | None = None, calib: Any = None, calib_method: str | None = None,
+            input_shapes: dict[str, tuple[int, ...]] | None = None, progress: bool = True) -> ConversionResult:
+    """Convert an ONNX model (or, with ``model=None``, the embedded digits sample) into a ``.edgeq`` bundle.
+
+    ``calib`` is a .npy/.npz path, an array (single input) or a dict of arrays keyed by input name.
+    ``scheme`` and ``calib_method`` default to the device profile's choices.
+    """
+    profile = get_device(device)
+    scheme = scheme or profile.default_scheme
+    if scheme not in profile.schemes:
+        raise EdgeqError(f"device '{profile.id}' does not support scheme '{scheme}' (supports: {', '.join(profile.schemes)})")
+    if scheme not in IMPLEMENTED_SCHEMES:
+        raise EdgeqError(f"scheme '{scheme}' is not available for ONNX models yet (available: {', '.join(IMPLEMENTED_SCHEMES)})")
+    sample = None
+    if model is None:
+        from edgeq.sample import load_sample
+        sample = load_sample()
+        model = sample.model_path
+    fg, digest = import_onnx(model, input_shapes)
+    run_passes(fg)
+    data = _calibration(calib, fg, sample)
+    method = calib_method or profile.calibration
+    ranges = collect_ranges(fg, data, method, progress=progress)
+    qg = quantize_graph(fg, ranges)
+    plan = plan_memory(qg)
+    report = _report(fg, qg, data, profile, plan.arena_bytes, sample)
+    name = "digits_cnn" if isinstance(model, Path) and sample else (Path(model).stem if not isinstance(model, bytes) else "model")
+    out = Path(output) if output else Path(f"{name}.{profile.id}.edgeq")
+    meta = {"device": profile.to_dict(), "scheme": scheme, "producer": {"name": "edgeq", "version": __version__},
+            "source": {"format": "onnx", "sha256": digest, "name": name},
+            "calibration": {"method": method, "samples": int(next(iter(data.values())).shape[0])}}
+    report["bundle_bytes"] = write_bundle(out, qg, plan, meta)
+    report["output"] = str(out)
+    report["scheme"] = scheme
+    report["calibration"] = meta["calibration"]
+    return ConversionResult(out, report)

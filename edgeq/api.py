@@ -1,0 +1,91 @@
+"""The runtime's Python API: ``edgeq.load(path).run(inputs)``. Imports only numpy (+ numba/cffi backends)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .bundle import LoadedBundle, read_bundle
+from .errors import InputError
+from .runtimes.executor import Executor
+
+
+class Bundle:
+    """A loaded ``.edgeq`` bundle, ready to run on any backend (``reference``, ``numba``, ``c``)."""
+
+    def __init__(self, loaded: LoadedBundle, backend: str = "numba"):
+        self._loaded = loaded
+        self.manifest: dict[str, Any] = loaded.manifest
+        self.graph = loaded.graph
+        self.backend = backend
+        self._executors: dict[str, Executor] = {}
+
+    @property
+    def inputs(self) -> list[str]:
+        """Input tensor names."""
+        return list(self.graph.inputs)
+
+    @property
+    def outputs(self) -> list[str]:
+        """Output tensor names."""
+        return list(self.graph.outputs)
+
+    def executor(self, backend: str | None = None) -> Executor:
+        """The (cached) executor for ``backend`` (default: the bundle's backend)."""
+        name = backend or self.backend
+        if name not in self._executors:
+            lb = self._loaded
+            self._executors[name] = Executor(lb.graph, name, lb.plan, lb.pool, lb.const_offsets)
+        return self._executors[name]
+
+    def _as_dict(self, inputs: np.ndarray | dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if isinstance(inputs, dict):
+            return inputs
+        if len(self.graph.inputs) != 1:
+            raise InputError(f"model has {len(self.graph.inputs)} inputs; pass a dict keyed by {', '.join(self.inputs)}")
+        return {self.graph.inputs[0]: inputs}
+
+    def run(self, inputs: np.ndarray | dict[str, np.ndarray], backend: str | None = None) -> dict[str, np.ndarray]:
+        """Float inputs -> dequantized float outputs (integer-only in between)."""
+        return self.executor(backend).run(self._as_dict(inputs))
+
+    def run_quantized(self, inputs: np.ndarray | dict[str, np.ndarray], backend: str | None = None) -> dict[str, np.ndarray]:
+        """int8 inputs -> int8 outputs, bit-identical on every backend."""
+        return self.executor(backend).run_quantized(self._as_dict(inputs))
+
+    def summary(self) -> dict[str, Any]:
+        """What ``edgeq inspect --json`` prints: device, scheme, inputs/outputs, nodes and memory."""
+        g, m = self.graph, self.manifest
+
+        def tensor(name: str) -> dict[str, Any]:
+            t = g.tensors[name].to_dict()
+            if g.dynamic_batch:
+                t["shape"][0] = "N"
+            return t
+
+        ops: dict[str, int] = {}
+        for n in g.nodes:
+            ops[n.op] = ops.get(n.op, 0) + 1
+        weights = sum(int(v.nbytes) for v in g.consts.values())
+        return {
+            "path": str(self._loaded.path),
+            "device": m["device"]["id"],
+            "scheme": m["scheme"],
+            "producer": m["producer"],
+            "source": m["source"],
+            "inputs": [tensor(n) for n in g.inputs],
+            "outputs": [tensor(n) for n in g.outputs],
+            "nodes": [{"name": n.name, "op": n.op, "inputs": n.inputs, "outputs": n.outputs} for n in g.nodes],
+            "ops": ops,
+            "tensors": len(g.tensors),
+            "memory": {"weights_bytes": weights, "peak_activation_bytes": self._loaded.plan.arena_bytes,
+                       "plan_strategy": self._loaded.plan.strategy,
+                       "file_bytes": Path(self._loaded.path).stat().st_size},
+        }
+
+
+def load(path: str | Path, backend: str = "numba") -> Bundle:
+    """Map and validate a bundle file; ``backend`` is the default for :meth:`Bundle.run`."""
+    return Bundle(read_bundle(path), backend)
