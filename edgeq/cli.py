@@ -1,0 +1,250 @@
+"""The ``edgeq`` command line. Exit status: 0 success, 2 user error (one line on stderr, no traceback)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import EdgeqError, InputError
+
+
+def _emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    print(json.dumps(data, indent=2, default=float) if args.json else text)
+
+
+def _human(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def cmd_devices(args: argparse.Namespace) -> None:
+    from .devices import list_devices
+    rows = [{"id": d.id, "class": d.device_class, "core": d.core, "memory_bytes": d.ram_bytes,
+             "flash_bytes": d.flash_bytes, "default_scheme": d.default_scheme, "name": d.name} for d in list_devices()]
+    lines = [f"{'id':<12} {'class':<5} {'core':<12} {'memory':>10} {'flash':>10}  name"]
+    lines += [f"{r['id']:<12} {r['class']:<5} {r['core']:<12} {_human(r['memory_bytes'] or None):>10} "
+              f"{_human(r['flash_bytes'] or None):>10}  {r['name']}" for r in rows]
+    _emit(args, {"devices": rows}, "\n".join(lines))
+
+
+def _input_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
+    out = {}
+    for spec in specs:
+        name, _, dims = spec.rpartition("=")
+        try:
+            out[name] = tuple(int(d) for d in dims.lower().split("x"))
+        except ValueError:
+            raise InputError(f"--input-shape '{spec}' must look like name=1x3x224x224") from None
+        if not name or any(d < 1 for d in out[name]):
+            raise InputError(f"--input-shape '{spec}' must look like name=1x3x224x224")
+    return out
+
+
+def cmd_convert(args: argparse.Namespace) -> None:
+    from .bundle import write_atomic
+    from .converters.pipeline import convert
+    if args.model is not None and not Path(args.model).is_file():
+        raise InputError(f"model file '{args.model}' does not exist")
+    result = convert(args.model, device=args.device, output=args.output, scheme=args.scheme, calib=args.calib,
+                     calib_method=args.calib_method, input_shapes=_input_shapes(args.input_shape),
+                     progress=not args.json and not args.quiet)
+    r = result.report
+    if args.report:
+        write_atomic(args.report, [json.dumps(r, indent=2).encode()])
+    lines = [f"wrote {r['output']} ({_human(r['bundle_bytes'])}) for {r['device']}, scheme {r['scheme']}, "
+             f"calibration {r['calibration']['method']} on {r['calibration']['samples']} samples"]
+    lines.append(f"{'layer':<24} {'op':<16} {'SQNR dB':>8}")
+    lines += [f"{l['name'][:24]:<24} {l['op']:<16} {l['sqnr_db']:>8.1f}" for l in r["layers"]]
+    s, b = r["size"], r["budget"]
+    lines.append(f"weights: {_human(s['float_weights_bytes'])} float -> {_human(s['int8_weights_bytes'])} int8 "
+                 f"({s['ratio']}x smaller); peak activation memory {_human(r['memory']['peak_activation_bytes'])}")
+    lines.append(f"budget on {r['device']}: weights {_human(s['int8_weights_bytes'])} / {_human(b['weights_bytes'])}, "
+                 f"activations {_human(r['memory']['peak_activation_bytes'])} / {_human(b['activation_bytes'])}: "
+                 f"{'fits' if b['fits'] else 'DOES NOT FIT'}")
+    lines += [f"output '{k}': max |float - int8| = {v:.4g} on {r['report_samples']} calibration samples"
+              for k, v in r["output_max_abs_diff"].items()]
+    lines.append(f"worst layers by SQNR: {', '.join(r['worst_layers'])}")
+    if "accuracy" in r:
+        a = r["accuracy"]
+        lines.append(f"held-out accuracy ({a['samples']} digits): float {a['float']:.2f}%, int8 {a['int8']:.2f}%")
+    _emit(args, r, "\n".join(lines))
+
+
+def _read_inputs(path: str, bundle: Any) -> dict[str, np.ndarray]:
+    p = Path(path)
+    try:
+        if p.suffix == ".npz":
+            with np.load(p, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+        elif p.suffix == ".npy":
+            data = {bundle.inputs[0]: np.load(p, allow_pickle=False)} if len(bundle.inputs) == 1 else None
+            if data is None:
+                raise InputError(f"model has {len(bundle.inputs)} inputs; pass an .npz keyed by {', '.join(bundle.inputs)}")
+        else:
+            raise InputError(f"input file '{path}' must be .npy or .npz")
+    except (OSError, ValueError) as e:
+        raise InputError(f"cannot read input file '{path}': {e}") from None
+    for k, v in data.items():
+        if v.dtype.kind != "f":
+            raise InputError(f"input '{k}' has dtype {v.dtype}, expected float32")
+    return data
+
+
+def _save_outputs(path: str, outputs: dict[str, np.ndarray]) -> None:
+    from .bundle import write_atomic
+    buf = io.BytesIO()
+    if path.endswith(".npz"):
+        np.savez(buf, **outputs)
+    elif path.endswith(".npy"):
+        if len(outputs) != 1:
+            raise InputError(f"model has {len(outputs)} outputs; write them to an .npz")
+        np.save(buf, next(iter(outputs.values())))
+    else:
+        raise InputError(f"output file '{path}' must be .npy or .npz")
+    write_atomic(path, [buf.getvalue()])
+
+
+def cmd_run(args: argparse.Namespace) -> None:
+    from .api import load
+    bundle = load(args.bundle, backend=args.backend)
+    inputs = _read_inputs(args.input, bundle)
+    if args.output and not args.output.endswith((".npy", ".npz")):
+        raise InputError(f"output file '{args.output}' must be .npy or .npz")
+    t0 = time.perf_counter()
+    outputs = bundle.run(inputs)
+    ms = (time.perf_counter() - t0) * 1e3
+    if args.output:
+        _save_outputs(args.output, outputs)
+    data: dict[str, Any] = {"backend": args.backend, "latency_ms": ms, "output_file": args.output, "outputs": {}}
+    lines = [f"ran {args.bundle} on backend {args.backend} in {ms:.2f} ms"]
+    for name, y in outputs.items():
+        entry: dict[str, Any] = {"shape": list(y.shape)}
+        if y.ndim == 2:
+            entry["argmax"] = y.argmax(axis=1).tolist()
+            shown = ", ".join(map(str, entry["argmax"][:20])) + (" ..." if len(entry["argmax"]) > 20 else "")
+            lines.append(f"output '{name}' {y.shape}: argmax per sample: {shown}")
+        else:
+            lines.append(f"output '{name}' {y.shape}: min {y.min():.4g} max {y.max():.4g}")
+        if y.size <= 4096:
+            entry["values"] = y.tolist()
+        data["outputs"][name] = entry
+    if args.output:
+        lines.append(f"wrote {args.output}")
+    _emit(args, data, "\n".join(lines))
+
+
+def cmd_inspect(args: argparse.Namespace) -> None:
+    from .api import load
+    s = load(args.bundle, backend="reference").summary()
+    lines = [f"{s['path']}: device {s['device']}, scheme {s['scheme']}, made by edgeq {s['producer']['version']} "
+             f"from {s['source']['format']} {s['source']['sha256'][:12]}"]
+    for kind in ("inputs", "outputs"):
+        for t in s[kind]:
+            lines.append(f"{kind[:-1]:<6} {t['name']}: {t['dtype']} {'x'.join(map(str, t['shape']))} "
+                         f"scale {t['scale'][0]:.4g} zero point {t['zero_point'][0]}")
+    lines.append("ops: " + ", ".join(f"{k} x{v}" for k, v in s["ops"].items()))
+    for n in s["nodes"]:
+        lines.append(f"  {n['op']:<16} {n['name']:<20} {', '.join(n['inputs'][:1])} -> {', '.join(n['outputs'])}")
+    m = s["memory"]
+    lines.append(f"weights {_human(m['weights_bytes'])}, peak activations {_human(m['peak_activation_bytes'])} "
+                 f"({m['plan_strategy']}), file {_human(m['file_bytes'])}")
+    _emit(args, s, "\n".join(lines))
+
+
+def cmd_bench(args: argparse.Namespace) -> None:
+    from .api import load
+    bundle = load(args.bundle, backend=args.backend)
+    rng = np.random.default_rng(0)
+    inputs = {}
+    for name in bundle.inputs:
+        t = bundle.graph.tensors[name]
+        lo, hi = (-128 - t.zero_point[0]) * t.scale[0], (127 - t.zero_point[0]) * t.scale[0]
+        inputs[name] = rng.uniform(lo, hi, size=(args.batch,) + t.shape[1:]).astype(np.float32)
+    t0 = time.perf_counter()
+    ex = bundle.executor()
+    ex.set_threads(args.threads)
+    ex.run(inputs)
+    first = (time.perf_counter() - t0) * 1e3
+    for _ in range(args.warmup):
+        ex.run(inputs)
+    times = []
+    for _ in range(args.runs):
+        t = time.perf_counter()
+        ex.run(inputs)
+        times.append((time.perf_counter() - t) * 1e3)
+    data = {"bundle": args.bundle, "backend": args.backend, "threads": args.threads, "batch": args.batch,
+            "runs": args.runs, "first_run_ms": first, "median_ms": statistics.median(times), "min_ms": min(times),
+            "mean_ms": statistics.fmean(times), "max_ms": max(times)}
+    _emit(args, data, f"{args.bundle} on {args.backend}, {args.threads} thread(s), batch {args.batch}: "
+                      f"median {data['median_ms']:.3f} ms, min {data['min_ms']:.3f} ms over {args.runs} runs; "
+                      f"first run (load + compile) {first:.1f} ms")
+
+
+def _parser() -> argparse.ArgumentParser:
+    from .runtimes.executor import BACKENDS
+    p = argparse.ArgumentParser(prog="edgeq", description="Trained model + target device -> verified on-device bundle.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.add_argument("--json", action="store_true", help="machine-readable output")
+        sp.set_defaults(fn=fn)
+        return sp
+
+    add("devices", cmd_devices, "list the device profiles")
+    c = add("convert", cmd_convert, "convert a model into a .edgeq bundle for a device")
+    c.add_argument("model", nargs="?", help="ONNX model (default: the embedded digits sample CNN)")
+    c.add_argument("--device", required=True, help="device profile id (see `edgeq devices`)")
+    c.add_argument("-o", "--output", help="output bundle path (default: <model>.<device>.edgeq)")
+    c.add_argument("--scheme", help="quantization scheme (default: the device's)")
+    c.add_argument("--calib", help="calibration samples: .npy (one input) or .npz keyed by input name")
+    c.add_argument("--calib-method", choices=["minmax", "percentile", "mse"], help="range estimator (default: the device's)")
+    c.add_argument("--input-shape", action="append", default=[], help="fix a dynamic input shape, e.g. x=1x3x224x224")
+    c.add_argument("--report", help="also write the conversion report as JSON to this file")
+    c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r = add("run", cmd_run, "run a bundle on inputs")
+    r.add_argument("bundle")
+    r.add_argument("--input", required=True, help=".npy (one input) or .npz keyed by input name; float32")
+    r.add_argument("-o", "--output", help="write dequantized outputs to .npy/.npz")
+    r.add_argument("--backend", choices=BACKENDS, default="numba")
+    i = add("inspect", cmd_inspect, "show a bundle's device, scheme, ops, tensors and memory")
+    i.add_argument("bundle")
+    b = add("bench", cmd_bench, "measure a bundle's latency")
+    b.add_argument("bundle")
+    b.add_argument("--backend", choices=BACKENDS, default="numba")
+    b.add_argument("--threads", type=int, default=1)
+    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--runs", type=int, default=200)
+    b.add_argument("--warmup", type=int, default=20)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``edgeq`` command."""
+    args = _parser().parse_args(argv)
+    try:
+        args.fn(args)
+    except EdgeqError as e:
+        print(f"edgeq: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("edgeq: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
