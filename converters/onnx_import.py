@@ -248,14 +248,14 @@ class _Importer:
             if len(hw) != 2:
                 raise UnsupportedOpError(f"GlobalAveragePool node '{name}': only 4-D inputs are supported")
             self.emit("AveragePool", node, ins, dict(kernel=hw, strides=[1, 1], pads=[0, 0, 0, 0], count_include_pad=False))
-        elif op in ("Flatten", "Reshape"):
-            out_shape = self.shapes.get(node.output[0])
-            if out_shape is None and op == "Reshape" and self.const(ins[1]) is not None:
-                self.emit("Reshape", node, ins, {})  # resolved when shapes are propagated
-            elif out_shape is None:
-                raise ModelError(f"{op} node '{name}': output shape could not be inferred")
-            else:
-                self.emit("Reshape", node, ins[:1], dict(shape=list(out_shape)))
+        elif op == "Flatten":
+            shape = self.shape(ins[0])
+            axis = int(a.get("axis", 1)) % max(len(shape), 1)
+            self.emit("Reshape", node, ins[:1], dict(shape=[int(np.prod(shape[:axis])), int(np.prod(shape[axis:]))]))
+        elif op == "Reshape":
+            if a.get("allowzero", 0):
+                raise UnsupportedOpError(f"Reshape node '{name}': allowzero=1 is not supported")
+            self.emit("Reshape", node, ins[:2], {})  # the target shape is resolved once constants are folded
         elif op == "Clip":
             lo = a.get("min", None)
             hi = a.get("max", None)
@@ -265,12 +265,8 @@ class _Importer:
                 hi = self._scalar(ins[2], name)
             attrs = {k: float(v) for k, v in (("min", lo), ("max", hi)) if v is not None}
             self.emit("Clip", node, ins[:1], attrs)
-        elif op == "Softmax":
-            rank = len(self.shape(ins[0]))
-            axis = int(a.get("axis", -1 if _opset(self.model) >= 13 else 1)) % rank
-            if axis != rank - 1:
-                raise UnsupportedOpError(f"Softmax node '{name}': only the last axis is supported (axis={axis})")
-            self.emit("Softmax", node, ins, dict(axis=-1))
+        elif op == "Softmax":  # the quantizer accepts the last axis only (where opset < 13 agrees)
+            self.emit("Softmax", node, ins, dict(axis=int(a.get("axis", -1 if _opset(self.model) >= 13 else 1))))
         elif op == "BatchNormalization":
             scale, bias, mean, var = (self.const(i) for i in ins[1:5])
             if any(v is None for v in (scale, bias, mean, var)):
@@ -296,7 +292,8 @@ class _Importer:
 
     def fully_connected(self, node: onnx.NodeProto, a: dict, ins: list[str], name: str) -> None:
         w = self.const(ins[1])
-        if w is None or w.ndim != 2 or len(self.shape(ins[0])) != 2:
+        x_shape = self.shapes.get(ins[0])
+        if w is None or w.ndim != 2 or (x_shape is not None and len(x_shape) != 2):
             raise UnsupportedOpError(f"{node.op_type} node '{name}': only [N, K] x constant [K, M] is supported")
         if node.op_type == "Gemm":
             if a.get("transA", 0):

@@ -117,6 +117,9 @@ class _Quantizer:
                                            group=a["group"]))
 
     def q_FullyConnected(self, node: Node) -> None:
+        if len(self.fg.tensors[node.inputs[0]].shape) != 2:
+            raise UnsupportedOpError(f"node '{node.name}': MatMul/Gemm input must be [N, K] "
+                                     f"(got {self.fg.tensors[node.inputs[0]].shape})")
         self._weighted(node, "QFullyConnected", {})
 
     def _binary_operands(self, node: Node) -> list[tuple[str, float, int]]:
@@ -191,6 +194,10 @@ class _Quantizer:
                                  dict(axis=axis, x_zps=zps, mults=mults, shifts=shifts, y_zp=zy)))
 
     def q_Softmax(self, node: Node) -> None:
+        rank = len(self.fg.tensors[node.inputs[0]].shape)
+        if node.attrs["axis"] % rank != rank - 1:
+            raise UnsupportedOpError(f"Softmax node '{node.name}': only the last axis is supported "
+                                     f"(axis={node.attrs['axis']}, rank {rank})")
         sx, _ = self.act(node.inputs[0])
         self.act(node.outputs[0], FIXED_OUTPUT["Softmax"])
         table = np.round(np.exp(-np.arange(256) * sx) * (1 << 20)).astype(np.int32)

@@ -96,7 +96,9 @@ class Graph:
 
     def add_const(self, name: str, value: np.ndarray, **quant: Any) -> str:
         """Register a constant tensor and return its name."""
-        value = np.ascontiguousarray(value)
+        value = np.asarray(value)
+        if not value.flags.c_contiguous:  # (np.ascontiguousarray would turn scalars into 1-d arrays)
+            value = value.copy(order="C")
         self.consts[name] = value
         self.tensors[name] = Tensor(name, tuple(value.shape), value.dtype.name, **quant)
         return name

@@ -1,0 +1,96 @@
+"""End to end: ONNX import against onnxruntime, quantized accuracy, bundle round trip, backends bit-exact."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+import edgeq
+from edgeq.converters.float_ops import run_float
+from edgeq.converters.onnx_import import import_onnx
+from edgeq.converters.passes import run_passes
+from edgeq.converters.pipeline import sqnr_db
+from edgeq.sample import load_sample
+from models import zoo_model
+
+
+@pytest.fixture(scope="module")
+def sample_bundle(tmp_path_factory):
+    path = tmp_path_factory.mktemp("b") / "digits.edgeq"
+    return edgeq.convert(device="rpi5", output=path, progress=False)
+
+
+@pytest.mark.parametrize("opset", [11, 13, 17, 21])
+def test_import_matches_onnxruntime(opset):
+    model = zoo_model(opset)
+    x = np.random.default_rng(opset).standard_normal((3, 3, 23, 21)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    g, _ = import_onnx(model.SerializeToString())
+    run_passes(g)
+    assert "BatchNormalization" not in [n.op for n in g.nodes]  # folded into the conv
+    assert "Relu" not in [n.op for n in g.nodes]  # fused into the producers
+    got = run_float(g.nodes, {**g.consts, "x": x})
+    for name, w in zip(["prob", "logits"], want):
+        np.testing.assert_allclose(got[name], w, rtol=1e-4, atol=1e-5)
+
+
+def test_sample_int8_accuracy_within_one_point(sample_bundle):
+    acc = sample_bundle.report["accuracy"]
+    assert acc["samples"] == 360
+    assert acc["int8"] >= acc["float"] - 1.0, acc
+    layers = sample_bundle.report["layers"]
+    assert all(l["sqnr_db"] > 20 for l in layers), layers
+
+
+def test_sample_bundle_all_backends_bit_exact(sample_bundle, backend):
+    b = edgeq.load(sample_bundle.path)
+    s = load_sample()
+    q = b.executor("reference").run({"input": s.x_test[:1]})  # warm: also checks float path runs
+    assert q["logits"].shape == (1, 10)
+    x = {"input": np.clip(np.rint(s.x_test / b.graph.tensors["input"].scale[0]) - 128, -128, 127).astype(np.int8)}
+    want = b.run_quantized(x, backend="reference")["logits"]
+    got = b.run_quantized(x, backend=backend)["logits"]
+    np.testing.assert_array_equal(got, want)
+    y = b.run(s.x_test, backend=backend)["logits"]
+    assert (y.argmax(1) == s.y_test).mean() * 100 >= s.float_accuracy - 1.0
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "mse"])
+def test_zoo_quantized_close_to_float_and_bit_exact(tmp_path, method, backend):
+    model = zoo_model(17, seed=3)
+    rng = np.random.default_rng(5)
+    calib = rng.standard_normal((32, 3, 23, 21)).astype(np.float32)
+    res = edgeq.convert(model.SerializeToString(), device="host", calib=calib, calib_method=method,
+                        output=tmp_path / "zoo.edgeq", progress=False)
+    b = edgeq.load(res.path)
+    assert b.graph.dynamic_batch
+    ops = {n["op"] for n in b.summary()["nodes"]}
+    assert {"QConv", "QAdd", "QMul", "QConcat", "QMaxPool", "QAvgPool", "QFullyConnected", "QSoftmax"} <= ops
+    x = rng.standard_normal((7, 3, 23, 21)).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    ref = b.run(x, backend="reference")
+    assert sqnr_db(want[1], ref["logits"]) > 15
+    assert np.abs(want[0] - ref["prob"]).max() < 0.1
+    q = {"x": rng.integers(-128, 128, size=(7, 3, 23, 21)).astype(np.int8)}
+    for name, v in b.run_quantized(q, backend="reference").items():
+        np.testing.assert_array_equal(b.run_quantized(q, backend=backend)[name], v)
+
+
+def test_bundles_are_deterministic(tmp_path):
+    a = edgeq.convert(device="stm32f7", output=tmp_path / "a.edgeq", progress=False)
+    b = edgeq.convert(device="stm32f7", output=tmp_path / "b.edgeq", progress=False)
+    assert a.path.read_bytes() == b.path.read_bytes()
+    assert a.report["budget"]["fits"] and a.report["budget"]["activation_bytes"] == 320 * 1024
+
+
+def test_runtime_does_not_import_converter(sample_bundle):
+    code = ("import sys, numpy as np, edgeq; b = edgeq.load(sys.argv[1], backend='reference'); "
+            "b.run(np.zeros((2, 1, 16, 16), np.float32)); "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxruntime', 'gguf', 'llama_cpp') "
+            "or m.startswith('edgeq.converters')]; print(bad); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code, str(sample_bundle.path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
