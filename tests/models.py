@@ -81,5 +81,5 @@ def single_op_model(op: str, **attrs) -> onnx.ModelProto:
     """x [1, 4] -> op -> y: for unsupported-op tests."""
     graph = helper.make_graph([helper.make_node(op, ["x"], ["y"], name="bad_node", **attrs)], "g",
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
