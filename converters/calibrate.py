@@ -12,6 +12,7 @@ import numpy as np
 
 from edgeq.errors import CalibrationError
 from edgeq.ir import Graph
+from edgeq.npio import read_named_arrays
 from edgeq.progress import Progress
 from .float_ops import run_float
 
@@ -21,20 +22,7 @@ SAMPLE_CAP = 1 << 16  # values kept per tensor for percentile/mse; enough for st
 
 def load_calibration(path: str | Path, graph: Graph) -> dict[str, np.ndarray]:
     """Read a .npy (single-input models: N samples) or .npz (keyed by input name) and check it."""
-    path = Path(path)
-    try:
-        if path.suffix == ".npz":
-            with np.load(path, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
-        elif path.suffix == ".npy":
-            if len(graph.inputs) != 1:
-                raise CalibrationError(f"model has {len(graph.inputs)} inputs; give calibration data as .npz keyed by "
-                                       f"input name ({', '.join(graph.inputs)})")
-            data = {graph.inputs[0]: np.load(path, allow_pickle=False)}
-        else:
-            raise CalibrationError(f"calibration file '{path}' must be .npy or .npz")
-    except (OSError, ValueError) as e:
-        raise CalibrationError(f"cannot read calibration file '{path}': {e}") from None
+    data = read_named_arrays(path, graph.inputs, CalibrationError, "calibration")
     return check_calibration(data, graph)
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import statistics
 import sys
@@ -84,37 +83,12 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def _read_inputs(path: str, bundle: Any) -> dict[str, np.ndarray]:
-    p = Path(path)
-    try:
-        if p.suffix == ".npz":
-            with np.load(p, allow_pickle=False) as z:
-                data = {k: z[k] for k in z.files}
-        elif p.suffix == ".npy":
-            data = {bundle.inputs[0]: np.load(p, allow_pickle=False)} if len(bundle.inputs) == 1 else None
-            if data is None:
-                raise InputError(f"model has {len(bundle.inputs)} inputs; pass an .npz keyed by {', '.join(bundle.inputs)}")
-        else:
-            raise InputError(f"input file '{path}' must be .npy or .npz")
-    except (OSError, ValueError) as e:
-        raise InputError(f"cannot read input file '{path}': {e}") from None
+    from .npio import read_named_arrays
+    data = read_named_arrays(path, bundle.inputs, InputError, "input")
     for k, v in data.items():
         if v.dtype.kind != "f":
             raise InputError(f"input '{k}' has dtype {v.dtype}, expected float32")
     return data
-
-
-def _save_outputs(path: str, outputs: dict[str, np.ndarray]) -> None:
-    from .bundle import write_atomic
-    buf = io.BytesIO()
-    if path.endswith(".npz"):
-        np.savez(buf, **outputs)
-    elif path.endswith(".npy"):
-        if len(outputs) != 1:
-            raise InputError(f"model has {len(outputs)} outputs; write them to an .npz")
-        np.save(buf, next(iter(outputs.values())))
-    else:
-        raise InputError(f"output file '{path}' must be .npy or .npz")
-    write_atomic(path, [buf.getvalue()])
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -127,7 +101,9 @@ def cmd_run(args: argparse.Namespace) -> None:
     outputs = bundle.run(inputs)
     ms = (time.perf_counter() - t0) * 1e3
     if args.output:
-        _save_outputs(args.output, outputs)
+        from .bundle import write_atomic
+        from .npio import encode_named_arrays
+        write_atomic(args.output, [encode_named_arrays(args.output, outputs, InputError)])
     data: dict[str, Any] = {"backend": args.backend, "latency_ms": ms, "output_file": args.output, "outputs": {}}
     lines = [f"ran {args.bundle} on backend {args.backend} in {ms:.2f} ms"]
     for name, y in outputs.items():
