@@ -1,0 +1,1676 @@
+/*
+ * edgeq integer kernels (see edgeq_kernels.h for the contract).
+ *
+ * Convolutions accumulate w * (x - x_zp) exactly in int32 (see EDGEQ_K_INT32) and requantize per
+ * output channel; they take one of three paths:
+ *   - dot (patches of at least EDGEQ_DOT_MIN_K shared by several output channels): a tile of the input
+ *     is copied channels-last as uint8 x + 128, each output position's patch is assembled from
+ *     contiguous runs and zero padded to whole vectors, the weights are reordered to the same
+ *     (kh, kw, c) order, and every output is a uint8 x int8 dot product (gcc: vpdpbusd with AVX-VNNI,
+ *     pmaddwd/sdot elsewhere) corrected by (x_zp + 128) * sum(w).
+ *   - plane (depthwise, first layers, short patches): for a tile of output rows the group's input is
+ *     copied as int16 x - x_zp with the padding written out and strides split into phases, so every
+ *     (channel, tap) is one unit-stride `acc[i] += w * x[i + offset]` over output positions, with
+ *     EDGEQ_OC_BLOCK x EDGEQ_VPOS accumulators held in vector registers.
+ *   - scalar: the last resort for patches no scratch budget fits.
+ * Loops that matter are written with constant trip counts or whole-vector padding so gcc -O3 emits
+ * them without scalar remainders. Nothing allocates: scratch is stack arrays sized by the budgets
+ * below (edgeq_kernels.h lists them and the stack they imply).
+ */
+#include <string.h>
+
+#include "edgeq_kernels.h"
+
+#ifndef EDGEQ_SCRATCH_BYTES
+#define EDGEQ_SCRATCH_BYTES 49152
+#endif
+#ifndef EDGEQ_TILE_BYTES
+#define EDGEQ_TILE_BYTES 32768
+#endif
+#ifndef EDGEQ_PATCH_BYTES
+#define EDGEQ_PATCH_BYTES 32768
+#endif
+#ifndef EDGEQ_WEIGHT_BYTES
+#define EDGEQ_WEIGHT_BYTES 131072
+#endif
+#ifndef EDGEQ_PAR_MIN_WORK
+#define EDGEQ_PAR_MIN_WORK 200000
+#endif
+#if EDGEQ_SCRATCH_BYTES < 64 || EDGEQ_TILE_BYTES < 64 || EDGEQ_PATCH_BYTES < 128 || EDGEQ_WEIGHT_BYTES < 2048
+#error "edgeq scratch budgets too small (see edgeq_kernels.h)"
+#endif
+/* Weights a dot-path job reorders at a time when a convolution's weights exceed EDGEQ_WEIGHT_BYTES
+ * (then every job reorders its own, so this sits on every thread's stack). */
+#define EDGEQ_WEIGHT_CHUNK (EDGEQ_WEIGHT_BYTES / 8)
+/* Output positions the plane kernel and the pools process per pass (whole tile rows). */
+#define EDGEQ_CHUNK 256
+/* Output positions the plane kernel keeps in registers for each of EDGEQ_OC_BLOCK output channels:
+ * EDGEQ_OC_BLOCK * EDGEQ_VPOS int32 must fit the vector register file (16 zmm with AVX-512, 16 ymm
+ * with AVX2, 16 of NEON's 32 q registers). EDGEQ_CHUNK is a multiple of it. */
+#ifndef EDGEQ_VPOS
+#if defined(__AVX512F__)
+#define EDGEQ_VPOS 64
+#elif defined(__AVX2__)
+#define EDGEQ_VPOS 32
+#else
+#define EDGEQ_VPOS 16
+#endif
+#endif
+#if defined(__GNUC__)
+#define EDGEQ_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define EDGEQ_ALWAYS_INLINE inline
+#endif
+/* The dot path: patches padded to a multiple of EDGEQ_KALIGN bytes (whole vectors, no remainder
+ * loops); at most EDGEQ_DOT_POS positions per tile. It beats the plane kernel from patches of about
+ * EDGEQ_DOT_MIN_K bytes on, unless padding wastes more than a quarter of a short patch (measured on
+ * AVX-512 VNNI; see dot_worthwhile). */
+#define EDGEQ_KALIGN 64
+#define EDGEQ_DOT_POS 512
+#ifndef EDGEQ_DOT_MIN_K
+#define EDGEQ_DOT_MIN_K 64
+#endif
+/* Output channels computed together: each input row or patch is loaded once for all of them. */
+#define EDGEQ_OC_BLOCK 4
+/* Most kernel taps (KH * KW) the plane kernel and the pools' per-tap passes handle. */
+#define EDGEQ_MAX_TAPS 256
+/* Largest patch (C/group * KH * KW) for which no partial sum of w * (x - x_zp) can leave int32:
+ * |w| <= 128 and |x - x_zp| <= 255. */
+#define EDGEQ_K_INT32 65793
+/* Bound on every dimension a program may use, so that window arithmetic stays within int32. */
+#define EDGEQ_DIM_MAX ((int64_t)1 << 30)
+
+static int edgeq_threads = 1;
+
+#ifdef _OPENMP
+#define EDGEQ_PRAGMA(x) _Pragma(#x)
+/* Parallel loop over independent jobs, only when `cond` says the work pays for the fork. */
+#define EDGEQ_PARALLEL_FOR(cond) \
+    EDGEQ_PRAGMA(omp parallel for schedule(static) num_threads(edgeq_threads) if ((cond) && edgeq_threads > 1))
+#else
+#define EDGEQ_PARALLEL_FOR(cond)
+#endif
+
+void edgeq_set_threads(int n)
+{
+    edgeq_threads = n < 1 ? 1 : n;
+}
+
+int edgeq_get_threads(void)
+{
+#ifdef _OPENMP
+    return edgeq_threads;
+#else
+    return 1;
+#endif
+}
+
+int edgeq_has_openmp(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* ---- Shared pieces ------------------------------------------------------------------------------ */
+
+static inline int32_t min_i32(int32_t a, int32_t b)
+{
+    return a < b ? a : b;
+}
+
+/* Arithmetic shift right without relying on how the compiler shifts negative values. */
+static inline int32_t asr32(int32_t x, int32_t e)
+{
+    return x < 0 ? ~(~x >> e) : x >> e;
+}
+
+/* np.clip semantics: max with lo first, then min with hi (so hi wins if lo > hi). */
+static inline int32_t clip_i64(int64_t v, int32_t lo, int32_t hi)
+{
+    if (v < lo)
+        v = lo;
+    if (v > hi)
+        v = hi;
+    return (int32_t)v;
+}
+
+/* Outputs o in [o_lo, o_hi) whose tap o * stride + off falls inside [0, n); result in [*lo, *hi). */
+static void tap_range(int32_t o_lo, int32_t o_hi, int32_t stride, int32_t off, int32_t n, int32_t *lo,
+                      int32_t *hi)
+{
+    int64_t first, end;
+    int64_t room = (int64_t)n - off; /* taps before the end of the input */
+    if (stride == 1) { /* the common case: no division */
+        first = off >= 0 ? 0 : -(int64_t)off;
+        end = room > 0 ? room : 0;
+    } else {
+        first = off >= 0 ? 0 : (-(int64_t)off + stride - 1) / stride;
+        end = room > 0 ? (room + stride - 1) / stride : 0;
+    }
+    if (first < o_lo)
+        first = o_lo;
+    if (end > o_hi)
+        end = o_hi;
+    if (end < first)
+        end = first;
+    *lo = (int32_t)first;
+    *hi = (int32_t)end;
+}
+
+/* Everything needed to turn one output channel's accumulators into int8. */
+typedef struct {
+    int32_t bias, mult, shift, y_zp, lo, hi;
+    const int8_t *lut;
+} requant_t;
+
+/* The generic MultiplyByQuantizedMultiplier of one accumulator (any shift), then zero point, clamp, table. */
+static int8_t finish_one(int64_t v, const requant_t *q)
+{
+    const int8_t y = (int8_t)clip_i64((int64_t)edgeq_mbqm(v, q->mult, q->shift) + q->y_zp, q->lo, q->hi);
+    return q->lut ? q->lut[y + 128] : y;
+}
+
+/* requant_row for ordinary scales (|shift| <= 31, mult != INT32_MIN), branch-free so that it
+ * vectorises. Exactness: |acc + bias| < 2^32, so a left shift <= 31 cannot overflow int64; without
+ * mult == INT32_MIN SaturatingRoundingDoublingHighMul cannot saturate, and then its nudge-and-truncate
+ * equals floor((a * b + 2^30) / 2^31) for every product (for a * b < 0 with u = a * b + 2^30, both
+ * trunc((u - 2^31 + 1) / 2^31) and floor(u / 2^31) are 0 when u >= 0 and -ceil(-u / 2^31) when u < 0).
+ * `left` is a constant at each call site, so the multiply disappears when shift <= 0. */
+static EDGEQ_ALWAYS_INLINE void requant_fast(const int32_t *restrict acc, int32_t n, const requant_t *q,
+                                             int8_t *restrict y, int left)
+{
+    const int64_t scale = (int64_t)1 << (q->shift > 0 ? q->shift : 0);
+    const int32_t right = q->shift > 0 ? 0 : -q->shift;
+    const int32_t mask = (int32_t)(((uint32_t)1 << right) - 1u), half = mask >> 1;
+    const int64_t mult = q->mult, bias = q->bias;
+    /* Clamp before adding the zero point: r may be close to INT32_MAX. */
+    const int32_t y_zp = q->y_zp, lo = q->lo - q->y_zp, hi = q->hi - q->y_zp;
+    int32_t i;
+    for (i = 0; i < n; i++) {
+        int64_t v = (int64_t)acc[i] + bias;
+        int32_t r;
+        if (left)
+            v *= scale;
+        v = v > INT32_MAX ? INT32_MAX : (v < INT32_MIN ? INT32_MIN : v);
+        r = (int32_t)edgeq_asr64(v * mult + ((int64_t)1 << 30), 31);
+        r = asr32(r, right) + ((r & mask) > half + (r < 0));
+        r = r < lo ? lo : r;
+        y[i] = (int8_t)((r > hi ? hi : r) + y_zp);
+    }
+}
+
+/* y = lut?[clip(mbqm(acc + bias) + y_zp)] for a row of accumulators (reference._finish). */
+static void requant_row(const int32_t *restrict acc, int32_t n, const requant_t *q, int8_t *restrict y)
+{
+    int32_t i;
+    if (q->shift < -31 || q->shift > 31 || q->mult == INT32_MIN) {
+        for (i = 0; i < n; i++)
+            y[i] = finish_one((int64_t)acc[i] + q->bias, q);
+        return;
+    }
+    if (q->shift > 0)
+        requant_fast(acc, n, q, y, 1);
+    else
+        requant_fast(acc, n, q, y, 0);
+    if (q->lut)
+        for (i = 0; i < n; i++)
+            y[i] = q->lut[y[i] + 128];
+}
+
+/* ---- Convolution -------------------------------------------------------------------------------- */
+
+typedef struct {
+    const int8_t *x, *w;
+    const int32_t *bias, *mult, *shift;
+    const int8_t *lut;
+    int8_t *y;
+    int32_t C, H, W, OC, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, group, x_zp, y_zp, lo, hi;
+    int32_t cg, ocg, K; /* input channels per group, output channels per group, patch length */
+} conv_t;
+
+static requant_t conv_requant(const conv_t *a, int32_t oc)
+{
+    requant_t q;
+    q.bias = a->bias[oc];
+    q.mult = a->mult[oc];
+    q.shift = a->shift[oc];
+    q.y_zp = a->y_zp;
+    q.lo = a->lo;
+    q.hi = a->hi;
+    q.lut = a->lut;
+    return q;
+}
+
+static int64_t conv_work(const conv_t *a)
+{
+    return (int64_t)a->OC * a->OH * a->OW * a->K;
+}
+
+/* Plane kernel tile geometry. */
+typedef struct {
+    int32_t KR, KC; /* furthest tap offset, in phase rows and phase columns */
+    int32_t R, Wt;  /* output rows and columns per tile */
+} plane_t;
+
+/* Split a tap offset t * d into k * s + p (0 <= p < s) incrementally: advance from tap t to t + 1. */
+static inline void phase_step(int32_t *k, int32_t *p, int32_t d, int32_t s)
+{
+    if (s == 1) {
+        *k += d;
+        return;
+    }
+    *p += d;
+    *k += *p / s;
+    *p %= s;
+}
+
+/* Pick the largest tile whose input copy fits EDGEQ_SCRATCH_BYTES (rows first, then narrower columns);
+ * 0 when none does or when a partial sum could leave int32. */
+static int plane_geometry(const conv_t *a, plane_t *pg)
+{
+    int64_t unit, wt, r;
+    if (a->K > EDGEQ_K_INT32 || a->sh > 16 || a->sw > 16 || a->KH * a->KW > EDGEQ_MAX_TAPS)
+        return 0;
+    pg->KR = (int32_t)((int64_t)(a->KH - 1) * a->dh / a->sh);
+    pg->KC = (int32_t)((int64_t)(a->KW - 1) * a->dw / a->sw);
+    if (pg->KC >= EDGEQ_CHUNK || pg->KR > (1 << 20))
+        return 0;
+    unit = (int64_t)a->cg * a->sh * a->sw * (int64_t)sizeof(int16_t); /* one column of all phases */
+    wt = a->OW < EDGEQ_CHUNK - pg->KC ? a->OW : EDGEQ_CHUNK - pg->KC;
+    r = EDGEQ_SCRATCH_BYTES / (unit * (wt + pg->KC)) - pg->KR - 1;
+    if (r < 1) {
+        r = 1;
+        wt = EDGEQ_SCRATCH_BYTES / (unit * (pg->KR + 2)) - pg->KC;
+        if (wt < 1)
+            return 0;
+    }
+    pg->R = (int32_t)(r < a->OH ? r : a->OH);
+    pg->Wt = (int32_t)(wt < a->OW ? wt : a->OW);
+    return 1;
+}
+
+/* The column phases of one input row: d[pw * phase_stride + q] = row[iw0 + q * sw + pw] - zp for q in
+ * [lo[pw], hi[pw]), the columns inside the input. Unit stride is a plain widening copy; stride 2 gets a
+ * pass producing both phases at once, a de-interleave gcc vectorises; other strides go phase by phase. */
+static void widen_phases(int16_t *restrict d, int64_t phase_stride, const int8_t *restrict row, int32_t iw0,
+                         int32_t sw, const int32_t *lo, const int32_t *hi, int16_t zp)
+{
+    int32_t pw, q, a = 0, b = 0; /* [a, b): the range the stride-2 pass already did */
+    if (sw == 1) {
+        for (q = lo[0]; q < hi[0]; q++)
+            d[q] = (int16_t)(row[(int64_t)iw0 + q] - zp);
+        return;
+    }
+    if (sw == 2) {
+        int16_t *restrict d1 = d + phase_stride;
+        a = lo[0] > lo[1] ? lo[0] : lo[1];
+        b = hi[0] < hi[1] ? hi[0] : hi[1];
+        for (q = a; q < b; q++) {
+            d[q] = (int16_t)(row[(int64_t)iw0 + 2 * q] - zp);
+            d1[q] = (int16_t)(row[(int64_t)iw0 + 2 * q + 1] - zp);
+        }
+        if (b < a)
+            b = a;
+    }
+    for (pw = 0; pw < sw; pw++) {
+        int16_t *restrict dp = d + pw * phase_stride;
+        const int32_t end = hi[pw] < a ? hi[pw] : a;
+        for (q = lo[pw]; q < end; q++)
+            dp[q] = (int16_t)(row[(int64_t)iw0 + pw + (int64_t)q * sw] - zp);
+        for (q = lo[pw] > b ? lo[pw] : b; q < hi[pw]; q++)
+            dp[q] = (int16_t)(row[(int64_t)iw0 + pw + (int64_t)q * sw] - zp);
+    }
+}
+
+/* Copy the input under output rows [oh0, oh0 + R) x columns [ow0, ow0 + Wt) of group g into Xp as
+ * int16 x - x_zp, zero where the window leaves the input, split by stride phase so that every tap of
+ * the tile reads one contiguous, unit-stride range. Layout [c][row phase][column phase][Rq][Wq]. */
+static void plane_build(const conv_t *a, const plane_t *pg, int32_t g, int32_t oh0, int32_t R, int32_t ow0,
+                        int32_t Wt, int16_t *Xp)
+{
+    const int32_t Rq = R + pg->KR + 1, Wq = Wt + pg->KC;
+    const int32_t ih0 = oh0 * a->sh - a->pt, iw0 = ow0 * a->sw - a->pl;
+    const int64_t plane = (int64_t)Rq * Wq, per_channel = plane * a->sh * a->sw;
+    const int16_t zp = (int16_t)a->x_zp;
+    int32_t lo[16], hi[16]; /* valid columns of each column phase (sw <= 16 by plane_geometry) */
+    int32_t c, ph, pw, r;
+    for (pw = 0; pw < a->sw; pw++)
+        tap_range(0, Wq, a->sw, iw0 + pw, a->W, &lo[pw], &hi[pw]);
+    for (c = 0; c < a->cg; c++) {
+        const int8_t *xc = a->x + ((int64_t)g * a->cg + c) * a->H * a->W;
+        int16_t *dc = Xp + c * per_channel;
+        memset(dc, 0, sizeof(int16_t) * (size_t)per_channel); /* padding; valid segments overwrite it */
+        for (ph = 0; ph < a->sh; ph++) {
+            for (r = 0; r < Rq; r++) {
+                const int32_t ih = ih0 + r * a->sh + ph;
+                if (ih >= 0 && ih < a->H)
+                    widen_phases(dc + (int64_t)ph * a->sw * plane + (int64_t)r * Wq, plane,
+                                 xc + (int64_t)ih * a->W, iw0, a->sw, lo, hi, zp);
+            }
+        }
+    }
+}
+
+/* Where the plane kernel reads: one tile's input copy, where each tap starts in it, and the stride
+ * between input channels. */
+typedef struct {
+    const int16_t *xp;
+    int32_t tap[EDGEQ_MAX_TAPS]; /* offset of tap kh * KW + kw: its phase plane + row and column shift */
+    int64_t per_channel;
+} tile_t;
+
+/* acc[j][t] = sum over input channels c and taps of w[oc0 + j][c][tap] * x[c](tap)[pos + t] for `np`
+ * positions from `pos`, x[c](tap) being channel c's copy shifted to the tap. `nb` and `np` are
+ * constants at every call site (plane_kernel_at), so the nb * np accumulators live in registers. */
+static EDGEQ_ALWAYS_INLINE void plane_kernel(const conv_t *a, const tile_t *tl, int64_t pos, const int8_t *w0,
+                                             int32_t nb, int32_t np, int32_t *out)
+{
+    int32_t acc[EDGEQ_OC_BLOCK * EDGEQ_VPOS];
+    const int32_t taps = a->KH * a->KW;
+    int32_t j, t, tap, c;
+    for (j = 0; j < nb * np; j++)
+        acc[j] = 0;
+    for (tap = 0; tap < taps; tap++) {
+        const int16_t *src = tl->xp + tl->tap[tap] + pos;
+        const int8_t *wt = w0 + tap;
+        for (c = 0; c < a->cg; c++, src += tl->per_channel, wt += taps) {
+            for (j = 0; j < nb; j++) {
+                const int32_t wv = wt[(int64_t)j * a->K];
+                for (t = 0; t < np; t++)
+                    acc[j * np + t] += wv * src[t];
+            }
+        }
+    }
+    for (j = 0; j < nb * np; j++)
+        out[j] = acc[j];
+}
+
+/* Run the register block for nb output channels over the `n` positions from `pos` (n a multiple of
+ * EDGEQ_VPOS); out[j * n + t]. Fewer channels get proportionally more positions per block. */
+static void plane_kernel_at(const conv_t *a, const tile_t *tl, int64_t pos, int32_t n, const int8_t *w0,
+                            int32_t nb, int32_t *out)
+{
+    int32_t blk[EDGEQ_OC_BLOCK * EDGEQ_VPOS];
+    int32_t i = 0, j, t;
+    while (i < n) {
+        int32_t np = EDGEQ_VPOS;
+        switch (nb) {
+        case 1:
+            if (n - i >= 4 * EDGEQ_VPOS) {
+                np = 4 * EDGEQ_VPOS;
+                plane_kernel(a, tl, pos + i, w0, 1, 4 * EDGEQ_VPOS, blk);
+            } else {
+                plane_kernel(a, tl, pos + i, w0, 1, EDGEQ_VPOS, blk);
+            }
+            break;
+        case 2: plane_kernel(a, tl, pos + i, w0, 2, EDGEQ_VPOS, blk); break;
+        case 3: plane_kernel(a, tl, pos + i, w0, 3, EDGEQ_VPOS, blk); break;
+        default: plane_kernel(a, tl, pos + i, w0, EDGEQ_OC_BLOCK, EDGEQ_VPOS, blk); break;
+        }
+        for (j = 0; j < nb; j++)
+            for (t = 0; t < np; t++)
+                out[j * n + i + t] = blk[j * np + t];
+        i += np;
+    }
+}
+
+/* Output-channel blocks [b0, b1) of group g over one tile whose input is in Xp. Works on chunks of
+ * whole tile rows, including the KC columns of garbage that let every tap be one contiguous range,
+ * rounded up to whole register blocks (plane_job leaves EDGEQ_VPOS elements of zeroed slack after Xp
+ * for the last one); requantizes whole blocks, then copies the real columns out. */
+static void plane_blocks(const conv_t *a, const plane_t *pg, int32_t g, int32_t oh0, int32_t R, int32_t ow0,
+                         int32_t Wt, const int16_t *Xp, int32_t b0, int32_t b1)
+{
+    int32_t acc[EDGEQ_OC_BLOCK * EDGEQ_CHUNK];
+    int8_t out[EDGEQ_CHUNK];
+    tile_t tl;
+    const int32_t Rq = R + pg->KR + 1, Wq = Wt + pg->KC;
+    const int32_t Rc = EDGEQ_CHUNK / Wq; /* >= 1: Wq <= EDGEQ_CHUNK by plane_geometry */
+    const int64_t plane = (int64_t)Rq * Wq;
+    int32_t b, j, r0, rr, kh, kw, kr = 0, ph = 0;
+    tl.xp = Xp;
+    tl.per_channel = plane * a->sh * a->sw;
+    for (kh = 0; kh < a->KH; kh++) {
+        int32_t kc = 0, pw = 0;
+        for (kw = 0; kw < a->KW; kw++) {
+            tl.tap[kh * a->KW + kw] = (int32_t)(((int64_t)ph * a->sw + pw) * plane + (int64_t)kr * Wq + kc);
+            phase_step(&kc, &pw, a->dw, a->sw);
+        }
+        phase_step(&kr, &ph, a->dh, a->sh);
+    }
+    for (b = b0; b < b1; b++) {
+        const int32_t oc0 = g * a->ocg + b * EDGEQ_OC_BLOCK;
+        const int32_t nb = min_i32(EDGEQ_OC_BLOCK, a->ocg - b * EDGEQ_OC_BLOCK);
+        for (r0 = 0; r0 < R; r0 += Rc) {
+            const int32_t rc = min_i32(Rc, R - r0);
+            const int32_t n = (rc * Wq + EDGEQ_VPOS - 1) / EDGEQ_VPOS * EDGEQ_VPOS;
+            plane_kernel_at(a, &tl, (int64_t)r0 * Wq, n, a->w + (int64_t)oc0 * a->K, nb, acc);
+            for (j = 0; j < nb; j++) {
+                const requant_t q = conv_requant(a, oc0 + j);
+                int8_t *yj = a->y + ((int64_t)oc0 + j) * a->OH * a->OW + (int64_t)(oh0 + r0) * a->OW + ow0;
+                requant_row(acc + j * n, n, &q, out);
+                for (rr = 0; rr < rc; rr++)
+                    memcpy(yj + (int64_t)rr * a->OW, out + rr * Wq, (size_t)Wt);
+            }
+        }
+    }
+}
+
+/* One job: tile (g, row tile, column tile) and a share of its output-channel blocks, with its own copy
+ * of the input (threads that split one tile's channels each build it: cheaper than synchronising). */
+static void plane_job(const conv_t *a, const plane_t *pg, int64_t job, int32_t n_rt, int32_t n_ct, int32_t n_parts)
+{
+    int16_t Xp[EDGEQ_SCRATCH_BYTES / sizeof(int16_t) + EDGEQ_VPOS];
+    const int32_t n_blocks = (a->ocg + EDGEQ_OC_BLOCK - 1) / EDGEQ_OC_BLOCK;
+    const int32_t part = (int32_t)(job % n_parts);
+    const int64_t tile = job / n_parts;
+    const int32_t ct = (int32_t)(tile % n_ct), rt = (int32_t)(tile / n_ct % n_rt), g = (int32_t)(tile / n_ct / n_rt);
+    const int32_t oh0 = rt * pg->R, ow0 = ct * pg->Wt;
+    const int32_t R = min_i32(pg->R, a->OH - oh0), Wt = min_i32(pg->Wt, a->OW - ow0);
+    const int32_t b0 = (int32_t)((int64_t)n_blocks * part / n_parts);
+    const int32_t b1 = (int32_t)((int64_t)n_blocks * (part + 1) / n_parts);
+    if (b0 >= b1)
+        return;
+    plane_build(a, pg, g, oh0, R, ow0, Wt, Xp);
+    memset(Xp + (int64_t)a->cg * a->sh * a->sw * (R + pg->KR + 1) * (Wt + pg->KC), 0, sizeof(int16_t) * EDGEQ_VPOS);
+    plane_blocks(a, pg, g, oh0, R, ow0, Wt, Xp, b0, b1);
+}
+
+static void conv_plane(const conv_t *a, const plane_t *pg)
+{
+    const int32_t n_rt = (a->OH + pg->R - 1) / pg->R, n_ct = (a->OW + pg->Wt - 1) / pg->Wt;
+    const int64_t n_tiles = (int64_t)a->group * n_rt * n_ct;
+    const int32_t n_blocks = (a->ocg + EDGEQ_OC_BLOCK - 1) / EDGEQ_OC_BLOCK;
+    const int64_t work = conv_work(a);
+    /* Few tiles for many threads: split each tile's output channels instead. */
+    const int32_t n_parts = (edgeq_threads > 1 && work >= EDGEQ_PAR_MIN_WORK && n_tiles < 2 * edgeq_threads)
+                                ? min_i32(edgeq_threads, n_blocks)
+                                : 1;
+    const int64_t n_jobs = n_tiles * n_parts;
+    int64_t job;
+    (void)work;
+    EDGEQ_PARALLEL_FOR(work >= EDGEQ_PAR_MIN_WORK && n_jobs > 1)
+    for (job = 0; job < n_jobs; job++)
+        plane_job(a, pg, job, n_rt, n_ct, n_parts);
+}
+
+/* ---- Dot path: channels-last tiles and patch dot products ------------------------------------- */
+
+/* Geometry of the dot path for one convolution. */
+typedef struct {
+    int32_t Kp;       /* patch length rounded up to EDGEQ_KALIGN (patches and weights zero padded) */
+    int32_t R, OWt;   /* output rows and columns per tile */
+    int32_t wblocks;  /* output-channel blocks whose reordered weights fit EDGEQ_WEIGHT_CHUNK */
+} dot_t;
+
+/* Input rows / columns a tile of R x OWt outputs reads. */
+static int64_t dot_span(int64_t out, int32_t stride, int32_t k, int32_t dil)
+{
+    return (out - 1) * stride + (int64_t)(k - 1) * dil + 1;
+}
+
+/* Whether dot products are worth it for this patch length (see EDGEQ_DOT_MIN_K). */
+static int dot_worthwhile(int32_t K)
+{
+    const int64_t Kp = ((int64_t)K + EDGEQ_KALIGN - 1) / EDGEQ_KALIGN * EDGEQ_KALIGN;
+    return K >= EDGEQ_DOT_MIN_K && (K >= 4 * EDGEQ_KALIGN || 4 * (int64_t)K >= 3 * Kp);
+}
+
+/* Pick the tile: as many whole output rows as the channels-last copy and the patches allow, else a
+ * narrower column band. 0 if even one output does not fit. */
+static int dot_geometry(const conv_t *a, dot_t *d)
+{
+    int64_t R, OWt;
+    if (a->K > EDGEQ_K_INT32)
+        return 0;
+    d->Kp = (a->K + EDGEQ_KALIGN - 1) / EDGEQ_KALIGN * EDGEQ_KALIGN;
+    if ((int64_t)2 * d->Kp > EDGEQ_PATCH_BYTES || (int64_t)EDGEQ_OC_BLOCK * d->Kp > EDGEQ_WEIGHT_CHUNK)
+        return 0;
+    d->wblocks = (int32_t)(EDGEQ_WEIGHT_CHUNK / ((int64_t)EDGEQ_OC_BLOCK * d->Kp));
+    for (OWt = a->OW; OWt >= 1; OWt = OWt > 8 ? OWt / 2 : OWt - 1) {
+        const int64_t row_bytes = dot_span(OWt, a->sw, a->KW, a->dw) * a->cg;
+        for (R = a->OH; R >= 1; R = R > 8 ? R / 2 : R - 1) {
+            if (R * OWt * d->Kp <= EDGEQ_PATCH_BYTES && R * OWt <= EDGEQ_DOT_POS &&
+                dot_span(R, a->sh, a->KH, a->dh) * row_bytes <= EDGEQ_TILE_BYTES) {
+                d->R = (int32_t)R;
+                d->OWt = (int32_t)OWt;
+                return 1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* Channels-last copy of the input under a tile, as uint8 x + 128 with padding written as x_zp + 128
+ * (so padded taps contribute w * (x_zp - x_zp) = 0 after the zero-point correction). Four channels
+ * are interleaved per pass so the byte scatter vectorises. */
+static void dot_build_tile(const conv_t *a, int32_t g, int32_t oh0, int32_t R, int32_t ow0, int32_t OWt,
+                           uint8_t *restrict B)
+{
+    const int32_t Rin = (int32_t)dot_span(R, a->sh, a->KH, a->dh);
+    const int32_t Win = (int32_t)dot_span(OWt, a->sw, a->KW, a->dw);
+    const int32_t ih0 = oh0 * a->sh - a->pt, iw0 = ow0 * a->sw - a->pl, cg = a->cg;
+    const uint8_t pad = (uint8_t)(a->x_zp + 128);
+    const int64_t plane = (int64_t)a->H * a->W;
+    const int8_t *xg = a->x + (int64_t)g * cg * plane;
+    int32_t r, c, q, lo, hi;
+    tap_range(0, Win, 1, iw0, a->W, &lo, &hi);
+    for (r = 0; r < Rin; r++) {
+        const int32_t ih = ih0 + r;
+        uint8_t *row = B + (int64_t)r * Win * cg;
+        if (ih < 0 || ih >= a->H || lo >= hi) {
+            memset(row, pad, (size_t)Win * (size_t)cg);
+            continue;
+        }
+        memset(row, pad, (size_t)lo * (size_t)cg);
+        memset(row + (int64_t)hi * cg, pad, (size_t)(Win - hi) * (size_t)cg);
+        for (c = 0; c < cg; c += 4) {
+            const int8_t *s0 = xg + c * plane + (int64_t)ih * a->W; /* row start; column iw0 + q */
+            uint8_t *d = row + c;
+            if (c + 4 <= cg) {
+                const int8_t *s1 = s0 + plane, *s2 = s1 + plane, *s3 = s2 + plane;
+                for (q = lo; q < hi; q++) {
+                    d[(int64_t)q * cg + 0] = (uint8_t)(s0[iw0 + q] + 128);
+                    d[(int64_t)q * cg + 1] = (uint8_t)(s1[iw0 + q] + 128);
+                    d[(int64_t)q * cg + 2] = (uint8_t)(s2[iw0 + q] + 128);
+                    d[(int64_t)q * cg + 3] = (uint8_t)(s3[iw0 + q] + 128);
+                }
+            } else {
+                int32_t k;
+                for (k = 0; k < cg - c; k++)
+                    for (q = lo; q < hi; q++)
+                        d[(int64_t)q * cg + k] = (uint8_t)(s0[k * plane + iw0 + q] + 128);
+            }
+        }
+    }
+}
+
+/* Patch rows P[t] (t over the tile's positions, row-major) in (kh, kw, c) order, zero padded to Kp:
+ * each kernel row is one contiguous copy from the channels-last tile when dilation is 1. */
+static void dot_build_patches(const conv_t *a, const dot_t *d, int32_t R, int32_t OWt, const uint8_t *B,
+                              uint8_t *restrict P)
+{
+    const int32_t Win = (int32_t)dot_span(OWt, a->sw, a->KW, a->dw), cg = a->cg;
+    const int32_t run = a->dw == 1 ? a->KW * cg : cg, runs = a->dw == 1 ? 1 : a->KW;
+    int32_t r, q, kh, kw;
+    for (r = 0; r < R; r++) {
+        for (q = 0; q < OWt; q++) {
+            uint8_t *p = P + ((int64_t)r * OWt + q) * d->Kp;
+            for (kh = 0; kh < a->KH; kh++) {
+                const uint8_t *src = B + ((int64_t)(r * a->sh + kh * a->dh) * Win + (int64_t)q * a->sw) * cg;
+                for (kw = 0; kw < runs; kw++, p += run)
+                    memcpy(p, src + (int64_t)kw * a->dw * cg, (size_t)run);
+            }
+            memset(p, 0, (size_t)(d->Kp - a->K));
+        }
+    }
+}
+
+/* One weight row from (c, tap) to (tap, c) order. `taps` is a constant at the 3x3 call site, which
+ * lets gcc turn the strided reads into vector shuffles. */
+static EDGEQ_ALWAYS_INLINE void transpose_row(int8_t *restrict dst, const int8_t *restrict src, int32_t cg,
+                                              int32_t taps)
+{
+    int32_t c, t;
+    for (t = 0; t < taps; t++) /* contiguous writes, strided reads */
+        for (c = 0; c < cg; c++)
+            dst[(int64_t)t * cg + c] = src[(int64_t)c * taps + t];
+}
+
+/* Reorder the weights of output-channel blocks [b0, b0 + nblk) of group g from OIHW to
+ * Wr[block][j][(kh, kw, c)], zero padded to Kp and to whole blocks; wsum = sum of each row. */
+static void dot_reorder_weights(const conv_t *a, const dot_t *d, int32_t g, int32_t b0, int32_t nblk,
+                                int8_t *restrict Wr, int32_t *restrict wsum)
+{
+    const int32_t taps = a->KH * a->KW, rows = nblk * EDGEQ_OC_BLOCK;
+    int32_t i, k;
+    for (i = 0; i < rows; i++) {
+        const int32_t o = b0 * EDGEQ_OC_BLOCK + i;
+        int8_t *dst = Wr + (int64_t)i * d->Kp;
+        int32_t sum = 0;
+        memset(dst + a->K, 0, (size_t)(d->Kp - a->K));
+        if (o < a->ocg) {
+            const int8_t *src = a->w + ((int64_t)g * a->ocg + o) * a->K;
+            if (taps == 1)
+                memcpy(dst, src, (size_t)a->K);
+            else if (taps == 9)
+                transpose_row(dst, src, a->cg, 9);
+            else
+                transpose_row(dst, src, a->cg, taps);
+            for (k = 0; k < a->K; k++)
+                sum += src[k];
+        } else {
+            memset(dst, 0, (size_t)a->K);
+        }
+        wsum[i] = sum;
+    }
+}
+
+/* s[j] += sum_k P0[k] * w_j[k], s[4 + j] += sum_k P1[k] * w_j[k] for four weight rows (stride Kp):
+ * eight sums held in vector registers, uint8 x int8 so gcc emits vpdpbusd (AVX-VNNI) where it can.
+ * Kp <= EDGEQ_K_INT32 rounded up bounds every partial sum by 255 * 128 * Kp < 2^31. */
+static void dot4x2(const uint8_t *restrict p0, const uint8_t *restrict p1, const int8_t *restrict w, int32_t Kp,
+                   int32_t s[2 * EDGEQ_OC_BLOCK])
+{
+    const int8_t *w0 = w, *w1 = w + Kp, *w2 = w1 + Kp, *w3 = w2 + Kp;
+    int32_t a0 = 0, a1 = 0, a2 = 0, a3 = 0, b0 = 0, b1 = 0, b2 = 0, b3 = 0, k;
+    for (k = 0; k < Kp; k++) {
+        const int32_t u = p0[k], v = p1[k];
+        a0 += u * w0[k];
+        a1 += u * w1[k];
+        a2 += u * w2[k];
+        a3 += u * w3[k];
+        b0 += v * w0[k];
+        b1 += v * w1[k];
+        b2 += v * w2[k];
+        b3 += v * w3[k];
+    }
+    s[0] = a0;
+    s[1] = a1;
+    s[2] = a2;
+    s[3] = a3;
+    s[4] = b0;
+    s[5] = b1;
+    s[6] = b2;
+    s[7] = b3;
+}
+
+/* One tile of the dot path: group, first output row and column, size. */
+typedef struct {
+    int32_t g, oh0, ow0, R, OWt;
+} dtile_t;
+
+/* Tile number `tile`, counting row tiles x column tiles within each group. */
+static dtile_t dot_tile(const conv_t *a, const dot_t *d, int64_t tile, int32_t n_rt, int32_t n_ct)
+{
+    dtile_t t;
+    const int32_t ct = (int32_t)(tile % n_ct), rt = (int32_t)(tile / n_ct % n_rt);
+    t.g = (int32_t)(tile / n_ct / n_rt);
+    t.oh0 = rt * d->R;
+    t.ow0 = ct * d->OWt;
+    t.R = min_i32(d->R, a->OH - t.oh0);
+    t.OWt = min_i32(d->OWt, a->OW - t.ow0);
+    return t;
+}
+
+/* Output-channel blocks [bc, bc + nblk) of a tile whose patches are in P, with their weights
+ * reordered in wr / ws: dot products, zero-point correction, requantization, copy out. */
+static void dot_compute(const conv_t *a, const dot_t *d, const dtile_t *tl, const uint8_t *P, const int8_t *wr,
+                        const int32_t *ws, int32_t bc, int32_t nblk)
+{
+    int32_t acc[EDGEQ_OC_BLOCK][EDGEQ_DOT_POS];
+    int8_t out[EDGEQ_DOT_POS];
+    const int32_t T = tl->R * tl->OWt;
+    const int32_t corr = a->x_zp + 128; /* sum w * (u - corr) == sum w * (x - x_zp) */
+    int32_t b, j, t, r;
+    for (b = 0; b < nblk; b++) {
+        const int8_t *wb = wr + (int64_t)b * EDGEQ_OC_BLOCK * d->Kp;
+        const int32_t oc0 = tl->g * a->ocg + (bc + b) * EDGEQ_OC_BLOCK;
+        const int32_t nb = min_i32(EDGEQ_OC_BLOCK, a->ocg - (bc + b) * EDGEQ_OC_BLOCK);
+        for (t = 0; t < T; t += 2) {
+            const uint8_t *p0 = P + (int64_t)t * d->Kp;
+            const uint8_t *p1 = t + 1 < T ? p0 + d->Kp : p0; /* odd tile: last position twice */
+            int32_t s[2 * EDGEQ_OC_BLOCK];
+            dot4x2(p0, p1, wb, d->Kp, s);
+            for (j = 0; j < EDGEQ_OC_BLOCK; j++) {
+                const int32_t c = corr * ws[b * EDGEQ_OC_BLOCK + j];
+                acc[j][t] = s[j] - c;
+                if (t + 1 < T)
+                    acc[j][t + 1] = s[EDGEQ_OC_BLOCK + j] - c;
+            }
+        }
+        for (j = 0; j < nb; j++) {
+            const requant_t q = conv_requant(a, oc0 + j);
+            int8_t *yj = a->y + ((int64_t)oc0 + j) * a->OH * a->OW + (int64_t)tl->oh0 * a->OW + tl->ow0;
+            requant_row(acc[j], T, &q, out);
+            for (r = 0; r < tl->R; r++)
+                memcpy(yj + (int64_t)r * a->OW, out + r * tl->OWt, (size_t)tl->OWt);
+        }
+    }
+}
+
+/* One job of the dot path: output-channel blocks [b0, b1) over tiles [t0, t1) (all of one group when
+ * weights_outer). Weights come from `pre` (reordered once for the whole convolution) when given;
+ * otherwise they are reordered a chunk at a time, either per tile (tiles outer) or once per job with
+ * the tiles rebuilt for every chunk (weights outer), whichever conv_dot estimated cheaper. */
+static void dot_job(const conv_t *a, const dot_t *d, int64_t t0, int64_t t1, int32_t b0, int32_t b1, int32_t n_rt,
+                    int32_t n_ct, const int8_t *pre, const int32_t *pre_sum, int weights_outer)
+{
+    uint8_t B[EDGEQ_TILE_BYTES];
+    uint8_t P[EDGEQ_PATCH_BYTES];
+    int8_t Wr[EDGEQ_WEIGHT_CHUNK];
+    int32_t wsum[EDGEQ_WEIGHT_CHUNK / EDGEQ_KALIGN];
+    const int32_t n_blocks = (a->ocg + EDGEQ_OC_BLOCK - 1) / EDGEQ_OC_BLOCK;
+    int64_t t;
+    int32_t bc;
+    if (b0 >= b1)
+        return;
+    if (weights_outer && !pre) {
+        const int32_t g = dot_tile(a, d, t0, n_rt, n_ct).g;
+        for (bc = b0; bc < b1; bc += d->wblocks) {
+            const int32_t nblk = min_i32(d->wblocks, b1 - bc);
+            dot_reorder_weights(a, d, g, bc, nblk, Wr, wsum);
+            for (t = t0; t < t1; t++) {
+                const dtile_t tl = dot_tile(a, d, t, n_rt, n_ct);
+                dot_build_tile(a, tl.g, tl.oh0, tl.R, tl.ow0, tl.OWt, B);
+                dot_build_patches(a, d, tl.R, tl.OWt, B, P);
+                dot_compute(a, d, &tl, P, Wr, wsum, bc, nblk);
+            }
+        }
+        return;
+    }
+    for (t = t0; t < t1; t++) {
+        const dtile_t tl = dot_tile(a, d, t, n_rt, n_ct);
+        dot_build_tile(a, tl.g, tl.oh0, tl.R, tl.ow0, tl.OWt, B);
+        dot_build_patches(a, d, tl.R, tl.OWt, B, P);
+        if (pre) {
+            const int64_t first = (int64_t)tl.g * n_blocks + b0; /* block index over all groups */
+            dot_compute(a, d, &tl, P, pre + first * EDGEQ_OC_BLOCK * d->Kp, pre_sum + first * EDGEQ_OC_BLOCK, b0,
+                        b1 - b0);
+            continue;
+        }
+        for (bc = b0; bc < b1; bc += d->wblocks) {
+            const int32_t nblk = min_i32(d->wblocks, b1 - bc);
+            dot_reorder_weights(a, d, tl.g, bc, nblk, Wr, wsum);
+            dot_compute(a, d, &tl, P, Wr, wsum, bc, nblk);
+        }
+    }
+}
+
+static void conv_dot(const conv_t *a, const dot_t *d)
+{
+    int8_t pre[EDGEQ_WEIGHT_BYTES];
+    int32_t pre_sum[EDGEQ_WEIGHT_BYTES / EDGEQ_KALIGN];
+    const int32_t n_rt = (a->OH + d->R - 1) / d->R, n_ct = (a->OW + d->OWt - 1) / d->OWt;
+    const int64_t tiles_per_group = (int64_t)n_rt * n_ct, n_tiles = a->group * tiles_per_group;
+    const int32_t n_blocks = (a->ocg + EDGEQ_OC_BLOCK - 1) / EDGEQ_OC_BLOCK;
+    const int64_t w_bytes = (int64_t)n_blocks * EDGEQ_OC_BLOCK * d->Kp; /* reordered weights per group */
+    const int64_t work = conv_work(a);
+    const int par = edgeq_threads > 1 && work >= EDGEQ_PAR_MIN_WORK;
+    /* Reorder all weights once when they fit: every tile reuses them. */
+    const int whole = a->group * w_bytes <= EDGEQ_WEIGHT_BYTES;
+    /* Otherwise compare reordering every weight once per tile with rebuilding every tile once per
+     * weight chunk (both cost about a cycle per byte moved; patch copies move faster). */
+    const int64_t tile_bytes = dot_span(d->R, a->sh, a->KH, a->dh) * dot_span(d->OWt, a->sw, a->KW, a->dw) * a->cg +
+                               (int64_t)d->R * d->OWt * d->Kp / 8;
+    const int64_t n_chunks = (n_blocks + d->wblocks - 1) / d->wblocks;
+    const int weights_outer = !whole && n_chunks * tile_bytes < w_bytes;
+    int64_t job, n_jobs;
+    int32_t n_parts, g;
+    if (whole)
+        for (g = 0; g < a->group; g++)
+            dot_reorder_weights(a, d, g, 0, n_blocks, pre + (int64_t)g * n_blocks * EDGEQ_OC_BLOCK * d->Kp,
+                                pre_sum + (int64_t)g * n_blocks * EDGEQ_OC_BLOCK);
+    if (weights_outer) {
+        /* One job per group and share of its output channels, each walking all of the group's tiles. */
+        n_parts = par ? min_i32(edgeq_threads, n_blocks) : 1;
+        n_jobs = (int64_t)a->group * n_parts;
+    } else {
+        /* One job per tile, or per share of a tile's output channels when tiles are too few to share. */
+        n_parts = par && n_tiles < 2 * edgeq_threads ? min_i32(edgeq_threads, n_blocks) : 1;
+        n_jobs = n_tiles * n_parts;
+    }
+    (void)par;
+    EDGEQ_PARALLEL_FOR(par && n_jobs > 1)
+    for (job = 0; job < n_jobs; job++) {
+        const int32_t part = (int32_t)(job % n_parts);
+        const int64_t unit = job / n_parts; /* a group (weights outer) or a tile */
+        const int32_t b0 = (int32_t)((int64_t)n_blocks * part / n_parts);
+        const int32_t b1 = (int32_t)((int64_t)n_blocks * (part + 1) / n_parts);
+        if (weights_outer)
+            dot_job(a, d, unit * tiles_per_group, (unit + 1) * tiles_per_group, b0, b1, n_rt, n_ct, NULL, NULL, 1);
+        else
+            dot_job(a, d, unit, unit + 1, b0, b1, n_rt, n_ct, whole ? pre : NULL, whole ? pre_sum : NULL, 0);
+    }
+}
+
+/* Last resort for patches no scratch budget fits: one output at a time, int64 accumulation. */
+static void conv_scalar(const conv_t *a)
+{
+    int32_t oc, oh, ow, c, kh, kw;
+    for (oc = 0; oc < a->OC; oc++) {
+        const requant_t q = conv_requant(a, oc);
+        const int8_t *xg = a->x + (int64_t)(oc / a->ocg) * a->cg * a->H * a->W;
+        const int8_t *wo = a->w + (int64_t)oc * a->K;
+        for (oh = 0; oh < a->OH; oh++) {
+            for (ow = 0; ow < a->OW; ow++) {
+                int64_t acc = 0;
+                for (c = 0; c < a->cg; c++) {
+                    for (kh = 0; kh < a->KH; kh++) {
+                        const int32_t ih = oh * a->sh - a->pt + kh * a->dh;
+                        if (ih < 0 || ih >= a->H)
+                            continue;
+                        for (kw = 0; kw < a->KW; kw++) {
+                            const int32_t iw = ow * a->sw - a->pl + kw * a->dw;
+                            if (iw >= 0 && iw < a->W)
+                                acc += (int32_t)wo[((int64_t)c * a->KH + kh) * a->KW + kw] *
+                                       (xg[((int64_t)c * a->H + ih) * a->W + iw] - a->x_zp);
+                        }
+                    }
+                }
+                a->y[((int64_t)oc * a->OH + oh) * a->OW + ow] = finish_one(acc + q.bias, &q);
+            }
+        }
+    }
+}
+
+void edgeq_conv(const int8_t *x, const int8_t *w, const int32_t *bias, const int32_t *mult,
+                const int32_t *shift, const int8_t *lut, int8_t *y,
+                int32_t C, int32_t H, int32_t W, int32_t OC, int32_t OH, int32_t OW, int32_t KH, int32_t KW,
+                int32_t sh, int32_t sw, int32_t pt, int32_t pl, int32_t dh, int32_t dw, int32_t group,
+                int32_t x_zp, int32_t y_zp, int32_t act_min, int32_t act_max)
+{
+    conv_t a;
+    plane_t pg;
+    dot_t dg;
+    a.x = x;
+    a.w = w;
+    a.bias = bias;
+    a.mult = mult;
+    a.shift = shift;
+    a.lut = lut;
+    a.y = y;
+    a.C = C;
+    a.H = H;
+    a.W = W;
+    a.OC = OC;
+    a.OH = OH;
+    a.OW = OW;
+    a.KH = KH;
+    a.KW = KW;
+    a.sh = sh;
+    a.sw = sw;
+    a.pt = pt;
+    a.pl = pl;
+    a.dh = dh;
+    a.dw = dw;
+    a.group = group;
+    a.x_zp = x_zp;
+    a.y_zp = y_zp;
+    a.lo = act_min;
+    a.hi = act_max;
+    a.cg = C / group;
+    a.ocg = OC / group;
+    a.K = a.cg * KH * KW;
+    /* Long patches shared by several output channels go to dot products; short patches (depthwise,
+     * first layers) to the plane kernel; what fits neither to the scalar loop. */
+    if (dot_worthwhile(a.K) && a.ocg >= 2 && dot_geometry(&a, &dg))
+        conv_dot(&a, &dg);
+    else if (plane_geometry(&a, &pg))
+        conv_plane(&a, &pg);
+    else
+        conv_scalar(&a);
+}
+
+void edgeq_fc(const int8_t *x, const int8_t *w, const int32_t *bias, const int32_t *mult,
+              const int32_t *shift, const int8_t *lut, int8_t *y, int32_t K, int32_t OC,
+              int32_t x_zp, int32_t y_zp, int32_t act_min, int32_t act_max)
+{
+    /* A fully connected layer is a 1x1 convolution of a K-channel 1x1 image. */
+    edgeq_conv(x, w, bias, mult, shift, lut, y, K, 1, 1, OC, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 1, x_zp, y_zp,
+               act_min, act_max);
+}
+
+/* ---- Elementwise binary ops --------------------------------------------------------------------- */
+
+enum { BIN_ADD, BIN_MUL };
+
+typedef struct {
+    int kind;
+    int32_t a_zp, b_zp, y_zp, a_mult, a_shift, b_mult, b_shift, y_mult, y_shift, lo, hi;
+} binop_t;
+
+/* One output value of Add (inputs lifted by 2^20, rescaled, summed in int64) or Mul. */
+static inline int8_t binop_value(const binop_t *o, int32_t av, int32_t bv)
+{
+    int32_t raw;
+    if (o->kind == BIN_ADD) {
+        /* |x - zp| <= 255, so the lift by 2^20 fits int32; the sum of two rescaled values may not. */
+        const int64_t sa = edgeq_mbqm((int64_t)(av - o->a_zp) * (1 << 20), o->a_mult, o->a_shift);
+        const int64_t sb = edgeq_mbqm((int64_t)(bv - o->b_zp) * (1 << 20), o->b_mult, o->b_shift);
+        raw = edgeq_mbqm(sa + sb, o->y_mult, o->y_shift);
+    } else {
+        raw = edgeq_mbqm((int64_t)((av - o->a_zp) * (bv - o->b_zp)), o->y_mult, o->y_shift);
+    }
+    return (int8_t)clip_i64((int64_t)raw + o->y_zp, o->lo, o->hi);
+}
+
+/* Broadcast traversal shared by Add and Mul; `o->kind` is a constant at each (inlined) call site. */
+static inline void binary_op(const binop_t *o, const int8_t *a, const int8_t *b, const int8_t *lut, int8_t *y,
+                             const int32_t d[4], const int32_t as[4], const int32_t bs[4])
+{
+    const int64_t total = (int64_t)d[0] * d[1] * d[2] * d[3];
+    int64_t yi = 0, i;
+    int32_t i0, i1, i2, i3;
+    for (i0 = 0; i0 < d[0]; i0++)
+        for (i1 = 0; i1 < d[1]; i1++)
+            for (i2 = 0; i2 < d[2]; i2++) {
+                const int8_t *ar = a + (int64_t)i0 * as[0] + (int64_t)i1 * as[1] + (int64_t)i2 * as[2];
+                const int8_t *br = b + (int64_t)i0 * bs[0] + (int64_t)i1 * bs[1] + (int64_t)i2 * bs[2];
+                int8_t *yr = y + yi;
+                if (as[3] == 1 && bs[3] == 1) {
+                    for (i3 = 0; i3 < d[3]; i3++)
+                        yr[i3] = binop_value(o, ar[i3], br[i3]);
+                } else {
+                    for (i3 = 0; i3 < d[3]; i3++)
+                        yr[i3] = binop_value(o, ar[(int64_t)i3 * as[3]], br[(int64_t)i3 * bs[3]]);
+                }
+                yi += d[3];
+            }
+    if (lut)
+        for (i = 0; i < total; i++)
+            y[i] = lut[y[i] + 128];
+}
+
+void edgeq_add(const int8_t *a, const int8_t *b, const int8_t *lut, int8_t *y, const int32_t dims[4],
+               const int32_t a_strides[4], const int32_t b_strides[4], int32_t a_zp, int32_t b_zp,
+               int32_t y_zp, int32_t a_mult, int32_t a_shift, int32_t b_mult, int32_t b_shift,
+               int32_t y_mult, int32_t y_shift, int32_t act_min, int32_t act_max)
+{
+    binop_t o;
+    o.kind = BIN_ADD;
+    o.a_zp = a_zp;
+    o.b_zp = b_zp;
+    o.y_zp = y_zp;
+    o.a_mult = a_mult;
+    o.a_shift = a_shift;
+    o.b_mult = b_mult;
+    o.b_shift = b_shift;
+    o.y_mult = y_mult;
+    o.y_shift = y_shift;
+    o.lo = act_min;
+    o.hi = act_max;
+    binary_op(&o, a, b, lut, y, dims, a_strides, b_strides);
+}
+
+void edgeq_mul(const int8_t *a, const int8_t *b, const int8_t *lut, int8_t *y, const int32_t dims[4],
+               const int32_t a_strides[4], const int32_t b_strides[4], int32_t a_zp, int32_t b_zp,
+               int32_t y_zp, int32_t y_mult, int32_t y_shift, int32_t act_min, int32_t act_max)
+{
+    binop_t o;
+    memset(&o, 0, sizeof o);
+    o.kind = BIN_MUL;
+    o.a_zp = a_zp;
+    o.b_zp = b_zp;
+    o.y_zp = y_zp;
+    o.y_mult = y_mult;
+    o.y_shift = y_shift;
+    o.lo = act_min;
+    o.hi = act_max;
+    binary_op(&o, a, b, lut, y, dims, a_strides, b_strides);
+}
+
+/* ---- Table, pools, softmax, concat, reshape ----------------------------------------------------- */
+
+void edgeq_lut(const int8_t *x, const int8_t *table, int8_t *y, int32_t count)
+{
+    int32_t i;
+    for (i = 0; i < count; i++)
+        y[i] = table[x[i] + 128];
+}
+
+/* fixedpoint.rounded_div: divide, rounding half away from zero; NumPy's x // 0 == 0 for empty windows. */
+static int64_t rounded_div(int64_t acc, int64_t count)
+{
+    int64_t num, q;
+    if (count == 0)
+        return 0;
+    num = acc > 0 ? acc + count / 2 : acc - count / 2;
+    q = (num < 0 ? -num : num) / count;
+    return num < 0 ? -q : q;
+}
+
+enum { POOL_MAX, POOL_AVG };
+
+typedef struct {
+    int32_t C, H, W, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, count_include_pad, x_zp, y_zp, lo, hi;
+} pool_t;
+
+/* Fold one input value into a pool accumulator. */
+static EDGEQ_ALWAYS_INLINE int32_t pool_fold(int kind, int32_t acc, int32_t v, int32_t x_zp)
+{
+    if (kind == POOL_MAX)
+        return v > acc ? v : acc;
+    return acc + (v - x_zp);
+}
+
+/* One output value from its accumulator: max clamps; avg divides by the tap count with TFLite's
+ * rounding, then adds the output zero point and clamps. */
+static EDGEQ_ALWAYS_INLINE int8_t pool_finish(const pool_t *p, int kind, int64_t acc, int64_t count)
+{
+    if (kind == POOL_AVG)
+        acc = rounded_div(acc, p->count_include_pad ? (int64_t)p->KH * p->KW : count) + p->y_zp;
+    return (int8_t)clip_i64(acc, p->lo, p->hi);
+}
+
+/* Whether a whole window's sum of (x - x_zp) fits the int32 accumulators of the row-pass order. */
+static int pool_window_int32(const pool_t *p)
+{
+    return (int64_t)p->KH * p->KW <= INT32_MAX / 255;
+}
+
+/* One channel of a pool with at least as many outputs per row as window columns: each tap is one
+ * pass over a row of outputs, which vectorises across outputs. Column ranges depend only on the
+ * column tile, so they are computed once per tile. */
+static EDGEQ_ALWAYS_INLINE void pool_rows(const pool_t *p, int kind, const int8_t *x, int8_t *y)
+{
+    const int32_t init = kind == POOL_MAX ? -129 : 0; /* below every int8: padded taps never win */
+    int32_t acc[EDGEQ_CHUNK], cols[EDGEQ_CHUNK], klo[EDGEQ_MAX_TAPS], khi[EDGEQ_MAX_TAPS];
+    int32_t oh, ow0, i, kh, kw;
+    for (ow0 = 0; ow0 < p->OW; ow0 += EDGEQ_CHUNK) {
+        const int32_t n = min_i32(EDGEQ_CHUNK, p->OW - ow0);
+        for (i = 0; i < n; i++)
+            cols[i] = 0;
+        for (kw = 0; kw < p->KW; kw++) {
+            tap_range(ow0, ow0 + n, p->sw, kw * p->dw - p->pl, p->W, &klo[kw], &khi[kw]);
+            for (i = klo[kw]; i < khi[kw]; i++)
+                cols[i - ow0]++;
+        }
+        for (oh = 0; oh < p->OH; oh++) {
+            const int32_t ih0 = oh * p->sh - p->pt;
+            int32_t kh_lo, kh_hi;
+            tap_range(0, p->KH, p->dh, ih0, p->H, &kh_lo, &kh_hi);
+            for (i = 0; i < n; i++)
+                acc[i] = init;
+            for (kh = kh_lo; kh < kh_hi; kh++) {
+                for (kw = 0; kw < p->KW; kw++) {
+                    const int32_t off = kw * p->dw - p->pl;
+                    const int8_t *row = x + (int64_t)(ih0 + kh * p->dh) * p->W + off;
+                    int32_t *a = acc - ow0;
+                    if (p->sw == 1) { /* the vectorisable case gets its own loop */
+                        for (i = klo[kw]; i < khi[kw]; i++)
+                            a[i] = pool_fold(kind, a[i], row[i], p->x_zp);
+                    } else {
+                        for (i = klo[kw]; i < khi[kw]; i++)
+                            a[i] = pool_fold(kind, a[i], row[(int64_t)i * p->sw], p->x_zp);
+                    }
+                }
+            }
+            for (i = 0; i < n; i++)
+                y[(int64_t)oh * p->OW + ow0 + i] = pool_finish(p, kind, acc[i], (int64_t)(kh_hi - kh_lo) * cols[i]);
+        }
+    }
+}
+
+/* One channel of a pool with wide windows (e.g. global pooling): each output reduces its window's
+ * contiguous row segments, in int64. */
+static EDGEQ_ALWAYS_INLINE void pool_windows(const pool_t *p, int kind, const int8_t *x, int8_t *y)
+{
+    const int64_t init = kind == POOL_MAX ? -129 : 0;
+    int32_t oh, ow, kh, kw;
+    for (oh = 0; oh < p->OH; oh++) {
+        const int32_t ih0 = oh * p->sh - p->pt;
+        int32_t kh_lo, kh_hi;
+        tap_range(0, p->KH, p->dh, ih0, p->H, &kh_lo, &kh_hi);
+        for (ow = 0; ow < p->OW; ow++) {
+            const int32_t iw0 = ow * p->sw - p->pl;
+            int32_t kw_lo, kw_hi;
+            int64_t total = init;
+            tap_range(0, p->KW, p->dw, iw0, p->W, &kw_lo, &kw_hi);
+            for (kh = kh_lo; kh < kh_hi; kh++) {
+                const int8_t *row = x + (int64_t)(ih0 + kh * p->dh) * p->W + iw0;
+                int64_t a = init;
+                for (kw = kw_lo; kw < kw_hi; kw++)
+                    a = kind == POOL_MAX ? (row[(int64_t)kw * p->dw] > a ? row[(int64_t)kw * p->dw] : a)
+                                         : a + (row[(int64_t)kw * p->dw] - p->x_zp);
+                total = kind == POOL_MAX ? (a > total ? a : total) : total + a;
+            }
+            y[(int64_t)oh * p->OW + ow] = pool_finish(p, kind, total, (int64_t)(kh_hi - kh_lo) * (kw_hi - kw_lo));
+        }
+    }
+}
+
+static EDGEQ_ALWAYS_INLINE void pool_all(const pool_t *p, int kind, const int8_t *x, int8_t *y)
+{
+    const int64_t work = (int64_t)p->C * p->OH * p->OW * p->KH * p->KW;
+    const int64_t in_plane = (int64_t)p->H * p->W, out_plane = (int64_t)p->OH * p->OW;
+    const int rows = p->OW >= p->KW && p->KW <= EDGEQ_MAX_TAPS && pool_window_int32(p);
+    int32_t c;
+    (void)work;
+    EDGEQ_PARALLEL_FOR(work >= EDGEQ_PAR_MIN_WORK && p->C > 1)
+    for (c = 0; c < p->C; c++) {
+        if (rows)
+            pool_rows(p, kind, x + c * in_plane, y + c * out_plane);
+        else
+            pool_windows(p, kind, x + c * in_plane, y + c * out_plane);
+    }
+}
+
+void edgeq_maxpool(const int8_t *x, int8_t *y, int32_t C, int32_t H, int32_t W, int32_t OH, int32_t OW,
+                   int32_t KH, int32_t KW, int32_t sh, int32_t sw, int32_t pt, int32_t pl, int32_t dh,
+                   int32_t dw, int32_t act_min, int32_t act_max)
+{
+    pool_t p;
+    memset(&p, 0, sizeof p);
+    p.C = C;
+    p.H = H;
+    p.W = W;
+    p.OH = OH;
+    p.OW = OW;
+    p.KH = KH;
+    p.KW = KW;
+    p.sh = sh;
+    p.sw = sw;
+    p.pt = pt;
+    p.pl = pl;
+    p.dh = dh;
+    p.dw = dw;
+    p.lo = act_min;
+    p.hi = act_max;
+    pool_all(&p, POOL_MAX, x, y);
+}
+
+void edgeq_avgpool(const int8_t *x, int8_t *y, int32_t C, int32_t H, int32_t W, int32_t OH, int32_t OW,
+                   int32_t KH, int32_t KW, int32_t sh, int32_t sw, int32_t pt, int32_t pl,
+                   int32_t count_include_pad, int32_t x_zp, int32_t y_zp, int32_t act_min, int32_t act_max)
+{
+    pool_t p;
+    p.C = C;
+    p.H = H;
+    p.W = W;
+    p.OH = OH;
+    p.OW = OW;
+    p.KH = KH;
+    p.KW = KW;
+    p.sh = sh;
+    p.sw = sw;
+    p.pt = pt;
+    p.pl = pl;
+    p.dh = 1;
+    p.dw = 1;
+    p.count_include_pad = count_include_pad;
+    p.x_zp = x_zp;
+    p.y_zp = y_zp;
+    p.lo = act_min;
+    p.hi = act_max;
+    pool_all(&p, POOL_AVG, x, y);
+}
+
+/* Python's a // b for b != 0 (floor division), which the reference uses. */
+static int64_t floor_div(int64_t a, int64_t b)
+{
+    int64_t q = a / b;
+    if ((a % b != 0) && ((a < 0) != (b < 0)))
+        q--;
+    return q;
+}
+
+void edgeq_softmax(const int8_t *x, const int32_t *table, int8_t *y, int32_t rows, int32_t cols)
+{
+    int32_t r, i;
+    for (r = 0; r < rows; r++) {
+        const int8_t *xr = x + (int64_t)r * cols;
+        int8_t *yr = y + (int64_t)r * cols;
+        int32_t m = -128;
+        int64_t total = 0;
+        for (i = 0; i < cols; i++)
+            m = xr[i] > m ? xr[i] : m;
+        for (i = 0; i < cols; i++)
+            total += table[m - xr[i]];
+        for (i = 0; i < cols; i++) {
+            /* NumPy's integer division by zero gives 0; a table of zeros therefore yields -128. */
+            const int64_t q = total == 0 ? 0 : floor_div((int64_t)table[m - xr[i]] * 512 + total, 2 * total);
+            yr[i] = (int8_t)clip_i64(q - 128, -128, 127);
+        }
+    }
+}
+
+static inline int8_t concat_value(int32_t v, int32_t x_zp, int32_t mult, int32_t shift, int32_t y_zp)
+{
+    return (int8_t)clip_i64((int64_t)edgeq_mbqm(v - x_zp, mult, shift) + y_zp, -128, 127);
+}
+
+void edgeq_concat_part(const int8_t *x, int8_t *y, int32_t outer, int32_t inner, int32_t y_inner,
+                       int32_t y_col, int32_t x_zp, int32_t mult, int32_t shift, int32_t y_zp)
+{
+    int32_t o, i;
+    /* The result depends on the int8 value only: past 256 elements a table is cheaper than requantizing. */
+    if ((int64_t)outer * inner > 256) {
+        int8_t table[256];
+        for (i = 0; i < 256; i++)
+            table[i] = concat_value(i - 128, x_zp, mult, shift, y_zp);
+        for (o = 0; o < outer; o++) {
+            const int8_t *src = x + (int64_t)o * inner;
+            int8_t *dst = y + (int64_t)o * y_inner + y_col;
+            for (i = 0; i < inner; i++)
+                dst[i] = table[src[i] + 128];
+        }
+        return;
+    }
+    for (o = 0; o < outer; o++)
+        for (i = 0; i < inner; i++)
+            y[(int64_t)o * y_inner + y_col + i] = concat_value(x[(int64_t)o * inner + i], x_zp, mult, shift, y_zp);
+}
+
+void edgeq_reshape(const int8_t *x, int8_t *y, int32_t count)
+{
+    if (x != y && count > 0)
+        memmove(y, x, (size_t)count);
+}
+
+/* ---- Program decoding --------------------------------------------------------------------------- */
+
+/* Where operands live; with `validate` set only check operand spans against the sizes, else run. */
+typedef struct {
+    int8_t *arena;
+    const uint8_t *pool;
+    int64_t arena_bytes, pool_bytes;
+    int validate;
+} ctx_t;
+
+#define CHECK(cond)                  \
+    do {                             \
+        if (!(cond))                 \
+            return EDGEQ_E_PARAM;    \
+    } while (0)
+#define TRY(expr)                    \
+    do {                             \
+        const int rc_ = (expr);      \
+        if (rc_ != EDGEQ_OK)         \
+            return rc_;              \
+    } while (0)
+
+static int in_range(int64_t v, int64_t lo, int64_t hi)
+{
+    return v >= lo && v <= hi;
+}
+
+static int is_dim(int64_t v)
+{
+    return in_range(v, 1, EDGEQ_DIM_MAX);
+}
+
+static int is_i8(int64_t v)
+{
+    return in_range(v, -128, 127);
+}
+
+static int is_i32(int64_t v)
+{
+    return in_range(v, INT32_MIN, INT32_MAX);
+}
+
+/* a * b * c for positive factors, or -1 once the product passes INT32_MAX (kernels index in int32). */
+static int64_t count3(int64_t a, int64_t b, int64_t c)
+{
+    int64_t n = a;
+    if (n < 0 || b < 0 || c < 0)
+        return -1;
+    if (b != 0 && n > INT32_MAX / b)
+        return -1;
+    n *= b;
+    if (c != 0 && n > INT32_MAX / c)
+        return -1;
+    return n * c;
+}
+
+/* Check that [off, off + bytes) lies in the arena (or pool) and is aligned; in run mode only the
+ * alignment of the actual address can be checked. */
+static int span(const ctx_t *cx, int64_t off, int64_t bytes, int in_pool, int64_t align)
+{
+    if (off < 0 || bytes < 0)
+        return EDGEQ_E_BOUNDS;
+    if (cx->validate) {
+        const int64_t size = in_pool ? cx->pool_bytes : cx->arena_bytes;
+        if (off > size || bytes > size - off)
+            return EDGEQ_E_BOUNDS;
+        if (off % align != 0)
+            return EDGEQ_E_ALIGN;
+    } else if (in_pool && align > 1 && ((uintptr_t)(cx->pool + off)) % (uintptr_t)align != 0) {
+        return EDGEQ_E_ALIGN;
+    }
+    return EDGEQ_OK;
+}
+
+/* Optional fused table: -1 (none) or 256 int8 in the pool. */
+static int lut_span(const ctx_t *cx, int64_t off)
+{
+    if (off == -1)
+        return EDGEQ_OK;
+    return span(cx, off, 256, 1, 1);
+}
+
+static const int8_t *lut_ptr(const ctx_t *cx, int64_t off)
+{
+    return off == -1 ? NULL : (const int8_t *)(cx->pool + off);
+}
+
+/* Window geometry shared by conv and pools: the furthest tap stays within int32 index arithmetic. */
+static int window_ok(int64_t out, int64_t stride, int64_t pad, int64_t k, int64_t dil)
+{
+    return is_dim(out) && is_dim(stride) && in_range(pad, 0, EDGEQ_DIM_MAX) && is_dim(k) && is_dim(dil) &&
+           (out - 1) * stride + (k - 1) * dil <= EDGEQ_DIM_MAX;
+}
+
+/* words: x w bias mult shift lut y | C H W OC OH OW KH KW | sh sw pt pl dh dw group | x_zp y_zp min max */
+static int op_conv(const ctx_t *cx, const int64_t *v, int64_t n)
+{
+    int64_t xs, ys, ws, cg;
+    if (n != 26)
+        return EDGEQ_E_RECORD;
+    CHECK(is_dim(v[7]) && is_dim(v[8]) && is_dim(v[9]) && is_dim(v[10]) && is_dim(v[21]));
+    CHECK(window_ok(v[11], v[15], v[17], v[13], v[19]) && window_ok(v[12], v[16], v[18], v[14], v[20]));
+    CHECK(v[7] % v[21] == 0 && v[10] % v[21] == 0);
+    CHECK(is_i8(v[22]) && is_i8(v[23]) && is_i8(v[24]) && is_i8(v[25]));
+    cg = v[7] / v[21];
+    xs = count3(v[7], v[8], v[9]);
+    ys = count3(v[10], v[11], v[12]);
+    ws = count3(v[10], cg, count3(v[13], v[14], 1));
+    CHECK(xs > 0 && ys > 0 && ws > 0 && count3(cg, v[13], v[14]) > 0);
+    TRY(span(cx, v[0], xs, 0, 1));
+    TRY(span(cx, v[1], ws, 1, 1));
+    TRY(span(cx, v[2], 4 * v[10], 1, 4));
+    TRY(span(cx, v[3], 4 * v[10], 1, 4));
+    TRY(span(cx, v[4], 4 * v[10], 1, 4));
+    TRY(lut_span(cx, v[5]));
+    TRY(span(cx, v[6], ys, 0, 1));
+    if (!cx->validate)
+        edgeq_conv(cx->arena + v[0], (const int8_t *)(cx->pool + v[1]), (const int32_t *)(cx->pool + v[2]),
+                   (const int32_t *)(cx->pool + v[3]), (const int32_t *)(cx->pool + v[4]), lut_ptr(cx, v[5]),
+                   cx->arena + v[6], (int32_t)v[7], (int32_t)v[8], (int32_t)v[9], (int32_t)v[10],
+                   (int32_t)v[11], (int32_t)v[12], (int32_t)v[13], (int32_t)v[14], (int32_t)v[15],
+                   (int32_t)v[16], (int32_t)v[17], (int32_t)v[18], (int32_t)v[19], (int32_t)v[20],
+                   (int32_t)v[21], (int32_t)v[22], (int32_t)v[23], (int32_t)v[24], (int32_t)v[25]);
+    return EDGEQ_OK;
+}
+
+/* words: x w bias mult shift lut y | K OC | x_zp y_zp min max */
+static int op_fc(const ctx_t *cx, const int64_t *v, int64_t n)
+{
+    int64_t ws;
+    if (n != 13)
+        return EDGEQ_E_RECORD;
+    CHECK(is_dim(v[7]) && is_dim(v[8]));
+    CHECK(is_i8(v[9]) && is_i8(v[10]) && is_i8(v[11]) && is_i8(v[12]));
+    ws = count3(v[7], v[8], 1);
+    CHECK(ws > 0);
+    TRY(span(cx, v[0], v[7], 0, 1));
+    TRY(span(cx, v[1], ws, 1, 1));
+    TRY(span(cx, v[2], 4 * v[8], 1, 4));
+    TRY(span(cx, v[3], 4 * v[8], 1, 4));
+    TRY(span(cx, v[4], 4 * v[8], 1, 4));
+    TRY(lut_span(cx, v[5]));
+    TRY(span(cx, v[6], v[8], 0, 1));
+    if (!cx->validate)
+        edgeq_fc(cx->arena + v[0], (const int8_t *)(cx->pool + v[1]), (const int32_t *)(cx->pool + v[2]),
+                 (const int32_t *)(cx->pool + v[3]), (const int32_t *)(cx->pool + v[4]), lut_ptr(cx, v[5]),
+                 cx->arena + v[6], (int32_t)v[7], (int32_t)v[8], (int32_t)v[9], (int32_t)v[10], (int32_t)v[11],
+                 (int32_t)v[12]);
+    return EDGEQ_OK;
+}
+
+/* One broadcast operand: bytes it spans given the output dims and its strides, and where it lives. */
+static int operand_span(const ctx_t *cx, int64_t off, int64_t is_const, const int64_t *dims, const int64_t *strides)
+{
+    int64_t extent = 1;
+    int i;
+    CHECK(is_const == 0 || is_const == 1);
+    for (i = 0; i < 4; i++) {
+        CHECK(in_range(strides[i], 0, INT32_MAX));
+        extent += (dims[i] - 1) * strides[i];
+        CHECK(extent <= INT32_MAX);
+    }
+    return span(cx, off, extent, (int)is_const, 1);
+}
+
+static const int8_t *operand_ptr(const ctx_t *cx, int64_t off, int64_t is_const)
+{
+    return is_const ? (const int8_t *)(cx->pool + off) : cx->arena + off;
+}
+
+/* words: a a_const b b_const lut y | d0 d1 d2 d3 | a_strides[4] b_strides[4] | quant... min max */
+static int op_binary(const ctx_t *cx, const int64_t *v, int64_t n, int kind)
+{
+    const int64_t *q;
+    int32_t d[4], as[4], bs[4];
+    int i;
+    if (n != (kind == BIN_ADD ? 29 : 25))
+        return EDGEQ_E_RECORD;
+    q = v + 18; /* quantization words */
+    for (i = 0; i < 4; i++)
+        CHECK(is_dim(v[6 + i]));
+    CHECK(count3(v[6], v[7], count3(v[8], v[9], 1)) > 0);
+    CHECK(is_i8(q[0]) && is_i8(q[1]) && is_i8(q[2]) && is_i8(q[n - 20]) && is_i8(q[n - 19]));
+    for (i = 3; i < n - 20; i++)
+        CHECK(is_i32(q[i]));
+    TRY(operand_span(cx, v[0], v[1], v + 6, v + 10));
+    TRY(operand_span(cx, v[2], v[3], v + 6, v + 14));
+    TRY(lut_span(cx, v[4]));
+    TRY(span(cx, v[5], count3(v[6], v[7], count3(v[8], v[9], 1)), 0, 1));
+    if (cx->validate)
+        return EDGEQ_OK;
+    for (i = 0; i < 4; i++) {
+        d[i] = (int32_t)v[6 + i];
+        as[i] = (int32_t)v[10 + i];
+        bs[i] = (int32_t)v[14 + i];
+    }
+    if (kind == BIN_ADD)
+        edgeq_add(operand_ptr(cx, v[0], v[1]), operand_ptr(cx, v[2], v[3]), lut_ptr(cx, v[4]), cx->arena + v[5], d,
+                  as, bs, (int32_t)q[0], (int32_t)q[1], (int32_t)q[2], (int32_t)q[3], (int32_t)q[4], (int32_t)q[5],
+                  (int32_t)q[6], (int32_t)q[7], (int32_t)q[8], (int32_t)q[9], (int32_t)q[10]);
+    else
+        edgeq_mul(operand_ptr(cx, v[0], v[1]), operand_ptr(cx, v[2], v[3]), lut_ptr(cx, v[4]), cx->arena + v[5], d,
+                  as, bs, (int32_t)q[0], (int32_t)q[1], (int32_t)q[2], (int32_t)q[3], (int32_t)q[4], (int32_t)q[5],
+                  (int32_t)q[6]);
+    return EDGEQ_OK;
+}
+
+/* words: x table y count */
+static int op_lut(const ctx_t *cx, const int64_t *v, int64_t n)
+{
+    if (n != 4)
+        return EDGEQ_E_RECORD;
+    CHECK(in_range(v[3], 0, INT32_MAX));
+    TRY(span(cx, v[0], v[3], 0, 1));
+    TRY(span(cx, v[1], 256, 1, 1));
+    TRY(span(cx, v[2], v[3], 0, 1));
+    if (!cx->validate)
+        edgeq_lut(cx->arena + v[0], (const int8_t *)(cx->pool + v[1]), cx->arena + v[2], (int32_t)v[3]);
+    return EDGEQ_OK;
+}
+
+/* max: x y | C H W OH OW KH KW | sh sw pt pl dh dw | min max
+ * avg: x y | C H W OH OW KH KW | sh sw pt pl | count_include_pad x_zp y_zp min max */
+static int op_pool(const ctx_t *cx, const int64_t *v, int64_t n, int kind)
+{
+    const int is_max = kind == POOL_MAX;
+    int64_t dh, dw, xs, ys;
+    const int64_t *q;
+    if (n != (is_max ? 17 : 18))
+        return EDGEQ_E_RECORD;
+    dh = is_max ? v[13] : 1;
+    dw = is_max ? v[14] : 1;
+    q = v + (is_max ? 15 : 13); /* [cip x_zp y_zp] min max */
+    CHECK(is_dim(v[2]) && is_dim(v[3]) && is_dim(v[4]));
+    CHECK(window_ok(v[5], v[9], v[11], v[7], dh) && window_ok(v[6], v[10], v[12], v[8], dw));
+    CHECK(count3(v[7], v[8], 1) > 0);
+    if (!is_max) {
+        CHECK((q[0] == 0 || q[0] == 1) && is_i8(q[1]) && is_i8(q[2]));
+        q += 3;
+    }
+    CHECK(is_i8(q[0]) && is_i8(q[1]));
+    xs = count3(v[2], v[3], v[4]);
+    ys = count3(v[2], v[5], v[6]);
+    CHECK(xs > 0 && ys > 0);
+    TRY(span(cx, v[0], xs, 0, 1));
+    TRY(span(cx, v[1], ys, 0, 1));
+    if (cx->validate)
+        return EDGEQ_OK;
+    if (is_max)
+        edgeq_maxpool(cx->arena + v[0], cx->arena + v[1], (int32_t)v[2], (int32_t)v[3], (int32_t)v[4],
+                      (int32_t)v[5], (int32_t)v[6], (int32_t)v[7], (int32_t)v[8], (int32_t)v[9], (int32_t)v[10],
+                      (int32_t)v[11], (int32_t)v[12], (int32_t)dh, (int32_t)dw, (int32_t)q[0], (int32_t)q[1]);
+    else
+        edgeq_avgpool(cx->arena + v[0], cx->arena + v[1], (int32_t)v[2], (int32_t)v[3], (int32_t)v[4],
+                      (int32_t)v[5], (int32_t)v[6], (int32_t)v[7], (int32_t)v[8], (int32_t)v[9], (int32_t)v[10],
+                      (int32_t)v[11], (int32_t)v[12], (int32_t)v[13], (int32_t)v[14], (int32_t)v[15],
+                      (int32_t)q[0], (int32_t)q[1]);
+    return EDGEQ_OK;
+}
+
+/* words: x table y rows cols */
+static int op_softmax(const ctx_t *cx, const int64_t *v, int64_t n)
+{
+    int64_t count;
+    if (n != 5)
+        return EDGEQ_E_RECORD;
+    CHECK(in_range(v[3], 0, INT32_MAX) && is_dim(v[4]));
+    count = count3(v[3], v[4], 1);
+    CHECK(count >= 0);
+    TRY(span(cx, v[0], count, 0, 1));
+    TRY(span(cx, v[1], 256 * 4, 1, 4));
+    TRY(span(cx, v[2], count, 0, 1));
+    if (!cx->validate)
+        edgeq_softmax(cx->arena + v[0], (const int32_t *)(cx->pool + v[1]), cx->arena + v[2], (int32_t)v[3],
+                      (int32_t)v[4]);
+    return EDGEQ_OK;
+}
+
+/* words: y outer n_inputs y_zp | per input: x inner x_zp mult shift */
+static int op_concat(const ctx_t *cx, const int64_t *v, int64_t n)
+{
+    int64_t total = 0, col = 0, i;
+    if (n < 4 || !in_range(v[2], 1, (n - 4) / 5) || n != 4 + 5 * v[2])
+        return EDGEQ_E_RECORD;
+    CHECK(is_dim(v[1]) && is_i8(v[3]));
+    for (i = 0; i < v[2]; i++) {
+        const int64_t *p = v + 4 + 5 * i;
+        CHECK(is_dim(p[1]) && is_i8(p[2]) && is_i32(p[3]) && is_i32(p[4]));
+        total += p[1];
+        CHECK(count3(v[1], total, 1) > 0);
+        TRY(span(cx, p[0], v[1] * p[1], 0, 1));
+    }
+    TRY(span(cx, v[0], v[1] * total, 0, 1));
+    if (cx->validate)
+        return EDGEQ_OK;
+    for (i = 0; i < v[2]; i++) {
+        const int64_t *p = v + 4 + 5 * i;
+        edgeq_concat_part(cx->arena + p[0], cx->arena + v[0], (int32_t)v[1], (int32_t)p[1], (int32_t)total,
+                          (int32_t)col, (int32_t)p[2], (int32_t)p[3], (int32_t)p[4], (int32_t)v[3]);
+        col += p[1];
+    }
+    return EDGEQ_OK;
+}
+
+/* words: x y count */
+static int op_reshape(const ctx_t *cx, const int64_t *v, int64_t n)
+{
+    if (n != 3)
+        return EDGEQ_E_RECORD;
+    CHECK(in_range(v[2], 0, INT32_MAX));
+    TRY(span(cx, v[0], v[2], 0, 1));
+    TRY(span(cx, v[1], v[2], 0, 1));
+    if (!cx->validate)
+        edgeq_reshape(cx->arena + v[0], cx->arena + v[1], (int32_t)v[2]);
+    return EDGEQ_OK;
+}
+
+/* Decode (and run, unless validating) every record; reads only words[0, n_words). */
+static int walk_program(const ctx_t *cx, const int64_t *words, int64_t n_words)
+{
+    int64_t pos = 0;
+    if (n_words < 0)
+        return EDGEQ_E_RECORD;
+    while (pos < n_words) {
+        int64_t len;
+        const int64_t *body;
+        int rc;
+        if (n_words - pos < 2)
+            return EDGEQ_E_RECORD;
+        len = words[pos + 1];
+        if (len < 2 || len > n_words - pos)
+            return EDGEQ_E_RECORD;
+        body = words + pos + 2;
+        switch (words[pos]) {
+        case EDGEQ_OP_CONV: rc = op_conv(cx, body, len - 2); break;
+        case EDGEQ_OP_FC: rc = op_fc(cx, body, len - 2); break;
+        case EDGEQ_OP_ADD: rc = op_binary(cx, body, len - 2, BIN_ADD); break;
+        case EDGEQ_OP_MUL: rc = op_binary(cx, body, len - 2, BIN_MUL); break;
+        case EDGEQ_OP_LUT: rc = op_lut(cx, body, len - 2); break;
+        case EDGEQ_OP_MAXPOOL: rc = op_pool(cx, body, len - 2, POOL_MAX); break;
+        case EDGEQ_OP_AVGPOOL: rc = op_pool(cx, body, len - 2, POOL_AVG); break;
+        case EDGEQ_OP_SOFTMAX: rc = op_softmax(cx, body, len - 2); break;
+        case EDGEQ_OP_CONCAT: rc = op_concat(cx, body, len - 2); break;
+        case EDGEQ_OP_RESHAPE: rc = op_reshape(cx, body, len - 2); break;
+        default: return EDGEQ_E_OPCODE;
+        }
+        if (rc != EDGEQ_OK)
+            return rc;
+        pos += len;
+    }
+    return EDGEQ_OK;
+}
+
+int edgeq_run_program(const int64_t *words, int64_t n_words, int8_t *arena, const uint8_t *pool)
+{
+    ctx_t cx;
+    cx.arena = arena;
+    cx.pool = pool;
+    cx.arena_bytes = 0;
+    cx.pool_bytes = 0;
+    cx.validate = 0;
+    return walk_program(&cx, words, n_words);
+}
+
+/* Descriptor rows [offset, bytes] packed back to back within `stride`; with arena_bytes >= 0 each
+ * must also lie inside the arena. */
+static int check_desc(const int64_t *desc, int64_t n, int64_t stride, int64_t arena_bytes)
+{
+    int64_t i, used = 0;
+    if (n < 0 || stride < 0)
+        return EDGEQ_E_IO;
+    for (i = 0; i < n; i++) {
+        const int64_t off = desc[2 * i], bytes = desc[2 * i + 1];
+        if (off < 0 || bytes < 0 || bytes > stride - used)
+            return EDGEQ_E_IO;
+        if (arena_bytes >= 0 && (off > arena_bytes || bytes > arena_bytes - off))
+            return EDGEQ_E_IO;
+        used += bytes;
+    }
+    return EDGEQ_OK;
+}
+
+int edgeq_execute(const int64_t *words, int64_t n_words, int8_t *arena, const uint8_t *pool,
+                  const int8_t *in_buf, int64_t batch, int64_t in_stride, const int64_t *in_desc, int64_t n_in,
+                  int8_t *out_buf, int64_t out_stride, const int64_t *out_desc, int64_t n_out)
+{
+    int64_t b, i;
+    if (batch < 0)
+        return EDGEQ_E_IO;
+    TRY(check_desc(in_desc, n_in, in_stride, -1));
+    TRY(check_desc(out_desc, n_out, out_stride, -1));
+    for (b = 0; b < batch; b++) {
+        const int8_t *src = in_buf + b * in_stride;
+        int8_t *dst = out_buf + b * out_stride;
+        for (i = 0; i < n_in; i++) {
+            memcpy(arena + in_desc[2 * i], src, (size_t)in_desc[2 * i + 1]);
+            src += in_desc[2 * i + 1];
+        }
+        TRY(edgeq_run_program(words, n_words, arena, pool));
+        for (i = 0; i < n_out; i++) {
+            memcpy(dst, arena + out_desc[2 * i], (size_t)out_desc[2 * i + 1]);
+            dst += out_desc[2 * i + 1];
+        }
+    }
+    return EDGEQ_OK;
+}
+
+int edgeq_validate(const int64_t *words, int64_t n_words, int64_t arena_bytes, int64_t pool_bytes,
+                   const int64_t *in_desc, int64_t n_in, int64_t in_stride,
+                   const int64_t *out_desc, int64_t n_out, int64_t out_stride)
+{
+    ctx_t cx;
+    if (arena_bytes < 0 || pool_bytes < 0)
+        return EDGEQ_E_BOUNDS;
+    TRY(check_desc(in_desc, n_in, in_stride, arena_bytes));
+    TRY(check_desc(out_desc, n_out, out_stride, arena_bytes));
+    cx.arena = NULL;
+    cx.pool = NULL;
+    cx.arena_bytes = arena_bytes;
+    cx.pool_bytes = pool_bytes;
+    cx.validate = 1;
+    return walk_program(&cx, words, n_words);
+}
