@@ -201,8 +201,8 @@ def _validate_graph(g: Graph, plan: MemoryPlan, path: Path) -> None:
         if t.dtype != "int8" or not t.scale or not t.zero_point:
             raise _fail(path, f"activation '{name}' must be int8 with a scale and zero point")
         off = plan.offsets.get(name)
-        if off is None or off < 0 or off + t.nbytes > plan.arena_bytes:
-            raise _fail(path, f"activation '{name}' does not fit the arena ({off} + {t.nbytes} > {plan.arena_bytes})")
+        if off is None or off < 0 or off + t.sample_nbytes > plan.arena_bytes:
+            raise _fail(path, f"activation '{name}' does not fit the arena ({off} + {t.sample_nbytes} > {plan.arena_bytes})")
     # The reference kernels recompute every shape from the attributes: a dry run at batch 1 proves the
     # declared shapes consistent, so the program words derived from them keep the kernels in bounds.
     try:

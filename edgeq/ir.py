@@ -35,6 +35,11 @@ class Tensor:
         """Bytes of one instance of the tensor."""
         return self.size * np.dtype(self.dtype).itemsize
 
+    @property
+    def sample_nbytes(self) -> int:
+        """Bytes of one batch sample of an activation (the batch dimension comes first)."""
+        return self.nbytes // max(self.shape[0], 1) if self.shape else self.nbytes
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form used by the bundle manifest."""
         d: dict[str, Any] = {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}

@@ -40,7 +40,7 @@ def _buffers(graph: Graph) -> list[_Buffer]:
     group: dict[str, _Buffer] = {}
     end = len(graph.nodes)
     for name in graph.inputs:
-        group[name] = _Buffer([name], graph.tensors[name].nbytes, 0, 0)
+        group[name] = _Buffer([name], graph.tensors[name].sample_nbytes, 0, 0)
     for step, node in enumerate(graph.nodes):
         for i in node.inputs:
             if i in group:
@@ -51,7 +51,7 @@ def _buffers(graph: Graph) -> list[_Buffer]:
                 buf = group[src]
                 buf.names.append(o)
             else:
-                buf = _Buffer([o], graph.tensors[o].nbytes, step, step)
+                buf = _Buffer([o], graph.tensors[o].sample_nbytes, step, step)
             group[o] = buf
     for name in graph.outputs:
         group[name].last = end

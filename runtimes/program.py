@@ -79,6 +79,6 @@ def compile_program(graph: Graph, plan: MemoryPlan, const_offsets: dict[str, int
         words += [op.opcode, len(body) + 2, *body]
 
     def io(names: list[str]) -> np.ndarray:
-        return np.array([[plan.offsets[n], graph.tensors[n].nbytes] for n in names], dtype=np.int64)
+        return np.array([[plan.offsets[n], graph.tensors[n].sample_nbytes] for n in names], dtype=np.int64)
 
     return Program(np.array(words, dtype=np.int64), plan.arena_bytes, io(graph.inputs), io(graph.outputs))

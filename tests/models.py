@@ -11,7 +11,7 @@ def _init(name: str, value: np.ndarray) -> onnx.TensorProto:
     return numpy_helper.from_array(np.asarray(value), name)
 
 
-def zoo_model(opset: int = 17, seed: int = 0) -> onnx.ModelProto:
+def zoo_model(opset: int = 17, seed: int = 0, batch: int | str = "N") -> onnx.ModelProto:
     """A conv net using Conv (SAME, dilation, groups), standalone BatchNorm, every activation, both pools
     (ceil_mode), Concat, Add/Mul with constants, a Shape->Gather->Concat->Reshape flatten, Gemm, MatMul
     and Softmax, with a dynamic batch dimension."""
@@ -69,9 +69,9 @@ def zoo_model(opset: int = 17, seed: int = 0) -> onnx.ModelProto:
     nodes.append(helper.make_node("MatMul", ["gr", "m_w"], ["logits"], name="matmul"))
     inits.append(_init("m_w", w(16, 5)))
     nodes.append(helper.make_node("Softmax", ["logits"], ["prob"], name="softmax", axis=-1 if opset >= 13 else 1))
-    graph = helper.make_graph(nodes, "zoo", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 23, 21])],
-                              [helper.make_tensor_value_info("prob", TensorProto.FLOAT, ["N", 5]),
-                               helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 5])], inits)
+    graph = helper.make_graph(nodes, "zoo", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [batch, 3, 23, 21])],
+                              [helper.make_tensor_value_info("prob", TensorProto.FLOAT, [batch, 5]),
+                               helper.make_tensor_value_info("logits", TensorProto.FLOAT, [batch, 5])], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
     onnx.checker.check_model(model)
     return model

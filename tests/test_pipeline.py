@@ -94,3 +94,18 @@ def test_runtime_does_not_import_converter(sample_bundle):
             "or m.startswith('edgeq.converters')]; print(bad); sys.exit(1 if bad else 0)")
     out = subprocess.run([sys.executable, "-c", code, str(sample_bundle.path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_fixed_batch_model(tmp_path, backend):
+    model = zoo_model(17, seed=4, batch=2)
+    rng = np.random.default_rng(2)
+    res = edgeq.convert(model.SerializeToString(), device="host", calib=rng.standard_normal((4, 3, 23, 21)).astype(np.float32),
+                        output=tmp_path / "fixed.edgeq", progress=False)
+    b = edgeq.load(res.path)
+    assert not b.graph.dynamic_batch
+    q = {"x": rng.integers(-128, 128, size=(2, 3, 23, 21)).astype(np.int8)}
+    want = b.run_quantized(q, backend="reference")
+    for name, v in b.run_quantized(q, backend=backend).items():
+        np.testing.assert_array_equal(v, want[name])
+    with pytest.raises(edgeq.EdgeqError, match="expected 2x3x23x21"):
+        b.run(np.zeros((3, 3, 23, 21), np.float32))
