@@ -22,9 +22,12 @@ _COMPILED = {"numba": "edgeq.runtimes.numba_backend", "c": "edgeq.runtimes.c_bac
 
 
 def quantize(x: np.ndarray, t: Tensor) -> np.ndarray:
-    """Float -> int8 with the tensor's (per-tensor) scale and zero point, rounding half to even."""
-    q = np.rint(np.asarray(x, dtype=np.float32) / np.float32(t.scale[0])) + t.zero_point[0]
-    return np.clip(q, -128, 127).astype(np.int8)
+    """Float -> int8 with the tensor's (per-tensor) scale and zero point, rounding half to even.
+
+    Computed in float32 (the C and Numba boundaries repeat it exactly); NaN maps to -128.
+    """
+    q = np.rint(np.asarray(x, dtype=np.float32) / np.float32(t.scale[0])) + np.float32(t.zero_point[0])
+    return np.clip(np.nan_to_num(q, nan=-128.0), -128, 127).astype(np.int8)
 
 
 def dequantize(q: np.ndarray, t: Tensor) -> np.ndarray:
@@ -58,6 +61,12 @@ class Executor:
         self._pool = pool
         self.program = compile_program(graph, self.plan, const_offsets)
         self._arena = np.zeros(max(self.program.arena_bytes, 1), dtype=np.int8)
+
+        def qp(names: list[str]) -> np.ndarray:
+            return np.array([[graph.tensors[n].scale[0], graph.tensors[n].zero_point[0]] for n in names],
+                            dtype=np.float32)
+
+        self._in_qp, self._out_qp = qp(graph.inputs), qp(graph.outputs)
 
     def set_threads(self, n: int) -> None:
         """Number of threads the compiled kernels may use."""
@@ -98,11 +107,7 @@ class Executor:
         in_buf = np.ascontiguousarray(np.concatenate([inputs[k].reshape(n, -1) for k in g.inputs], axis=1))
         out_buf = np.empty((n, int(prog.outputs[:, 1].sum())), dtype=np.int8)
         self._backend.execute(prog.words, self._arena, self._pool, in_buf, prog.inputs, out_buf, prog.outputs)
-        outs, pos = {}, 0
-        for name, (_, size) in zip(g.outputs, prog.outputs):
-            outs[name] = out_buf[:, pos: pos + size].reshape((n,) + g.tensors[name].shape[1:])
-            pos += size
-        return outs
+        return self._split(out_buf, n)
 
     def _run_reference(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {k: v for k, v in self.run_reference_all(inputs).items() if k in self.graph.outputs}
@@ -118,6 +123,22 @@ class Executor:
 
     def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """float inputs -> float outputs: quantize, run integer-only, dequantize."""
-        self.check_inputs(inputs)
-        q = {k: quantize(v, self.graph.tensors[k]) for k, v in inputs.items()}
-        return {k: dequantize(v, self.graph.tensors[k]) for k, v in self.run_quantized(q).items()}
+        n = self.check_inputs(inputs)
+        execute_float = getattr(self._backend, "execute_float", None)
+        if execute_float is None:
+            q = {k: quantize(v, self.graph.tensors[k]) for k, v in inputs.items()}
+            return {k: dequantize(v, self.graph.tensors[k]) for k, v in self.run_quantized(q).items()}
+        # The compiled backends quantize into and dequantize out of the arena themselves (one call).
+        g, prog = self.graph, self.program
+        x = [np.asarray(inputs[k], dtype=np.float32).reshape(n, -1) for k in g.inputs]
+        x = np.ascontiguousarray(x[0] if len(x) == 1 else np.concatenate(x, axis=1))
+        y = np.empty((n, int(prog.outputs[:, 1].sum())), dtype=np.float32)
+        execute_float(prog.words, self._arena, self._pool, x, prog.inputs, self._in_qp, y, prog.outputs, self._out_qp)
+        return self._split(y, n)
+
+    def _split(self, buf: np.ndarray, n: int) -> dict[str, np.ndarray]:
+        outs, pos = {}, 0
+        for name, (_, size) in zip(self.graph.outputs, self.program.outputs):
+            outs[name] = buf[:, pos: pos + size].reshape((n,) + self.graph.tensors[name].shape[1:])
+            pos += size
+        return outs
