@@ -52,6 +52,7 @@ class Executor:
         self.graph = graph
         self.backend_name = backend
         self.plan = plan or plan_memory(graph)
+        self._qp: tuple[np.ndarray, np.ndarray] | None = None  # (scale, zero point) of inputs, outputs
         if backend == "reference":
             self._backend = None
             return
@@ -61,12 +62,6 @@ class Executor:
         self._pool = pool
         self.program = compile_program(graph, self.plan, const_offsets)
         self._arena = np.zeros(max(self.program.arena_bytes, 1), dtype=np.int8)
-
-        def qp(names: list[str]) -> np.ndarray:
-            return np.array([[graph.tensors[n].scale[0], graph.tensors[n].zero_point[0]] for n in names],
-                            dtype=np.float32)
-
-        self._in_qp, self._out_qp = qp(graph.inputs), qp(graph.outputs)
 
     def set_threads(self, n: int) -> None:
         """Number of threads the compiled kernels may use."""
@@ -133,7 +128,10 @@ class Executor:
         x = [np.asarray(inputs[k], dtype=np.float32).reshape(n, -1) for k in g.inputs]
         x = np.ascontiguousarray(x[0] if len(x) == 1 else np.concatenate(x, axis=1))
         y = np.empty((n, int(prog.outputs[:, 1].sum())), dtype=np.float32)
-        execute_float(prog.words, self._arena, self._pool, x, prog.inputs, self._in_qp, y, prog.outputs, self._out_qp)
+        if self._qp is None:
+            self._qp = tuple(np.array([[g.tensors[k].scale[0], g.tensors[k].zero_point[0]] for k in names],
+                                      dtype=np.float32) for names in (g.inputs, g.outputs))
+        execute_float(prog.words, self._arena, self._pool, x, prog.inputs, self._qp[0], y, prog.outputs, self._qp[1])
         return self._split(y, n)
 
     def _split(self, buf: np.ndarray, n: int) -> dict[str, np.ndarray]:

@@ -1,0 +1,186 @@
+"""Every compiled backend against the reference kernels, op by op, over random shapes and values."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from util import assert_bit_exact, make_graph
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def i8(rng: np.random.Generator, shape) -> np.ndarray:
+    """Random int8 with the extremes over-represented."""
+    x = rng.integers(-128, 128, size=shape, dtype=np.int64)
+    edge = rng.random(size=shape) < 0.1
+    return np.where(edge, rng.choice([-128, 127], size=shape), x).astype(np.int8)
+
+
+def requant(rng: np.random.Generator, n: int, lo: int = -14, hi: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel multipliers in [2^30, 2^31) and shifts in [lo, hi]."""
+    mult = rng.integers(1 << 30, (1 << 31) - 1, size=n, endpoint=True).astype(np.int32)
+    return mult, rng.integers(lo, hi, size=n, endpoint=True).astype(np.int32)
+
+
+def act_range(rng: np.random.Generator) -> tuple[int, int]:
+    """No clamp, a fused ReLU-like clamp, or a narrow range."""
+    lo = int(rng.choice([-128, int(rng.integers(-128, 0)), 0]))
+    return lo, int(rng.integers(max(lo, -1), 128))
+
+
+def maybe_lut(rng: np.random.Generator, consts: dict, order: list) -> None:
+    if rng.random() < 0.3:
+        consts["lut"] = i8(rng, 256)
+        order.append("lut")
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), depthwise=st.booleans(), pointwise=st.booleans())
+def test_conv(backend, seed, depthwise, pointwise):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 3))
+    group = int(rng.integers(1, 4))
+    cg = 1 if depthwise else int(rng.integers(1, 5))
+    ocg = int(rng.integers(1, 3)) if depthwise else int(rng.integers(1, 5))
+    kh, kw = (1, 1) if pointwise else tuple(int(v) for v in rng.integers(1, 5, size=2))
+    dil = [1, 1] if pointwise else [int(v) for v in rng.integers(1, 3, size=2)]
+    strides = [int(v) for v in rng.integers(1, 4, size=2)]
+    pads = [0, 0, 0, 0] if pointwise else [int(v) for v in rng.integers(0, 3, size=4)]
+    h = int(rng.integers(max(1, dil[0] * (kh - 1) + 1 - pads[0] - pads[2]), 12))
+    w = int(rng.integers(max(1, dil[1] * (kw - 1) + 1 - pads[1] - pads[3]), 12))
+    oc = group * ocg
+    x = i8(rng, (n, group * cg, h, w))
+    mult, shift = requant(rng, oc)
+    consts = {"w": np.clip(i8(rng, (oc, cg, kh, kw)), -127, 127).astype(np.int8),
+              "b": rng.integers(-(1 << 16), 1 << 16, size=oc).astype(np.int32), "m": mult, "s": shift}
+    order = ["x", "w", "b", "m", "s"]
+    maybe_lut(rng, consts, order)
+    lo, hi = act_range(rng)
+    attrs = dict(strides=strides, pads=pads, dilations=dil, group=group, x_zp=int(rng.integers(-128, 128)),
+                 y_zp=int(rng.integers(-128, 128)), act_min=lo, act_max=hi)
+    assert_bit_exact(*make_graph("QConv", {"x": x}, consts, order, attrs), backend)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1))
+def test_fully_connected(backend, seed):
+    rng = np.random.default_rng(seed)
+    n, k, oc = int(rng.integers(1, 4)), int(rng.integers(1, 80)), int(rng.integers(1, 20))
+    mult, shift = requant(rng, oc)
+    consts = {"w": np.clip(i8(rng, (oc, k)), -127, 127).astype(np.int8),
+              "b": rng.integers(-(1 << 16), 1 << 16, size=oc).astype(np.int32), "m": mult, "s": shift}
+    order = ["x", "w", "b", "m", "s"]
+    maybe_lut(rng, consts, order)
+    lo, hi = act_range(rng)
+    attrs = dict(x_zp=int(rng.integers(-128, 128)), y_zp=int(rng.integers(-128, 128)), act_min=lo, act_max=hi)
+    assert_bit_exact(*make_graph("QFullyConnected", {"x": i8(rng, (n, k))}, consts, order, attrs), backend)
+
+
+def _broadcast_shapes(rng: np.random.Generator) -> tuple[tuple, tuple, bool]:
+    """Output per-sample shape and one operand's shape that broadcasts to it (maybe a constant)."""
+    rank = int(rng.integers(1, 5))
+    out = tuple(int(v) for v in rng.integers(1, 6, size=rank))
+    other = tuple(d if rng.random() < 0.5 else 1 for d in out)
+    as_const = bool(rng.random() < 0.5)
+    if as_const and rng.random() < 0.5:
+        other = other[int(rng.integers(0, rank)):]  # constants may have a lower rank
+    return out, other, as_const
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), op=st.sampled_from(["QAdd", "QMul"]), swap=st.booleans())
+def test_add_mul(backend, seed, op, swap):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 3))
+    out, other, as_const = _broadcast_shapes(rng)
+    acts = {"a": i8(rng, (n,) + out)}
+    consts: dict = {}
+    if as_const:
+        consts["b"] = i8(rng, other if len(other) < len(out) else (1,) + other)
+    else:
+        acts["b"] = i8(rng, (n,) + other)
+    order = ["b", "a"] if swap else ["a", "b"]
+    if rng.random() < 0.3:
+        consts["lut"] = i8(rng, 256)
+        order.append("lut")
+    lo, hi = act_range(rng)
+    zp = [int(v) for v in rng.integers(-128, 128, size=3)]
+    attrs = dict(a_zp=zp[0], b_zp=zp[1], y_zp=zp[2], act_min=lo, act_max=hi)
+    if op == "QAdd":
+        (am, bm, ym), (ash, bsh, ysh) = requant(rng, 3, -12, 0)
+        attrs.update(a_mult=int(am), a_shift=int(ash), b_mult=int(bm), b_shift=int(bsh), y_mult=int(ym),
+                     y_shift=int(ysh) - 8)
+    else:
+        (ym,), (ysh,) = requant(rng, 1, -16, 2)
+        attrs.update(y_mult=int(ym), y_shift=int(ysh))
+    assert_bit_exact(*make_graph(op, acts, consts, order, attrs), backend)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), op=st.sampled_from(["QMaxPool", "QAvgPool"]))
+def test_pools(backend, seed, op):
+    rng = np.random.default_rng(seed)
+    kernel = [int(v) for v in rng.integers(1, 5, size=2)]
+    strides = [int(v) for v in rng.integers(1, 4, size=2)]
+    pads = [int(rng.integers(0, kernel[i % 2])) for i in range(4)]  # ONNX: pad smaller than the window
+    dil = [int(v) for v in rng.integers(1, 3, size=2)] if op == "QMaxPool" else [1, 1]
+    h = int(rng.integers(max(1, dil[0] * (kernel[0] - 1) + 1 - pads[0] - pads[2]), 12))
+    w = int(rng.integers(max(1, dil[1] * (kernel[1] - 1) + 1 - pads[1] - pads[3]), 12))
+    x = i8(rng, (int(rng.integers(1, 3)), int(rng.integers(1, 6)), h, w))
+    lo, hi = act_range(rng)
+    attrs = dict(kernel=kernel, strides=strides, pads=pads, act_min=lo, act_max=hi)
+    if op == "QMaxPool":
+        attrs["dilations"] = dil
+    else:
+        zp = int(rng.integers(-128, 128))
+        attrs.update(count_include_pad=bool(rng.random() < 0.5), x_zp=zp, y_zp=zp)
+    assert_bit_exact(*make_graph(op, {"x": x}, {}, ["x"], attrs), backend)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1))
+def test_lut(backend, seed):
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(v) for v in rng.integers(1, 7, size=int(rng.integers(2, 5))))
+    graph = make_graph("QLut", {"x": i8(rng, shape)}, {"t": i8(rng, 256)}, ["x", "t"], {})
+    assert_bit_exact(*graph, backend)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1))
+def test_softmax(backend, seed):
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(v) for v in rng.integers(1, 40, size=int(rng.integers(2, 4))))
+    scale = float(rng.uniform(0.005, 0.5))
+    table = np.round(np.exp(-np.arange(256) * scale) * (1 << 20)).astype(np.int32)
+    assert_bit_exact(*make_graph("QSoftmax", {"x": i8(rng, shape)}, {"t": table}, ["x", "t"], {}), backend)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1))
+def test_concat(backend, seed):
+    rng = np.random.default_rng(seed)
+    n, axis, k = int(rng.integers(1, 3)), int(rng.integers(1, 4)), int(rng.integers(1, 4))
+    base = [int(v) for v in rng.integers(1, 6, size=3)]
+    acts = {}
+    for i in range(k):
+        shape = list(base)
+        shape[axis - 1] = int(rng.integers(1, 5))
+        acts[f"x{i}"] = i8(rng, (n, *shape))
+    mult, shift = requant(rng, k, -3, 1)
+    identity = rng.random(size=k) < 0.3  # inputs already at the output scale: mult 2^30, shift 1
+    attrs = dict(axis=axis, x_zps=[int(v) for v in rng.integers(-128, 128, size=k)],
+                 mults=[1 << 30 if e else int(m) for e, m in zip(identity, mult)],
+                 shifts=[1 if e else int(s) for e, s in zip(identity, shift)], y_zp=int(rng.integers(-128, 128)))
+    assert_bit_exact(*make_graph("QConcat", acts, {}, list(acts), attrs), backend)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1))
+def test_reshape(backend, seed):
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(v) for v in rng.integers(1, 6, size=3))
+    x = i8(rng, (int(rng.integers(1, 3)),) + shape)
+    graph = make_graph("QReshape", {"x": x}, {}, ["x"], {"shape": [1, int(np.prod(shape))]})
+    assert_bit_exact(*graph, backend)
