@@ -43,6 +43,10 @@ int edgeq_run_program(const int64_t *words, int64_t n_words, int8_t *arena, cons
 int edgeq_execute(const int64_t *words, int64_t n_words, int8_t *arena, const uint8_t *pool,
                   const int8_t *in_buf, int64_t batch, int64_t in_stride, const int64_t *in_desc, int64_t n_in,
                   int8_t *out_buf, int64_t out_stride, const int64_t *out_desc, int64_t n_out);
+int edgeq_execute_float(const int64_t *words, int64_t n_words, int8_t *arena, const uint8_t *pool,
+                        const float *x, int64_t batch, int64_t x_stride, const int64_t *in_desc,
+                        const float *in_qp, int64_t n_in, float *y, int64_t y_stride, const int64_t *out_desc,
+                        const float *out_qp, int64_t n_out);
 int edgeq_validate(const int64_t *words, int64_t n_words, int64_t arena_bytes, int64_t pool_bytes,
                    const int64_t *in_desc, int64_t n_in, int64_t in_stride,
                    const int64_t *out_desc, int64_t n_out, int64_t out_stride);
@@ -166,6 +170,7 @@ class CBackend:
         self._ffi: Any = None
         self._error: BackendError | None = None
         self._prepared: tuple | None = None  # last validated (program, arena, pool, descriptors), see execute
+        self._qp_cache: list = [None, None]  # last (in_qp, out_qp) tables, see execute_float
         self._lock = threading.Lock()
 
     # ---- building ----------------------------------------------------------------------------
@@ -238,7 +243,7 @@ class CBackend:
                         ffi.emit_c_code(str(wrapper))
                     out = tmp / lib_path.name
                     cmd = [*cc, *flags, *_link_flags(), "-I", sysconfig.get_paths()["include"], "-I", str(src),
-                           str(wrapper), str(src / "edgeq_kernels.c"), "-o", str(out)]
+                           str(wrapper), str(src / "edgeq_kernels.c"), "-o", str(out), "-lm"]
                     result = _run(cmd, tmp)
                     if result.returncode != 0:
                         raise BackendError(f"C backend unavailable: {Path(cc[0]).name} failed: "
@@ -303,23 +308,69 @@ class CBackend:
         the buffer conversions are cached for the next call with the same program, arena and pool (an
         executor's steady state), and redone whenever their identity or the program's bytes change.
         """
-        self.ensure_available()
         ffi, lib = self._ffi, self._lib
+        if lib is None:
+            self.ensure_available()
+            ffi, lib = self._ffi, self._lib
         _need(in_buf, np.int8, 2, "in_buf")
         _need(out_buf, np.int8, 2, "out_buf", writable=True)
         if out_buf.shape[0] != in_buf.shape[0]:
             raise BackendError(f"C backend: {in_buf.shape[0]} input samples but {out_buf.shape[0]} output rows")
-        prepared = self._prepared
-        if (prepared is None or prepared[0] is not words or prepared[1] is not arena or prepared[2] is not pool
-                or prepared[3] is not in_desc or prepared[4] is not out_desc
-                or prepared[5] != (in_buf.shape[1], out_buf.shape[1])
-                or prepared[6] != words.tobytes() + in_desc.tobytes() + out_desc.tobytes()):
-            prepared = self._prepare(words, arena, pool, in_desc, in_buf.shape[1], out_desc, out_buf.shape[1])
-        c_words, c_arena, c_pool, c_in_desc, c_out_desc = prepared[7]
+        c_words, c_arena, c_pool, c_in_desc, c_out_desc = self._buffers(words, arena, pool, in_desc, in_buf.shape[1],
+                                                                         out_desc, out_buf.shape[1])
         _check(lib.edgeq_execute(c_words, words.size, c_arena, c_pool, ffi.from_buffer("int8_t[]", in_buf),
                                  in_buf.shape[0], in_buf.shape[1], c_in_desc, in_desc.shape[0],
                                  ffi.from_buffer("int8_t[]", out_buf, require_writable=True), out_buf.shape[1],
                                  c_out_desc, out_desc.shape[0]))
+
+    def execute_float(self, words: np.ndarray, arena: np.ndarray, pool: np.ndarray, x: np.ndarray,
+                      in_desc: np.ndarray, in_qp: np.ndarray, y: np.ndarray, out_desc: np.ndarray,
+                      out_qp: np.ndarray) -> None:
+        """:meth:`execute` with the float boundary inside C: ``x`` float32 [N, total input elements] is
+        quantized into the arena with ``in_qp`` rows (scale, zero point) exactly as
+        ``executor.quantize`` does, and the outputs are dequantized into ``y`` float32 [N, total output
+        elements] as ``executor.dequantize`` does (``out_qp`` rows likewise). NaN quantizes to -128."""
+        ffi, lib = self._ffi, self._lib
+        if lib is None:
+            self.ensure_available()
+            ffi, lib = self._ffi, self._lib
+        _need(x, np.float32, 2, "x")
+        _need(y, np.float32, 2, "y", writable=True)
+        if y.shape[0] != x.shape[0]:
+            raise BackendError(f"C backend: {x.shape[0]} input samples but {y.shape[0]} output rows")
+        c_words, c_arena, c_pool, c_in_desc, c_out_desc = self._buffers(words, arena, pool, in_desc, x.shape[1],
+                                                                         out_desc, y.shape[1])
+        c_in_qp = self._qparams(in_qp, in_desc.shape[0], "in_qp", 0)
+        c_out_qp = self._qparams(out_qp, out_desc.shape[0], "out_qp", 1)
+        _check(lib.edgeq_execute_float(c_words, words.size, c_arena, c_pool, ffi.from_buffer("float[]", x),
+                                       x.shape[0], x.shape[1], c_in_desc, c_in_qp, in_desc.shape[0],
+                                       ffi.from_buffer("float[]", y, require_writable=True), y.shape[1],
+                                       c_out_desc, c_out_qp, out_desc.shape[0]))
+
+    def _qparams(self, qp: np.ndarray, n: int, name: str, slot: int) -> Any:
+        """The cffi pointer of a [n, 2] float32 (scale, zero point) table, cached by identity."""
+        cached = self._qp_cache[slot]
+        if cached is not None and cached[0] is qp and cached[1] == qp.tobytes():
+            return cached[2]
+        _need(qp, np.float32, 2, name)
+        if qp.shape != (n, 2):
+            raise BackendError(f"C backend: {name} must have shape ({n}, 2) (scale, zero point per tensor), "
+                               f"got {qp.shape}")
+        ptr = self._ffi.from_buffer("float[]", qp)
+        self._qp_cache[slot] = (qp, qp.tobytes(), ptr)
+        return ptr
+
+    def _buffers(self, words: np.ndarray, arena: np.ndarray, pool: np.ndarray, in_desc: np.ndarray, in_stride: int,
+                 out_desc: np.ndarray, out_stride: int) -> tuple:
+        """The cffi pointers of the unchanging buffers, validated once and cached by identity (and by the
+        program's bytes, so a program edited in place is validated again)."""
+        prepared = self._prepared
+        if (prepared is None or prepared[0] is not words or prepared[1] is not arena or prepared[2] is not pool
+                or prepared[3] is not in_desc or prepared[4] is not out_desc
+                or prepared[5] != (in_stride, out_stride)
+                or prepared[6] != words.tobytes() + in_desc.tobytes() + out_desc.tobytes()):
+            prepared = self._prepare(words, arena, pool, in_desc, in_stride, out_desc, out_stride)
+        return prepared[7]
 
     def _prepare(self, words: np.ndarray, arena: np.ndarray, pool: np.ndarray, in_desc: np.ndarray, in_stride: int,
                  out_desc: np.ndarray, out_stride: int) -> tuple:
@@ -392,6 +443,12 @@ def execute(words: np.ndarray, arena: np.ndarray, pool: np.ndarray, in_buf: np.n
     _default.execute(words, arena, pool, in_buf, in_desc, out_buf, out_desc)
 
 
+def execute_float(words: np.ndarray, arena: np.ndarray, pool: np.ndarray, x: np.ndarray, in_desc: np.ndarray,
+                  in_qp: np.ndarray, y: np.ndarray, out_desc: np.ndarray, out_qp: np.ndarray) -> None:
+    """Float32 in, float32 out, quantization inside C: see :meth:`CBackend.execute_float`."""
+    _default.execute_float(words, arena, pool, x, in_desc, in_qp, y, out_desc, out_qp)
+
+
 def flags_used() -> tuple[str, ...]:
     """Compiler flags of the loaded default library (after dropping rejected optional flags)."""
     _default.ensure_available()
@@ -401,12 +458,16 @@ def flags_used() -> tuple[str, ...]:
 def build_sanitized(directory: str | os.PathLike, extra_flags: tuple[str, ...] = ()) -> CBackend:
     """The same kernels built with ``-fsanitize=address,undefined -fno-omit-frame-pointer -O1`` (plus
     ``extra_flags``, e.g. ``-DEDGEQ_SCRATCH_BYTES=256`` to force the small-budget code paths) into
-    ``directory``; compiled on the first ``build()`` or ``ensure_available()``.
+    ``directory``; compiled on the first ``build()`` or ``ensure_available()``. Without extra flags the
+    build adds ``-march=native`` (the x86 SIMD paths); with them it stays portable C.
 
     Loading it needs the ASan runtime first in the process: run the caller in a subprocess with
     ``LD_PRELOAD=sanitizer_preload()`` and ``ASAN_OPTIONS=detect_leaks=0``.
     """
-    return CBackend(SANITIZE_FLAGS + tuple(extra_flags), Path(directory), tag="asan", probe=True)
+    # The default budgets model the host, so they get -march=native (the SIMD kernels run under the
+    # sanitizers; dropped if the compiler rejects it); reduced budgets model an MCU: portable C only.
+    native = () if extra_flags else ("-march=native",)
+    return CBackend(SANITIZE_FLAGS + native + tuple(extra_flags), Path(directory), tag="asan", probe=True)
 
 
 def sanitizer_preload() -> str | None:

@@ -17,6 +17,7 @@
  * them without scalar remainders. Nothing allocates: scratch is stack arrays sized by the budgets
  * below (edgeq_kernels.h lists them and the stack they imply).
  */
+#include <math.h>
 #include <string.h>
 
 #include "edgeq_kernels.h"
@@ -173,6 +174,92 @@ static int8_t finish_one(int64_t v, const requant_t *q)
     return q->lut ? q->lut[y + 128] : y;
 }
 
+/* ---- x86 SIMD helpers (AVX-512 F/BW/DQ/VL; EDGEQ_NO_SIMD forces the portable C everywhere) ------ */
+#if !defined(EDGEQ_NO_SIMD) && defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__) && \
+    defined(__AVX512VL__)
+#include <immintrin.h>
+#define EDGEQ_AVX512 1
+#else
+#define EDGEQ_AVX512 0
+#endif
+
+#if EDGEQ_AVX512
+/* Constants of one MultiplyByQuantizedMultiplier with an ordinary scale (0 <= left, right <= 31,
+ * mult != INT32_MIN: SaturatingRoundingDoublingHighMul cannot saturate). */
+typedef struct {
+    __m512i mult, nudge, mask, half, sat_hi, sat_lo;
+    int left, right;
+} vmbqm_t;
+
+static inline int mbqm_ordinary(int32_t mult, int32_t shift)
+{
+    return shift >= -31 && shift <= 31 && mult != INT32_MIN;
+}
+
+static inline vmbqm_t vmbqm_make(int32_t mult, int32_t shift)
+{
+    vmbqm_t m;
+    m.left = shift > 0 ? shift : 0;
+    m.right = shift > 0 ? 0 : -shift;
+    m.mult = _mm512_set1_epi64(mult);
+    m.nudge = _mm512_set1_epi64((int64_t)1 << 30);
+    m.mask = _mm512_set1_epi32((int32_t)(((uint32_t)1 << m.right) - 1u));
+    m.half = _mm512_set1_epi32((int32_t)((((uint32_t)1 << m.right) - 1u) >> 1));
+    m.sat_hi = _mm512_set1_epi32(INT32_MAX >> m.left);
+    m.sat_lo = _mm512_set1_epi32(asr32(INT32_MIN, m.left));
+    return m;
+}
+
+/* edgeq_mbqm of 16 int32 values (exact: see requant_fast for the floor form of the doubling high mul). */
+static inline __m512i vmbqm(__m512i v, const vmbqm_t *m)
+{
+    __m512i pe, po, r;
+    if (m->left) {
+        const __mmask16 hi = _mm512_cmpgt_epi32_mask(v, m->sat_hi), lo = _mm512_cmplt_epi32_mask(v, m->sat_lo);
+        v = _mm512_sllv_epi32(v, _mm512_set1_epi32(m->left));
+        v = _mm512_mask_mov_epi32(v, hi, _mm512_set1_epi32(INT32_MAX));
+        v = _mm512_mask_mov_epi32(v, lo, _mm512_set1_epi32(INT32_MIN));
+    }
+    pe = _mm512_add_epi64(_mm512_mul_epi32(v, m->mult), m->nudge);
+    po = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(v, 32), m->mult), m->nudge);
+    /* bits 31..62 of each product: low half of pe >> 31, high half of po << 1 */
+    r = _mm512_mask_blend_epi32((__mmask16)0xAAAA, _mm512_srli_epi64(pe, 31), _mm512_slli_epi64(po, 1));
+    if (m->right) {
+        const __m512i thr = _mm512_sub_epi32(m->half, _mm512_srai_epi32(r, 31));
+        const __mmask16 up = _mm512_cmpgt_epi32_mask(_mm512_and_si512(r, m->mask), thr);
+        r = _mm512_srai_epi32(r, m->right);
+        r = _mm512_mask_add_epi32(r, up, r, _mm512_set1_epi32(1));
+    }
+    return r;
+}
+
+/* a + b saturated to int32. */
+static inline __m512i vadds32(__m512i a, __m512i b)
+{
+    const __m512i s = _mm512_add_epi32(a, b);
+    /* overflow iff a and b share a sign that s does not: sign bit of (a ^ s) & (b ^ s) */
+    const __mmask16 ovf = _mm512_movepi32_mask(_mm512_ternarylogic_epi32(a, b, s, 0x42));
+    const __m512i sat = _mm512_xor_si512(_mm512_srai_epi32(a, 31), _mm512_set1_epi32(INT32_MAX));
+    return _mm512_mask_mov_epi32(s, ovf, sat);
+}
+
+/* requant_row for ordinary scales: 16 accumulators at a time, the tail masked. */
+static void requant_row_avx512(const int32_t *acc, int32_t n, const requant_t *q, int8_t *y)
+{
+    const vmbqm_t m = vmbqm_make(q->mult, q->shift);
+    const __m512i bias = _mm512_set1_epi32(q->bias), zp = _mm512_set1_epi32(q->y_zp);
+    const __m512i lo = _mm512_set1_epi32(q->lo - q->y_zp), hi = _mm512_set1_epi32(q->hi - q->y_zp);
+    int32_t i;
+    for (i = 0; i < n; i += 16) {
+        const __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1u);
+        __m512i v = vadds32(_mm512_maskz_loadu_epi32(k, acc + i), bias);
+        v = vmbqm(v, &m);
+        v = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(v, lo), hi), zp);
+        _mm512_mask_cvtepi32_storeu_epi8(y + i, k, v);
+    }
+}
+#endif
+
 /* requant_row for ordinary scales (|shift| <= 31, mult != INT32_MIN), branch-free so that it
  * vectorises. Exactness: |acc + bias| < 2^32, so a left shift <= 31 cannot overflow int64; without
  * mult == INT32_MIN SaturatingRoundingDoublingHighMul cannot saturate, and then its nudge-and-truncate
@@ -211,10 +298,14 @@ static void requant_row(const int32_t *restrict acc, int32_t n, const requant_t 
             y[i] = finish_one((int64_t)acc[i] + q->bias, q);
         return;
     }
+#if EDGEQ_AVX512
+    requant_row_avx512(acc, n, q, y);
+#else
     if (q->shift > 0)
         requant_fast(acc, n, q, y, 1);
     else
         requant_fast(acc, n, q, y, 0);
+#endif
     if (q->lut)
         for (i = 0; i < n; i++)
             y[i] = q->lut[y[i] + 128];
@@ -827,6 +918,406 @@ static void conv_dot(const conv_t *a, const dot_t *d)
     }
 }
 
+#if EDGEQ_AVX512
+/* Requantize 16 accumulators of output channel q (n_valid of them stored) into y; ordinary scales
+ * vectorised, others one by one. */
+static inline void requant16(__m512i acc, const requant_t *q, const vmbqm_t *m, int ordinary, int8_t *y,
+                             int32_t n_valid)
+{
+    const __mmask16 k = n_valid >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n_valid) - 1u);
+    int32_t i;
+    if (ordinary) {
+        __m512i v = vmbqm(vadds32(acc, _mm512_set1_epi32(q->bias)), m);
+        v = _mm512_max_epi32(v, _mm512_set1_epi32(q->lo - q->y_zp));
+        v = _mm512_min_epi32(v, _mm512_set1_epi32(q->hi - q->y_zp));
+        _mm512_mask_cvtepi32_storeu_epi8(y, k, _mm512_add_epi32(v, _mm512_set1_epi32(q->y_zp)));
+        if (q->lut)
+            for (i = 0; i < n_valid && i < 16; i++)
+                y[i] = q->lut[y[i] + 128];
+    } else {
+        int32_t t[16];
+        _mm512_storeu_si512((void *)t, acc);
+        for (i = 0; i < n_valid && i < 16; i++)
+            y[i] = finish_one((int64_t)t[i] + q->bias, q);
+    }
+}
+
+/* ---- Depthwise (one input channel per output channel), AVX-512 --------------------------------
+ * Per channel, a band of input rows is widened to int32 x - x_zp with the padding written as zeros and
+ * the columns split into sw phases, so every tap of a row of outputs is one unit-stride load; 16
+ * outputs per vector, the taps' weights broadcast once per channel, requantized from registers. */
+#define EDGEQ_DW_SCRATCH (EDGEQ_SCRATCH_BYTES / 4)
+
+static int dw_fits(const conv_t *a, int32_t *Lq, int32_t *band)
+{
+    int64_t lq, rows, per_row;
+    const int32_t owv = (a->OW + 15) / 16 * 16;
+    if (a->cg != 1 || a->ocg != 1 || a->sw > 2 || a->KH * a->KW > 25 || a->K > EDGEQ_K_INT32)
+        return 0;
+    lq = owv + (int64_t)(a->KW - 1) * a->dw / a->sw + 1;
+    per_row = lq * a->sw;
+    for (rows = a->OH; rows >= 1; rows = rows > 1 ? rows / 2 : 0) {
+        const int64_t in_rows = (rows - 1) * a->sh + (int64_t)(a->KH - 1) * a->dh + 1;
+        if (in_rows * per_row <= EDGEQ_DW_SCRATCH) {
+            *Lq = (int32_t)lq;
+            *band = (int32_t)rows;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void dw_channel(const conv_t *a, int32_t c, int32_t Lq, int32_t band, int32_t *buf)
+{
+    const int8_t *xc = a->x + (int64_t)c * a->H * a->W;
+    const int8_t *wc = a->w + (int64_t)c * a->K;
+    const int32_t taps = a->KH * a->KW, sw = a->sw, row_len = Lq * sw;
+    const requant_t q = conv_requant(a, c);
+    const int ordinary = mbqm_ordinary(q.mult, q.shift);
+    const vmbqm_t m = vmbqm_make(ordinary ? q.mult : 0, ordinary ? q.shift : 0);
+    const __m512i zp = _mm512_set1_epi32(a->x_zp);
+    __m512i wv[25];
+    int32_t toff[25];
+    int32_t t, kh, kw, oh0, r, j, ow;
+    for (kh = 0; kh < a->KH; kh++)
+        for (kw = 0; kw < a->KW; kw++) {
+            const int32_t col = kw * a->dw;
+            t = kh * a->KW + kw;
+            wv[t] = _mm512_set1_epi32(wc[t]);
+            toff[t] = kh * a->dh * row_len + (col % sw) * Lq + col / sw;
+        }
+    for (oh0 = 0; oh0 < a->OH; oh0 += band) {
+        const int32_t R = min_i32(band, a->OH - oh0);
+        const int32_t in_rows = (R - 1) * a->sh + (a->KH - 1) * a->dh + 1;
+        const int32_t ih0 = oh0 * a->sh - a->pt;
+        /* build: padded row r holds input row ih0 + r, column j * sw + p - pl in phase p at j */
+        for (r = 0; r < in_rows; r++) {
+            int32_t *dst = buf + (int64_t)r * row_len;
+            const int32_t ih = ih0 + r;
+            memset(dst, 0, sizeof(int32_t) * (size_t)row_len);
+            if (ih < 0 || ih >= a->H)
+                continue;
+            {
+                const int8_t *src = xc + (int64_t)ih * a->W;
+                int32_t p;
+                for (p = 0; p < sw; p++) {
+                    /* phase p, index j: input column j * sw + p - pl, inside [0, W) */
+                    int32_t jlo, jhi;
+                    tap_range(0, Lq, sw, p - a->pl, a->W, &jlo, &jhi);
+                    if (sw == 1) {
+                        const int8_t *s0 = src - a->pl;
+                        for (j = jlo; j + 16 <= jhi; j += 16)
+                            _mm512_storeu_si512((void *)(dst + j),
+                                                _mm512_sub_epi32(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(s0 + j))), zp));
+                        for (; j < jhi; j++)
+                            dst[j] = s0[j] - a->x_zp;
+                    } else {
+                        int32_t *dp = dst + p * Lq;
+                        const int8_t *s0 = src + p - a->pl;
+                        for (j = jlo; j < jhi; j++)
+                            dp[j] = s0[(int64_t)j * sw] - a->x_zp;
+                    }
+                }
+            }
+        }
+        for (r = 0; r < R; r++) {
+            const int32_t *rowp = buf + (int64_t)r * a->sh * row_len;
+            int8_t *yr = a->y + (int64_t)c * a->OH * a->OW + (int64_t)(oh0 + r) * a->OW;
+            for (ow = 0; ow < a->OW; ow += 32) {
+                __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
+                const int two = a->OW - ow > 16;
+                for (t = 0; t < taps; t++) {
+                    const int32_t *src = rowp + toff[t] + ow;
+                    acc0 = _mm512_add_epi32(acc0, _mm512_mullo_epi32(wv[t], _mm512_loadu_si512((const void *)src)));
+                    if (two)
+                        acc1 = _mm512_add_epi32(acc1, _mm512_mullo_epi32(wv[t], _mm512_loadu_si512((const void *)(src + 16))));
+                }
+                requant16(acc0, &q, &m, ordinary, yr + ow, a->OW - ow);
+                if (two)
+                    requant16(acc1, &q, &m, ordinary, yr + ow + 16, a->OW - ow - 16);
+            }
+        }
+    }
+}
+
+static int conv_depthwise(const conv_t *a)
+{
+    int32_t Lq, band, c;
+    if (!dw_fits(a, &Lq, &band))
+        return 0;
+    EDGEQ_PARALLEL_FOR(conv_work(a) >= EDGEQ_PAR_MIN_WORK && a->C > 1)
+    for (c = 0; c < a->C; c++) {
+        int32_t buf[EDGEQ_DW_SCRATCH + 32];
+        dw_channel(a, c, Lq, band, buf);
+    }
+    return 1;
+}
+#endif
+
+#if EDGEQ_AVX512 && defined(__AVX512VNNI__) && defined(__AVX512VBMI__)
+/* Depthwise with rows of up to 4 taps (3x3 and the like), VNNI: every needed input row is turned once
+ * into quads q[i] = (u[i*sw], u[i*sw+dw], u[i*sw+2dw], u[i*sw+3dw]) of u = x + 128 (padding: x_zp + 128,
+ * taps past KW weigh 0), one vpermb per 16 outputs; an output row is then KH vpdpbusd per 16
+ * outputs, corrected by (x_zp + 128) * sum(w) (the exact sum of w * (x - x_zp), < 2^31). */
+#define EDGEQ_DWQ_ROW 1024 /* padded input row bytes */
+
+static int dwq_fits(const conv_t *a, int32_t *band)
+{
+    const int64_t owv = (a->OW + 15) / 16 * 16;
+    int64_t rows;
+    if (a->cg != 1 || a->ocg != 1 || a->KW > 4 || a->KH > 16 || 15 * a->sw + 3 * a->dw >= 64 ||
+        (owv - 1) * a->sw + (int64_t)(a->KW - 1) * a->dw + 64 > EDGEQ_DWQ_ROW ||
+        (int64_t)a->W + a->pl > EDGEQ_DWQ_ROW - 64)
+        return 0;
+    for (rows = a->OH; rows >= 1; rows = rows > 1 ? rows / 2 : 0) {
+        const int64_t in_rows = (rows - 1) * a->sh + (int64_t)(a->KH - 1) * a->dh + 1;
+        if (in_rows * owv * 4 <= EDGEQ_SCRATCH_BYTES && in_rows * EDGEQ_DWQ_ROW <= EDGEQ_SCRATCH_BYTES) {
+            *band = (int32_t)rows;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static void dwq_channel(const conv_t *a, int32_t c, int32_t band, uint32_t *qbuf, uint8_t *rows)
+{
+    const int8_t *xc = a->x + (int64_t)c * a->H * a->W;
+    const int8_t *wc = a->w + (int64_t)c * a->K;
+    const int32_t owv = (a->OW + 15) / 16 * 16, nv = owv / 16;
+    const int32_t used = 16 * (nv - 1) * a->sw + 64; /* row bytes the quads read (<= EDGEQ_DWQ_ROW) */
+    const uint8_t pad = (uint8_t)(a->x_zp + 128);
+    const requant_t q = conv_requant(a, c);
+    const int ordinary = mbqm_ordinary(q.mult, q.shift);
+    const vmbqm_t m = vmbqm_make(ordinary ? q.mult : 0, ordinary ? q.shift : 0);
+    __m512i wq[16], idx, init;
+    int32_t kh, kw, oh0, r, v, wsum = 0;
+    uint8_t ib[64];
+    for (v = 0; v < 16; v++)
+        for (kw = 0; kw < 4; kw++)
+            ib[4 * v + kw] = (uint8_t)(v * a->sw + (kw < a->KW ? kw : 0) * a->dw);
+    idx = _mm512_loadu_si512((const void *)ib);
+    for (kh = 0; kh < a->KH; kh++) {
+        uint32_t wv = 0;
+        for (kw = 0; kw < a->KW; kw++) {
+            wv |= (uint32_t)(uint8_t)wc[kh * a->KW + kw] << (8 * kw);
+            wsum += wc[kh * a->KW + kw];
+        }
+        wq[kh] = _mm512_set1_epi32((int32_t)wv);
+    }
+    /* Exact in int32 wrap-around: the true accumulator is < 2^31 in magnitude. */
+    init = _mm512_set1_epi32((int32_t)(0u - (uint32_t)(a->x_zp + 128) * (uint32_t)wsum));
+    for (oh0 = 0; oh0 < a->OH; oh0 += band) {
+        const int32_t R = min_i32(band, a->OH - oh0);
+        const int32_t in_rows = (R - 1) * a->sh + (a->KH - 1) * a->dh + 1;
+        const int32_t ih0 = oh0 * a->sh - a->pt;
+        /* Pass 1: padded rows of u = x + 128. Pass 2: quads. (A vpermb right after the unaligned
+         * stores of its own row would stall on store forwarding.) */
+        for (r = 0; r < in_rows; r++) {
+            const int32_t ih = ih0 + r;
+            uint8_t *row = rows + (int64_t)r * EDGEQ_DWQ_ROW;
+            if (ih < 0 || ih >= a->H) {
+                memset(row, pad, (size_t)used);
+            } else {
+                const int8_t *src = xc + (int64_t)ih * a->W;
+                const __m512i flip = _mm512_set1_epi8((char)0x80);
+                int32_t j;
+                for (j = 0; j + 64 <= a->W; j += 64)
+                    _mm512_storeu_si512((void *)(row + a->pl + j),
+                                        _mm512_xor_si512(_mm512_loadu_si512((const void *)(src + j)), flip));
+                if (j < a->W) {
+                    const __mmask64 k = (__mmask64)(~0ull >> (64 - (a->W - j)));
+                    _mm512_mask_storeu_epi8(row + a->pl + j, k, _mm512_xor_si512(_mm512_maskz_loadu_epi8(k, src + j), flip));
+                }
+                memset(row, pad, (size_t)a->pl);
+                if (used > a->pl + a->W)
+                    memset(row + a->pl + a->W, pad, (size_t)(used - a->pl - a->W));
+            }
+        }
+        for (r = 0; r < in_rows; r++) {
+            const uint8_t *row = rows + (int64_t)r * EDGEQ_DWQ_ROW;
+            uint32_t *dst = qbuf + (int64_t)r * owv;
+            for (v = 0; v < nv; v++)
+                _mm512_storeu_si512((void *)(dst + 16 * v),
+                                    _mm512_permutexvar_epi8(idx, _mm512_loadu_si512((const void *)(row + 16 * v * a->sw))));
+        }
+        for (r = 0; r < R; r++) {
+            int8_t *yr = a->y + (int64_t)c * a->OH * a->OW + (int64_t)(oh0 + r) * a->OW;
+            const uint32_t *base = qbuf + (int64_t)r * a->sh * owv;
+            for (v = 0; v < nv; v += 2) {
+                __m512i acc0 = init, acc1 = init;
+                const int two = v + 1 < nv;
+                for (kh = 0; kh < a->KH; kh++) {
+                    const uint32_t *src = base + (int64_t)kh * a->dh * owv + 16 * v;
+                    acc0 = _mm512_dpbusd_epi32(acc0, _mm512_loadu_si512((const void *)src), wq[kh]);
+                    if (two)
+                        acc1 = _mm512_dpbusd_epi32(acc1, _mm512_loadu_si512((const void *)(src + 16)), wq[kh]);
+                }
+                requant16(acc0, &q, &m, ordinary, yr + 16 * v, a->OW - 16 * v);
+                if (two)
+                    requant16(acc1, &q, &m, ordinary, yr + 16 * v + 16, a->OW - 16 * v - 16);
+            }
+        }
+    }
+}
+
+static int conv_depthwise_quads(const conv_t *a)
+{
+    int32_t band, c;
+    if (!dwq_fits(a, &band))
+        return 0;
+    EDGEQ_PARALLEL_FOR(conv_work(a) >= EDGEQ_PAR_MIN_WORK && a->C > 1)
+    for (c = 0; c < a->C; c++) {
+        uint32_t qbuf[EDGEQ_SCRATCH_BYTES / 4];
+        uint8_t rows[EDGEQ_SCRATCH_BYTES];
+        dwq_channel(a, c, band, qbuf, rows);
+    }
+    return 1;
+}
+#endif
+
+#if EDGEQ_AVX512 && defined(__AVX512VNNI__)
+/* ---- Pointwise (1x1, stride 1, no padding, one group) with AVX-512 VNNI --------------------------
+ * y[oc][p] = sum_c w[oc][c] * (x[c][p] - x_zp): a tile of pixels is packed as uint8 x + 128 with four
+ * channels interleaved per 32-bit lane ([c / 4][p][4]), so vpdpbusd adds four channels' products per
+ * lane; 4 output channels x 64 pixels of accumulators, corrected by (x_zp + 128) * sum(w). */
+#define EDGEQ_PW_TILE 256
+#define EDGEQ_PW_OCB 4
+
+static void pw_pack(const conv_t *a, int32_t p0, int32_t np, int32_t npv, uint8_t *restrict xp)
+{
+    const int64_t P = (int64_t)a->H * a->W;
+    const int32_t C = a->C, C4 = (C + 3) / 4;
+    const __m128i flip = _mm_set1_epi8((char)0x80);
+    int32_t c4, p, j;
+    for (c4 = 0; c4 < C4; c4++) {
+        uint8_t *d = xp + (int64_t)c4 * npv * 4;
+        const int8_t *r[4];
+        for (j = 0; j < 4; j++)
+            r[j] = 4 * c4 + j < C ? a->x + (4 * (int64_t)c4 + j) * P + p0 : NULL;
+        p = 0;
+        if (r[3]) {
+            for (; p + 16 <= np; p += 16) {
+                const __m128i x0 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(r[0] + p)), flip);
+                const __m128i x1 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(r[1] + p)), flip);
+                const __m128i x2 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(r[2] + p)), flip);
+                const __m128i x3 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(r[3] + p)), flip);
+                const __m128i a0 = _mm_unpacklo_epi8(x0, x1), a1 = _mm_unpackhi_epi8(x0, x1);
+                const __m128i b0 = _mm_unpacklo_epi8(x2, x3), b1 = _mm_unpackhi_epi8(x2, x3);
+                _mm_storeu_si128((__m128i *)(d + 4 * p), _mm_unpacklo_epi16(a0, b0));
+                _mm_storeu_si128((__m128i *)(d + 4 * p + 16), _mm_unpackhi_epi16(a0, b0));
+                _mm_storeu_si128((__m128i *)(d + 4 * p + 32), _mm_unpacklo_epi16(a1, b1));
+                _mm_storeu_si128((__m128i *)(d + 4 * p + 48), _mm_unpackhi_epi16(a1, b1));
+            }
+        }
+        for (; p < np; p++)
+            for (j = 0; j < 4; j++)
+                d[4 * p + j] = r[j] ? (uint8_t)(r[j][p] + 128) : 0;
+        memset(d + 4 * (int64_t)np, 0, (size_t)(npv - np) * 4);
+    }
+}
+
+/* Weight quad c4 of output channel row w (zero beyond C). */
+static inline int32_t pw_wquad(const int8_t *w, int32_t C, int32_t c4)
+{
+    uint32_t v = 0;
+    int32_t j;
+    if (4 * c4 + 4 <= C) {
+        memcpy(&v, w + 4 * c4, 4);
+        return (int32_t)v;
+    }
+    for (j = 0; j < 4 && 4 * c4 + j < C; j++)
+        v |= (uint32_t)(uint8_t)w[4 * c4 + j] << (8 * j);
+    return (int32_t)v;
+}
+
+static EDGEQ_ALWAYS_INLINE void pw_block(const conv_t *a, const uint8_t *xp, int32_t npv, int32_t np, int32_t p0,
+                                         int32_t oc0, int32_t nb)
+{
+    const int32_t C = a->C, C4 = (C + 3) / 4;
+    const int64_t P = (int64_t)a->H * a->W;
+    const int32_t corr = a->x_zp + 128;
+    int32_t wsum[EDGEQ_PW_OCB];
+    int32_t j, c, c4, v, pv;
+    for (j = 0; j < nb; j++) {
+        const int8_t *wr = a->w + (int64_t)(oc0 + j) * C;
+        int32_t s = 0;
+        for (c = 0; c < C; c++)
+            s += wr[c];
+        wsum[j] = s;
+    }
+    for (pv = 0; pv < npv; pv += 64) {
+        __m512i acc[EDGEQ_PW_OCB][4];
+        for (j = 0; j < nb; j++)
+            for (v = 0; v < 4; v++)
+                acc[j][v] = _mm512_setzero_si512();
+        for (c4 = 0; c4 < C4; c4++) {
+            const uint8_t *src = xp + ((int64_t)c4 * npv + pv) * 4;
+            const __m512i x0 = _mm512_loadu_si512((const void *)src), x1 = _mm512_loadu_si512((const void *)(src + 64));
+            const __m512i x2 = _mm512_loadu_si512((const void *)(src + 128)), x3 = _mm512_loadu_si512((const void *)(src + 192));
+            for (j = 0; j < nb; j++) {
+                const __m512i wq = _mm512_set1_epi32(pw_wquad(a->w + (int64_t)(oc0 + j) * C, C, c4));
+                acc[j][0] = _mm512_dpbusd_epi32(acc[j][0], x0, wq);
+                acc[j][1] = _mm512_dpbusd_epi32(acc[j][1], x1, wq);
+                acc[j][2] = _mm512_dpbusd_epi32(acc[j][2], x2, wq);
+                acc[j][3] = _mm512_dpbusd_epi32(acc[j][3], x3, wq);
+            }
+        }
+        for (j = 0; j < nb; j++) {
+            const requant_t q = conv_requant(a, oc0 + j);
+            const int ordinary = mbqm_ordinary(q.mult, q.shift);
+            const vmbqm_t m = vmbqm_make(ordinary ? q.mult : 0, ordinary ? q.shift : 0);
+            const __m512i cw = _mm512_set1_epi32((int32_t)((uint32_t)corr * (uint32_t)wsum[j]));
+            int8_t *yr = a->y + (int64_t)(oc0 + j) * P + p0;
+            for (v = 0; v < 4 && pv + 16 * v < np; v++)
+                requant16(_mm512_sub_epi32(acc[j][v], cw), &q, &m, ordinary, yr + pv + 16 * v, np - pv - 16 * v);
+        }
+    }
+}
+
+static void pw_tile(const conv_t *a, int32_t p0, int32_t np, int32_t oc_lo, int32_t oc_hi, uint8_t *xp)
+{
+    const int32_t npv = (np + 63) / 64 * 64;
+    int32_t oc;
+    pw_pack(a, p0, np, npv, xp);
+    for (oc = oc_lo; oc + EDGEQ_PW_OCB <= oc_hi; oc += EDGEQ_PW_OCB)
+        pw_block(a, xp, npv, np, p0, oc, EDGEQ_PW_OCB);
+    for (; oc < oc_hi; oc++)
+        pw_block(a, xp, npv, np, p0, oc, 1);
+}
+
+static int conv_pointwise(const conv_t *a)
+{
+    const int64_t P = (int64_t)a->H * a->W;
+    const int32_t C4 = (a->C + 3) / 4;
+    int64_t pt, n_tiles, job, n_jobs;
+    int32_t n_parts;
+    if (a->KH != 1 || a->KW != 1 || a->sh != 1 || a->sw != 1 || a->pt != 0 || a->pl != 0 || a->group != 1 ||
+        a->OH != a->H || a->OW != a->W || P < 128 || a->K > EDGEQ_K_INT32)
+        return 0;
+    pt = EDGEQ_PW_TILE;
+    while (pt > 64 && (int64_t)C4 * 4 * pt > EDGEQ_PATCH_BYTES)
+        pt /= 2;
+    if ((int64_t)C4 * 4 * pt > EDGEQ_PATCH_BYTES)
+        return 0;
+    n_tiles = (P + pt - 1) / pt;
+    n_parts = edgeq_threads > 1 && n_tiles < 2 * edgeq_threads ? edgeq_threads : 1;
+    n_jobs = n_tiles * n_parts;
+    EDGEQ_PARALLEL_FOR(conv_work(a) >= EDGEQ_PAR_MIN_WORK && n_jobs > 1)
+    for (job = 0; job < n_jobs; job++) {
+        uint8_t xp[EDGEQ_PATCH_BYTES];
+        const int64_t tile = job / n_parts;
+        const int32_t part = (int32_t)(job % n_parts);
+        const int32_t nbk = (a->OC + EDGEQ_PW_OCB - 1) / EDGEQ_PW_OCB;
+        const int32_t lo = min_i32(a->OC, (int32_t)((int64_t)nbk * part / n_parts) * EDGEQ_PW_OCB);
+        const int32_t hi = min_i32(a->OC, (int32_t)((int64_t)nbk * (part + 1) / n_parts) * EDGEQ_PW_OCB);
+        const int32_t p0 = (int32_t)(tile * pt);
+        if (lo < hi)
+            pw_tile(a, p0, (int32_t)(P - p0 < pt ? P - p0 : pt), lo, hi, xp);
+    }
+    return 1;
+}
+#endif
+
 /* Last resort for patches no scratch budget fits: one output at a time, int64 accumulation. */
 static void conv_scalar(const conv_t *a)
 {
@@ -897,6 +1388,18 @@ void edgeq_conv(const int8_t *x, const int8_t *w, const int32_t *bias, const int
     a.K = a.cg * KH * KW;
     /* Long patches shared by several output channels go to dot products; short patches (depthwise,
      * first layers) to the plane kernel; what fits neither to the scalar loop. */
+#if EDGEQ_AVX512 && defined(__AVX512VNNI__) && defined(__AVX512VBMI__)
+    if (conv_depthwise_quads(&a))
+        return;
+#endif
+#if EDGEQ_AVX512
+    if (conv_depthwise(&a))
+        return;
+#endif
+#if EDGEQ_AVX512 && defined(__AVX512VNNI__)
+    if (conv_pointwise(&a))
+        return;
+#endif
     if (dot_worthwhile(a.K) && a.ocg >= 2 && dot_geometry(&a, &dg))
         conv_dot(&a, &dg);
     else if (plane_geometry(&a, &pg))
@@ -938,6 +1441,39 @@ static inline int8_t binop_value(const binop_t *o, int32_t av, int32_t bv)
     return (int8_t)clip_i64((int64_t)raw + o->y_zp, o->lo, o->hi);
 }
 
+#if EDGEQ_AVX512
+/* 16 int8 of an operand with element stride 1 (loaded) or 0 (broadcast), as int32 minus the zero point. */
+static inline __m512i binary_load(const int8_t *p, int32_t stride, __mmask16 k, int32_t zp)
+{
+    const __m512i v = stride ? _mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(k, p)) : _mm512_set1_epi32(p[0]);
+    return _mm512_sub_epi32(v, _mm512_set1_epi32(zp));
+}
+
+/* One output row of Add / Mul with ordinary scales (binary_value, 16 values at a time). |x - zp| <= 255,
+ * so the Add lift by 2^20 and the Mul product fit int32; the sum of the two rescaled Add inputs is
+ * saturated to int32, which gives the reference's int64 result after its saturated left shift. */
+static void binary_row_avx512(const binop_t *o, const vmbqm_t *va, const vmbqm_t *vb, const vmbqm_t *vy,
+                              const int8_t *a, int32_t as, const int8_t *b, int32_t bs, int8_t *y, int32_t n)
+{
+    const __m512i lo = _mm512_set1_epi32(o->lo - o->y_zp), hi = _mm512_set1_epi32(o->hi - o->y_zp);
+    const __m512i zp = _mm512_set1_epi32(o->y_zp);
+    int32_t i;
+    for (i = 0; i < n; i += 16) {
+        const __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1u);
+        const __m512i av = binary_load(a + (int64_t)i * as, as, k, o->a_zp);
+        const __m512i bv = binary_load(b + (int64_t)i * bs, bs, k, o->b_zp);
+        __m512i r;
+        if (o->kind == BIN_ADD)
+            r = vadds32(vmbqm(_mm512_slli_epi32(av, 20), va), vmbqm(_mm512_slli_epi32(bv, 20), vb));
+        else
+            r = _mm512_mullo_epi32(av, bv);
+        r = vmbqm(r, vy);
+        r = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(r, lo), hi), zp);
+        _mm512_mask_cvtepi32_storeu_epi8(y + i, k, r);
+    }
+}
+#endif
+
 /* Broadcast traversal shared by Add and Mul; `o->kind` is a constant at each (inlined) call site. */
 static inline void binary_op(const binop_t *o, const int8_t *a, const int8_t *b, const int8_t *lut, int8_t *y,
                              const int32_t d[4], const int32_t as[4], const int32_t bs[4])
@@ -945,12 +1481,27 @@ static inline void binary_op(const binop_t *o, const int8_t *a, const int8_t *b,
     const int64_t total = (int64_t)d[0] * d[1] * d[2] * d[3];
     int64_t yi = 0, i;
     int32_t i0, i1, i2, i3;
+#if EDGEQ_AVX512
+    const int vec = mbqm_ordinary(o->y_mult, o->y_shift) &&
+                    (o->kind != BIN_ADD || (mbqm_ordinary(o->a_mult, o->a_shift) && mbqm_ordinary(o->b_mult, o->b_shift)));
+    vmbqm_t va, vb, vy;
+    if (vec) {
+        va = vmbqm_make(o->a_mult, o->a_shift);
+        vb = vmbqm_make(o->b_mult, o->b_shift);
+        vy = vmbqm_make(o->y_mult, o->y_shift);
+    }
+#endif
     for (i0 = 0; i0 < d[0]; i0++)
         for (i1 = 0; i1 < d[1]; i1++)
             for (i2 = 0; i2 < d[2]; i2++) {
                 const int8_t *ar = a + (int64_t)i0 * as[0] + (int64_t)i1 * as[1] + (int64_t)i2 * as[2];
                 const int8_t *br = b + (int64_t)i0 * bs[0] + (int64_t)i1 * bs[1] + (int64_t)i2 * bs[2];
                 int8_t *yr = y + yi;
+#if EDGEQ_AVX512
+                if (vec && (as[3] <= 1 && bs[3] <= 1)) {
+                    binary_row_avx512(o, &va, &vb, &vy, ar, as[3], br, bs[3], yr, d[3]);
+                } else
+#endif
                 if (as[3] == 1 && bs[3] == 1) {
                     for (i3 = 0; i3 < d[3]; i3++)
                         yr[i3] = binop_value(o, ar[i3], br[i3]);
@@ -1653,6 +2204,57 @@ int edgeq_execute(const int64_t *words, int64_t n_words, int8_t *arena, const ui
         for (i = 0; i < n_out; i++) {
             memcpy(dst, arena + out_desc[2 * i], (size_t)out_desc[2 * i + 1]);
             dst += out_desc[2 * i + 1];
+        }
+    }
+    return EDGEQ_OK;
+}
+
+/* ---- Float boundary ------------------------------------------------------------------------------
+ * Exactly executor.quantize / executor.dequantize in float32 (no -ffast-math: the division, the
+ * rounding to nearest even and the comparisons must be IEEE). */
+
+/* Branch-free so that it vectorises; NaN fails both comparisons and ends at -128. */
+static void quantize_row(const float *restrict x, int64_t n, float scale, float zp, int8_t *restrict d)
+{
+    int64_t k;
+    for (k = 0; k < n; k++) {
+        float q = nearbyintf(x[k] / scale) + zp;
+        q = q > 127.0f ? 127.0f : q;
+        q = q > -128.0f ? q : -128.0f;
+        d[k] = (int8_t)(int32_t)q;
+    }
+}
+
+static void dequantize_row(const int8_t *restrict q, int64_t n, float scale, int32_t zp, float *restrict y)
+{
+    int64_t k;
+    for (k = 0; k < n; k++)
+        y[k] = (float)((int32_t)q[k] - zp) * scale;
+}
+
+int edgeq_execute_float(const int64_t *words, int64_t n_words, int8_t *arena, const uint8_t *pool,
+                        const float *x, int64_t batch, int64_t x_stride, const int64_t *in_desc,
+                        const float *in_qp, int64_t n_in, float *y, int64_t y_stride, const int64_t *out_desc,
+                        const float *out_qp, int64_t n_out)
+{
+    int64_t b, i;
+    if (batch < 0)
+        return EDGEQ_E_IO;
+    TRY(check_desc(in_desc, n_in, x_stride, -1));
+    TRY(check_desc(out_desc, n_out, y_stride, -1));
+    for (b = 0; b < batch; b++) {
+        const float *src = x + b * x_stride;
+        float *dst = y + b * y_stride;
+        for (i = 0; i < n_in; i++) {
+            const int64_t n = in_desc[2 * i + 1];
+            quantize_row(src, n, in_qp[2 * i], in_qp[2 * i + 1], arena + in_desc[2 * i]);
+            src += n;
+        }
+        TRY(edgeq_run_program(words, n_words, arena, pool));
+        for (i = 0; i < n_out; i++) {
+            const int64_t n = out_desc[2 * i + 1];
+            dequantize_row(arena + out_desc[2 * i], n, out_qp[2 * i], (int32_t)out_qp[2 * i + 1], dst);
+            dst += n;
         }
     }
     return EDGEQ_OK;

@@ -178,6 +178,15 @@ int edgeq_execute(const int64_t *words, int64_t n_words, int8_t *arena, const ui
                   const int8_t *in_buf, int64_t batch, int64_t in_stride, const int64_t *in_desc, int64_t n_in,
                   int8_t *out_buf, int64_t out_stride, const int64_t *out_desc, int64_t n_out);
 
+/* edgeq_execute with float32 inputs and outputs: x rows of x_stride floats are quantized into the
+ * arena (in_qp rows [scale, zero point]: q = clamp(rint(x / scale) + zp, -128, 127) in float32, half to
+ * even, NaN -> -128), outputs dequantized as (q - zp) * scale (out_qp rows likewise). Descriptor
+ * byte counts are element counts (int8). */
+int edgeq_execute_float(const int64_t *words, int64_t n_words, int8_t *arena, const uint8_t *pool,
+                        const float *x, int64_t batch, int64_t x_stride, const int64_t *in_desc,
+                        const float *in_qp, int64_t n_in, float *y, int64_t y_stride, const int64_t *out_desc,
+                        const float *out_qp, int64_t n_out);
+
 /* Check a program and its I/O descriptors against buffer sizes without running it: every record
  * decodes, and every operand it reads or writes lies inside the arena or pool. */
 int edgeq_validate(const int64_t *words, int64_t n_words, int64_t arena_bytes, int64_t pool_bytes,
