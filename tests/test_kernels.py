@@ -36,8 +36,9 @@ def maybe_lut(rng: np.random.Generator, consts: dict, order: list) -> None:
 
 
 @SETTINGS
-@given(seed=st.integers(0, 2**32 - 1), depthwise=st.booleans(), pointwise=st.booleans())
-def test_conv(backend, seed, depthwise, pointwise):
+@given(seed=st.integers(0, 2**32 - 1), depthwise=st.booleans(), pointwise=st.booleans(), wide=st.booleans())
+def test_conv(backend, seed, depthwise, pointwise, wide):
+    """``wide`` planes (rows of 16-70 pixels, many channels) reach the SIMD tile paths of the C kernels."""
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 3))
     group = int(rng.integers(1, 4))
@@ -47,8 +48,11 @@ def test_conv(backend, seed, depthwise, pointwise):
     dil = [1, 1] if pointwise else [int(v) for v in rng.integers(1, 3, size=2)]
     strides = [int(v) for v in rng.integers(1, 4, size=2)]
     pads = [0, 0, 0, 0] if pointwise else [int(v) for v in rng.integers(0, 3, size=4)]
-    h = int(rng.integers(max(1, dil[0] * (kh - 1) + 1 - pads[0] - pads[2]), 12))
-    w = int(rng.integers(max(1, dil[1] * (kw - 1) + 1 - pads[1] - pads[3]), 12))
+    top = 24 if wide else 12
+    h = int(rng.integers(max(1, dil[0] * (kh - 1) + 1 - pads[0] - pads[2]), top))
+    w = int(rng.integers(max(1, dil[1] * (kw - 1) + 1 - pads[1] - pads[3]), 70 if wide else 12))
+    if wide and not depthwise:
+        cg, ocg = int(rng.integers(1, 40)), int(rng.integers(1, 20))
     oc = group * ocg
     x = i8(rng, (n, group * cg, h, w))
     mult, shift = requant(rng, oc)
@@ -118,8 +122,9 @@ def test_add_mul(backend, seed, op, swap):
 
 
 @SETTINGS
-@given(seed=st.integers(0, 2**32 - 1), op=st.sampled_from(["QMaxPool", "QAvgPool"]))
-def test_pools(backend, seed, op):
+@given(seed=st.integers(0, 2**32 - 1), op=st.sampled_from(["QMaxPool", "QAvgPool"]), fast=st.booleans())
+def test_pools(backend, seed, op, fast):
+    """``fast``: the common 2x2/stride-2 and global-average windows the C kernels special-case."""
     rng = np.random.default_rng(seed)
     kernel = [int(v) for v in rng.integers(1, 5, size=2)]
     strides = [int(v) for v in rng.integers(1, 4, size=2)]
@@ -127,7 +132,12 @@ def test_pools(backend, seed, op):
     dil = [int(v) for v in rng.integers(1, 3, size=2)] if op == "QMaxPool" else [1, 1]
     h = int(rng.integers(max(1, dil[0] * (kernel[0] - 1) + 1 - pads[0] - pads[2]), 12))
     w = int(rng.integers(max(1, dil[1] * (kernel[1] - 1) + 1 - pads[1] - pads[3]), 12))
-    x = i8(rng, (int(rng.integers(1, 3)), int(rng.integers(1, 6)), h, w))
+    if fast:
+        h, w = (int(v) for v in rng.integers(1, 20, size=2))
+        kernel, strides, pads, dil = ([h, w], [1, 1], [0] * 4, [1, 1]) if op == "QAvgPool" else \
+            ([2, 2], [2, 2], [0] * 4, [1, 1])
+        h, w = max(h, kernel[0]), max(w, kernel[1])
+    x = i8(rng, (int(rng.integers(1, 3)), int(rng.integers(1, 40 if fast else 6)), h, w))
     lo, hi = act_range(rng)
     attrs = dict(kernel=kernel, strides=strides, pads=pads, act_min=lo, act_max=hi)
     if op == "QMaxPool":

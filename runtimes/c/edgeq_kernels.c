@@ -1182,36 +1182,108 @@ static int conv_depthwise_quads(const conv_t *a)
  * lane; 4 output channels x 64 pixels of accumulators, corrected by (x_zp + 128) * sum(w). */
 #define EDGEQ_PW_TILE 256
 #define EDGEQ_PW_OCB 4
+#ifndef EDGEQ_GM_MIN_OW
+#define EDGEQ_GM_MIN_OW 16
+#endif
 
-static void pw_pack(const conv_t *a, int32_t p0, int32_t np, int32_t npv, uint8_t *restrict xp)
+/* Row of im2col tap k (k = (c * KH + kh) * KW + kw) for output pixels [p0, p0 + np): int8, the
+ * padding as x_zp (which the zero-point correction cancels). */
+static void gm_row(const conv_t *a, int32_t k, int32_t p0, int32_t np, int8_t *restrict d)
+{
+    const int32_t khw = a->KH * a->KW, c = k / khw, kh = (k / a->KW) % a->KH, kw = k % a->KW;
+    const int8_t *xc = a->x + (int64_t)c * a->H * a->W;
+    const int32_t off = kw * a->dw - a->pl;
+    int32_t p = p0, oh = p0 / a->OW, ow0 = p0 % a->OW;
+    while (p < p0 + np) {
+        const int32_t n = min_i32(a->OW - ow0, p0 + np - p);
+        const int32_t ih = oh * a->sh - a->pt + kh * a->dh;
+        if (ih < 0 || ih >= a->H) {
+            memset(d, a->x_zp, (size_t)n);
+        } else {
+            const int8_t *row = xc + (int64_t)ih * a->W;
+            int32_t lo, hi, i;
+            tap_range(ow0, ow0 + n, a->sw, off, a->W, &lo, &hi);
+            if (lo > ow0)
+                memset(d, a->x_zp, (size_t)(lo - ow0));
+            if (a->sw == 1) {
+                if (hi - lo > 32)
+                    memcpy(d + (lo - ow0), row + lo + off, (size_t)(hi - lo));
+                else
+                    for (i = lo; i < hi; i++)
+                        d[i - ow0] = row[i + off];
+            } else {
+                i = lo;
+#if defined(__AVX512VBMI__)
+                if (a->sw == 2) {
+                    const __m512i idx = _mm512_set_epi8(126, 124, 122, 120, 118, 116, 114, 112, 110, 108, 106, 104,
+                        102, 100, 98, 96, 94, 92, 90, 88, 86, 84, 82, 80, 78, 76, 74, 72, 70, 68, 66, 64, 62, 60, 58,
+                        56, 54, 52, 50, 48, 46, 44, 42, 40, 38, 36, 34, 32, 30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10,
+                        8, 6, 4, 2, 0);
+                    for (; i < hi; i += 64) {
+                        const int32_t m = min_i32(64, hi - i), need = 2 * m - 1;
+                        const int8_t *src = row + (int64_t)i * 2 + off;
+                        const __mmask64 k0 = need >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << need) - 1);
+                        const __mmask64 k1 = need > 64 ? (((__mmask64)1 << (need - 64)) - 1) : 0;
+                        const __m512i v0 = _mm512_maskz_loadu_epi8(k0, src);
+                        const __m512i v1 = _mm512_maskz_loadu_epi8(k1, src + 64);
+                        const __mmask64 ks = m >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << m) - 1);
+                        _mm512_mask_storeu_epi8(d + (i - ow0), ks, _mm512_permutex2var_epi8(v0, idx, v1));
+                    }
+                }
+#endif
+                for (; i < hi; i++)
+                    d[i - ow0] = row[(int64_t)i * a->sw + off];
+            }
+            if (hi < ow0 + n)
+                memset(d + (hi - ow0), a->x_zp, (size_t)(ow0 + n - hi));
+        }
+        d += n;
+        p += n;
+        ow0 = 0;
+        oh++;
+    }
+}
+
+/* Pack patches of pixels [p0, p0 + np) as uint8 x + 128, four taps per 32-bit lane: [k / 4][p][4]
+ * (taps past K repeat a real row: their weights are zero). */
+static void pw_pack(const conv_t *a, int32_t p0, int32_t np, int32_t npv, uint8_t *restrict xp, int8_t *rows)
 {
     const int64_t P = (int64_t)a->H * a->W;
-    const int32_t C = a->C, C4 = (C + 3) / 4;
+    const int32_t K = a->K, K4 = (K + 3) / 4;
+    const int direct = a->KH == 1 && a->KW == 1 && a->sh == 1 && a->sw == 1 && a->pt == 0 && a->pl == 0 &&
+                       a->OH == a->H && a->OW == a->W;
     const __m128i flip = _mm_set1_epi8((char)0x80);
     int32_t c4, p, j;
-    for (c4 = 0; c4 < C4; c4++) {
+    for (c4 = 0; c4 < K4; c4++) {
         uint8_t *d = xp + (int64_t)c4 * npv * 4;
         const int8_t *r[4];
-        for (j = 0; j < 4; j++)
-            r[j] = 4 * c4 + j < C ? a->x + (4 * (int64_t)c4 + j) * P + p0 : NULL;
-        p = 0;
-        if (r[3]) {
-            for (; p + 16 <= np; p += 16) {
-                const __m128i x0 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(r[0] + p)), flip);
-                const __m128i x1 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(r[1] + p)), flip);
-                const __m128i x2 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(r[2] + p)), flip);
-                const __m128i x3 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(r[3] + p)), flip);
-                const __m128i a0 = _mm_unpacklo_epi8(x0, x1), a1 = _mm_unpackhi_epi8(x0, x1);
-                const __m128i b0 = _mm_unpacklo_epi8(x2, x3), b1 = _mm_unpackhi_epi8(x2, x3);
-                _mm_storeu_si128((__m128i *)(d + 4 * p), _mm_unpacklo_epi16(a0, b0));
-                _mm_storeu_si128((__m128i *)(d + 4 * p + 16), _mm_unpackhi_epi16(a0, b0));
-                _mm_storeu_si128((__m128i *)(d + 4 * p + 32), _mm_unpacklo_epi16(a1, b1));
-                _mm_storeu_si128((__m128i *)(d + 4 * p + 48), _mm_unpackhi_epi16(a1, b1));
+        for (j = 0; j < 4; j++) {
+            const int32_t k = 4 * c4 + j < K ? 4 * c4 + j : K - 1;
+            if (direct) {
+                r[j] = a->x + (int64_t)k * P + p0;
+            } else if (4 * c4 + j < K) {
+                gm_row(a, k, p0, np, rows + (int64_t)j * EDGEQ_PW_TILE);
+                r[j] = rows + (int64_t)j * EDGEQ_PW_TILE;
+            } else {
+                r[j] = r[0];
             }
+        }
+        p = 0;
+        for (; p + 16 <= np; p += 16) {
+            const __m128i x0 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(r[0] + p)), flip);
+            const __m128i x1 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(r[1] + p)), flip);
+            const __m128i x2 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(r[2] + p)), flip);
+            const __m128i x3 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(r[3] + p)), flip);
+            const __m128i a0 = _mm_unpacklo_epi8(x0, x1), a1 = _mm_unpackhi_epi8(x0, x1);
+            const __m128i b0 = _mm_unpacklo_epi8(x2, x3), b1 = _mm_unpackhi_epi8(x2, x3);
+            _mm_storeu_si128((__m128i *)(d + 4 * p), _mm_unpacklo_epi16(a0, b0));
+            _mm_storeu_si128((__m128i *)(d + 4 * p + 16), _mm_unpackhi_epi16(a0, b0));
+            _mm_storeu_si128((__m128i *)(d + 4 * p + 32), _mm_unpacklo_epi16(a1, b1));
+            _mm_storeu_si128((__m128i *)(d + 4 * p + 48), _mm_unpackhi_epi16(a1, b1));
         }
         for (; p < np; p++)
             for (j = 0; j < 4; j++)
-                d[4 * p + j] = r[j] ? (uint8_t)(r[j][p] + 128) : 0;
+                d[4 * p + j] = (uint8_t)(r[j][p] + 128);
         memset(d + 4 * (int64_t)np, 0, (size_t)(npv - np) * 4);
     }
 }
@@ -1230,14 +1302,46 @@ static inline int32_t pw_wquad(const int8_t *w, int32_t C, int32_t c4)
     return (int32_t)v;
 }
 
+/* nv (1..4) vectors of 16 pixels from pv, nb (1..4) output channels from oc0. */
+static EDGEQ_ALWAYS_INLINE void pw_core(const conv_t *a, const uint8_t *xp, int32_t npv, int32_t np, int32_t p0,
+                                        int32_t oc0, int32_t nb, int32_t pv, int32_t nv, const int32_t *wsum)
+{
+    const int32_t C = a->K, C4 = (C + 3) / 4;
+    const int64_t P = (int64_t)a->OH * a->OW;
+    const int32_t corr = a->x_zp + 128;
+    __m512i acc[EDGEQ_PW_OCB][4];
+    int32_t j, c4, v;
+    for (j = 0; j < nb; j++)
+        for (v = 0; v < nv; v++)
+            acc[j][v] = _mm512_setzero_si512();
+    for (c4 = 0; c4 < C4; c4++) {
+        const uint8_t *src = xp + ((int64_t)c4 * npv + pv) * 4;
+        __m512i xv[4];
+        for (v = 0; v < nv; v++)
+            xv[v] = _mm512_loadu_si512((const void *)(src + 64 * v));
+        for (j = 0; j < nb; j++) {
+            const __m512i wq = _mm512_set1_epi32(pw_wquad(a->w + (int64_t)(oc0 + j) * C, C, c4));
+            for (v = 0; v < nv; v++)
+                acc[j][v] = _mm512_dpbusd_epi32(acc[j][v], xv[v], wq);
+        }
+    }
+    for (j = 0; j < nb; j++) {
+        const requant_t q = conv_requant(a, oc0 + j);
+        const int ordinary = mbqm_ordinary(q.mult, q.shift);
+        const vmbqm_t m = vmbqm_make(ordinary ? q.mult : 0, ordinary ? q.shift : 0);
+        const __m512i cw = _mm512_set1_epi32((int32_t)((uint32_t)corr * (uint32_t)wsum[j]));
+        int8_t *yr = a->y + (int64_t)(oc0 + j) * P + p0;
+        for (v = 0; v < nv && pv + 16 * v < np; v++)
+            requant16(_mm512_sub_epi32(acc[j][v], cw), &q, &m, ordinary, yr + pv + 16 * v, np - pv - 16 * v);
+    }
+}
+
 static EDGEQ_ALWAYS_INLINE void pw_block(const conv_t *a, const uint8_t *xp, int32_t npv, int32_t np, int32_t p0,
                                          int32_t oc0, int32_t nb)
 {
-    const int32_t C = a->C, C4 = (C + 3) / 4;
-    const int64_t P = (int64_t)a->H * a->W;
-    const int32_t corr = a->x_zp + 128;
+    const int32_t C = a->K;
     int32_t wsum[EDGEQ_PW_OCB];
-    int32_t j, c, c4, v, pv;
+    int32_t j, c, pv;
     for (j = 0; j < nb; j++) {
         const int8_t *wr = a->w + (int64_t)(oc0 + j) * C;
         int32_t s = 0;
@@ -1245,75 +1349,77 @@ static EDGEQ_ALWAYS_INLINE void pw_block(const conv_t *a, const uint8_t *xp, int
             s += wr[c];
         wsum[j] = s;
     }
-    for (pv = 0; pv < npv; pv += 64) {
-        __m512i acc[EDGEQ_PW_OCB][4];
-        for (j = 0; j < nb; j++)
-            for (v = 0; v < 4; v++)
-                acc[j][v] = _mm512_setzero_si512();
-        for (c4 = 0; c4 < C4; c4++) {
-            const uint8_t *src = xp + ((int64_t)c4 * npv + pv) * 4;
-            const __m512i x0 = _mm512_loadu_si512((const void *)src), x1 = _mm512_loadu_si512((const void *)(src + 64));
-            const __m512i x2 = _mm512_loadu_si512((const void *)(src + 128)), x3 = _mm512_loadu_si512((const void *)(src + 192));
-            for (j = 0; j < nb; j++) {
-                const __m512i wq = _mm512_set1_epi32(pw_wquad(a->w + (int64_t)(oc0 + j) * C, C, c4));
-                acc[j][0] = _mm512_dpbusd_epi32(acc[j][0], x0, wq);
-                acc[j][1] = _mm512_dpbusd_epi32(acc[j][1], x1, wq);
-                acc[j][2] = _mm512_dpbusd_epi32(acc[j][2], x2, wq);
-                acc[j][3] = _mm512_dpbusd_epi32(acc[j][3], x3, wq);
-            }
-        }
-        for (j = 0; j < nb; j++) {
-            const requant_t q = conv_requant(a, oc0 + j);
-            const int ordinary = mbqm_ordinary(q.mult, q.shift);
-            const vmbqm_t m = vmbqm_make(ordinary ? q.mult : 0, ordinary ? q.shift : 0);
-            const __m512i cw = _mm512_set1_epi32((int32_t)((uint32_t)corr * (uint32_t)wsum[j]));
-            int8_t *yr = a->y + (int64_t)(oc0 + j) * P + p0;
-            for (v = 0; v < 4 && pv + 16 * v < np; v++)
-                requant16(_mm512_sub_epi32(acc[j][v], cw), &q, &m, ordinary, yr + pv + 16 * v, np - pv - 16 * v);
-        }
+    for (pv = 0; pv + 64 <= npv; pv += 64)
+        pw_core(a, xp, npv, np, p0, oc0, nb, pv, 4, wsum);
+    switch ((npv - pv) / 16) {
+    case 3: pw_core(a, xp, npv, np, p0, oc0, nb, pv, 3, wsum); break;
+    case 2: pw_core(a, xp, npv, np, p0, oc0, nb, pv, 2, wsum); break;
+    case 1: pw_core(a, xp, npv, np, p0, oc0, nb, pv, 1, wsum); break;
+    default: break;
     }
 }
 
-static void pw_tile(const conv_t *a, int32_t p0, int32_t np, int32_t oc_lo, int32_t oc_hi, uint8_t *xp)
+static void pw_tile(const conv_t *a, int32_t p0, int32_t np, int32_t oc_lo, int32_t oc_hi, uint8_t *xp, int8_t *rows)
 {
-    const int32_t npv = (np + 63) / 64 * 64;
+    const int32_t npv = (np + 15) / 16 * 16;
     int32_t oc;
-    pw_pack(a, p0, np, npv, xp);
+    pw_pack(a, p0, np, npv, xp, rows);
     for (oc = oc_lo; oc + EDGEQ_PW_OCB <= oc_hi; oc += EDGEQ_PW_OCB)
         pw_block(a, xp, npv, np, p0, oc, EDGEQ_PW_OCB);
-    for (; oc < oc_hi; oc++)
-        pw_block(a, xp, npv, np, p0, oc, 1);
+    switch (oc_hi - oc) {
+    case 3: pw_block(a, xp, npv, np, p0, oc, 3); break;
+    case 2: pw_block(a, xp, npv, np, p0, oc, 2); break;
+    case 1: pw_block(a, xp, npv, np, p0, oc, 1); break;
+    default: break;
+    }
 }
 
+static void pw_job(const conv_t *a, int64_t job, int32_t n_parts, int64_t pt, int64_t P)
+{
+    uint8_t xp[EDGEQ_PATCH_BYTES];
+    int8_t rows[4 * EDGEQ_PW_TILE];
+    const int64_t tile = job / n_parts;
+    const int32_t part = (int32_t)(job % n_parts);
+    const int32_t nbk = (a->OC + EDGEQ_PW_OCB - 1) / EDGEQ_PW_OCB;
+    const int32_t lo = min_i32(a->OC, (int32_t)((int64_t)nbk * part / n_parts) * EDGEQ_PW_OCB);
+    const int32_t hi = min_i32(a->OC, (int32_t)((int64_t)nbk * (part + 1) / n_parts) * EDGEQ_PW_OCB);
+    const int32_t p0 = (int32_t)(tile * pt);
+    if (lo < hi)
+        pw_tile(a, p0, (int32_t)(P - p0 < pt ? P - p0 : pt), lo, hi, xp, rows);
+}
+
+/* Any single-group convolution (and fully connected layers with few weights) as im2col tiles and
+ * VNNI dot products: pixels in lanes, output channels broadcast. */
 static int conv_pointwise(const conv_t *a)
 {
-    const int64_t P = (int64_t)a->H * a->W;
-    const int32_t C4 = (a->C + 3) / 4;
+    const int64_t P = (int64_t)a->OH * a->OW;
+    const int32_t C4 = (a->K + 3) / 4;
     int64_t pt, n_tiles, job, n_jobs;
     int32_t n_parts;
-    if (a->KH != 1 || a->KW != 1 || a->sh != 1 || a->sw != 1 || a->pt != 0 || a->pl != 0 || a->group != 1 ||
-        a->OH != a->H || a->OW != a->W || P < 128 || a->K > EDGEQ_K_INT32)
+    const int direct = a->KH == 1 && a->KW == 1 && a->sh == 1 && a->sw == 1 && a->pt == 0 && a->pl == 0 &&
+                       a->OH == a->H && a->OW == a->W;
+    if (a->group != 1 || a->K > EDGEQ_K_INT32 || (P < 16 && (int64_t)a->K * a->OC > 65536))
+        return 0;
+    if (!direct && a->OW < EDGEQ_GM_MIN_OW) /* short rows: packing costs more than the old paths */
         return 0;
     pt = EDGEQ_PW_TILE;
-    while (pt > 64 && (int64_t)C4 * 4 * pt > EDGEQ_PATCH_BYTES)
+    while (pt > 16 && (int64_t)C4 * 4 * pt > EDGEQ_PATCH_BYTES)
         pt /= 2;
     if ((int64_t)C4 * 4 * pt > EDGEQ_PATCH_BYTES)
         return 0;
     n_tiles = (P + pt - 1) / pt;
     n_parts = edgeq_threads > 1 && n_tiles < 2 * edgeq_threads ? edgeq_threads : 1;
     n_jobs = n_tiles * n_parts;
-    EDGEQ_PARALLEL_FOR(conv_work(a) >= EDGEQ_PAR_MIN_WORK && n_jobs > 1)
-    for (job = 0; job < n_jobs; job++) {
-        uint8_t xp[EDGEQ_PATCH_BYTES];
-        const int64_t tile = job / n_parts;
-        const int32_t part = (int32_t)(job % n_parts);
-        const int32_t nbk = (a->OC + EDGEQ_PW_OCB - 1) / EDGEQ_PW_OCB;
-        const int32_t lo = min_i32(a->OC, (int32_t)((int64_t)nbk * part / n_parts) * EDGEQ_PW_OCB);
-        const int32_t hi = min_i32(a->OC, (int32_t)((int64_t)nbk * (part + 1) / n_parts) * EDGEQ_PW_OCB);
-        const int32_t p0 = (int32_t)(tile * pt);
-        if (lo < hi)
-            pw_tile(a, p0, (int32_t)(P - p0 < pt ? P - p0 : pt), lo, hi, xp);
+#ifdef _OPENMP
+    if (edgeq_threads > 1 && conv_work(a) >= EDGEQ_PAR_MIN_WORK && n_jobs > 1) {
+        EDGEQ_PRAGMA(omp parallel for schedule(static) num_threads(edgeq_threads))
+        for (job = 0; job < n_jobs; job++)
+            pw_job(a, job, n_parts, pt, P);
+        return 1;
     }
+#endif
+    for (job = 0; job < n_jobs; job++)
+        pw_job(a, job, n_parts, pt, P);
     return 1;
 }
 #endif
@@ -1674,6 +1780,69 @@ static EDGEQ_ALWAYS_INLINE void pool_windows(const pool_t *p, int kind, const in
     }
 }
 
+/* Every window entirely inside the input (no padding taps): every tap counts. */
+static int pool_inside(const pool_t *p)
+{
+    return p->pt == 0 && p->pl == 0 && (int64_t)(p->OH - 1) * p->sh + (int64_t)(p->KH - 1) * p->dh < p->H &&
+           (int64_t)(p->OW - 1) * p->sw + (int64_t)(p->KW - 1) * p->dw < p->W;
+}
+
+/* Small max pools with all windows inside: plain loops, no tap ranges. */
+static void maxpool_inside(const pool_t *p, const int8_t *x, int8_t *y)
+{
+    const int64_t in_plane = (int64_t)p->H * p->W;
+    int32_t c, oh, ow, kh, kw;
+    if (p->KH == 2 && p->KW == 2 && p->sh == 2 && p->sw == 2 && p->dh == 1 && p->dw == 1 && p->lo == -128 &&
+        p->hi == 127) {
+        for (c = 0; c < p->C; c++) {
+            const int8_t *xc = x + c * in_plane;
+            for (oh = 0; oh < p->OH; oh++) {
+                const int8_t *r0 = xc + (int64_t)(2 * oh) * p->W, *r1 = r0 + p->W;
+                for (ow = 0; ow < p->OW; ow++) {
+                    const int8_t a0 = r0[2 * ow] > r0[2 * ow + 1] ? r0[2 * ow] : r0[2 * ow + 1];
+                    const int8_t a1 = r1[2 * ow] > r1[2 * ow + 1] ? r1[2 * ow] : r1[2 * ow + 1];
+                    y[ow] = a0 > a1 ? a0 : a1;
+                }
+                y += p->OW;
+            }
+        }
+        return;
+    }
+    for (c = 0; c < p->C; c++) {
+        const int8_t *xc = x + c * in_plane;
+        for (oh = 0; oh < p->OH; oh++) {
+            for (ow = 0; ow < p->OW; ow++) {
+                int32_t m = -128;
+                for (kh = 0; kh < p->KH; kh++) {
+                    const int8_t *r = xc + (int64_t)(oh * p->sh + kh * p->dh) * p->W + (int64_t)ow * p->sw;
+                    for (kw = 0; kw < p->KW; kw++) {
+                        const int32_t v = r[(int64_t)kw * p->dw];
+                        m = v > m ? v : m;
+                    }
+                }
+                *y++ = (int8_t)clip_i64(m, p->lo, p->hi);
+            }
+        }
+    }
+}
+
+/* Global average pool (one window covering the whole plane, int32 sums). */
+static void avgpool_global(const pool_t *p, const int8_t *x, int8_t *y)
+{
+    const int32_t n = p->H * p->W;
+    int32_t c, i;
+    for (c = 0; c < p->C; c++) {
+        const int8_t *xc = x + (int64_t)c * n;
+        int32_t s = 0, num, q;
+        for (i = 0; i < n; i++)
+            s += xc[i];
+        s -= n * p->x_zp;
+        num = s > 0 ? s + n / 2 : s - n / 2;
+        q = (num < 0 ? -num : num) / n;
+        y[c] = (int8_t)clip_i64((int64_t)(num < 0 ? -q : q) + p->y_zp, p->lo, p->hi);
+    }
+}
+
 static EDGEQ_ALWAYS_INLINE void pool_all(const pool_t *p, int kind, const int8_t *x, int8_t *y)
 {
     const int64_t work = (int64_t)p->C * p->OH * p->OW * p->KH * p->KW;
@@ -1681,6 +1850,17 @@ static EDGEQ_ALWAYS_INLINE void pool_all(const pool_t *p, int kind, const int8_t
     const int rows = p->OW >= p->KW && p->KW <= EDGEQ_MAX_TAPS && pool_window_int32(p);
     int32_t c;
     (void)work;
+    if (work < EDGEQ_PAR_MIN_WORK && pool_inside(p)) {
+        if (kind == POOL_MAX) {
+            maxpool_inside(p, x, y);
+            return;
+        }
+        /* |sum| <= 255 * H * W + |zp| * H * W fits int32 and so does the rounding term */
+        if (p->OH == 1 && p->OW == 1 && p->KH == p->H && p->KW == p->W && (int64_t)p->H * p->W <= (1 << 22)) {
+            avgpool_global(p, x, y);
+            return;
+        }
+    }
     EDGEQ_PARALLEL_FOR(work >= EDGEQ_PAR_MIN_WORK && p->C > 1)
     for (c = 0; c < p->C; c++) {
         if (rows)
