@@ -25,7 +25,7 @@ def convert(*args: Any, **kwargs: Any) -> Any:
     return _convert(*args, **kwargs)
 
 
-def load(path: Any, backend: str = "numba") -> Any:
+def load(path: Any, backend: str = "auto") -> Any:
     """Load a ``.edgeq`` bundle for running; see :func:`edgeq.api.load`."""
     from .api import load as _load
 

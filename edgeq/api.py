@@ -15,7 +15,7 @@ from .runtimes.executor import Executor
 class Bundle:
     """A loaded ``.edgeq`` bundle, ready to run on any backend (``reference``, ``numba``, ``c``)."""
 
-    def __init__(self, loaded: LoadedBundle, backend: str = "numba"):
+    def __init__(self, loaded: LoadedBundle, backend: str = "auto"):
         self._loaded = loaded
         self.manifest: dict[str, Any] = loaded.manifest
         self.graph = loaded.graph
@@ -86,6 +86,6 @@ class Bundle:
         }
 
 
-def load(path: str | Path, backend: str = "numba") -> Bundle:
+def load(path: str | Path, backend: str = "auto") -> Bundle:
     """Map and validate a bundle file; ``backend`` is the default for :meth:`Bundle.run`."""
     return Bundle(read_bundle(path), backend)

@@ -98,14 +98,15 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.output and not args.output.endswith((".npy", ".npz")):
         raise InputError(f"output file '{args.output}' must be .npy or .npz")
     t0 = time.perf_counter()
+    backend = bundle.executor().backend_name
     outputs = bundle.run(inputs)
     ms = (time.perf_counter() - t0) * 1e3
     if args.output:
         from .bundle import write_atomic
         from .npio import encode_named_arrays
         write_atomic(args.output, [encode_named_arrays(args.output, outputs, InputError)])
-    data: dict[str, Any] = {"backend": args.backend, "latency_ms": ms, "output_file": args.output, "outputs": {}}
-    lines = [f"ran {args.bundle} on backend {args.backend} in {ms:.2f} ms"]
+    data: dict[str, Any] = {"backend": backend, "latency_ms": ms, "output_file": args.output, "outputs": {}}
+    lines = [f"ran {args.bundle} on backend {backend} in {ms:.2f} ms (first run, including backend start-up)"]
     for name, y in outputs.items():
         entry: dict[str, Any] = {"shape": list(y.shape)}
         if y.ndim == 2:
@@ -161,10 +162,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
         t = time.perf_counter()
         ex.run(inputs)
         times.append((time.perf_counter() - t) * 1e3)
-    data = {"bundle": args.bundle, "backend": args.backend, "threads": args.threads, "batch": args.batch,
+    data = {"bundle": args.bundle, "backend": ex.backend_name, "threads": args.threads, "batch": args.batch,
             "runs": args.runs, "first_run_ms": first, "median_ms": statistics.median(times), "min_ms": min(times),
             "mean_ms": statistics.fmean(times), "max_ms": max(times)}
-    _emit(args, data, f"{args.bundle} on {args.backend}, {args.threads} thread(s), batch {args.batch}: "
+    _emit(args, data, f"{args.bundle} on {ex.backend_name}, {args.threads} thread(s), batch {args.batch}: "
                       f"median {data['median_ms']:.3f} ms, min {data['min_ms']:.3f} ms over {args.runs} runs; "
                       f"first run (load + compile) {first:.1f} ms")
 
@@ -195,12 +196,14 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("bundle")
     r.add_argument("--input", required=True, help=".npy (one input) or .npz keyed by input name; float32")
     r.add_argument("-o", "--output", help="write dequantized outputs to .npy/.npz")
-    r.add_argument("--backend", choices=BACKENDS, default="numba")
+    r.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="auto: c when a C compiler is available, else numba")
     i = add("inspect", cmd_inspect, "show a bundle's device, scheme, ops, tensors and memory")
     i.add_argument("bundle")
     b = add("bench", cmd_bench, "measure a bundle's latency")
     b.add_argument("bundle")
-    b.add_argument("--backend", choices=BACKENDS, default="numba")
+    b.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="auto: c when a C compiler is available, else numba")
     b.add_argument("--threads", type=int, default=1)
     b.add_argument("--batch", type=int, default=1)
     b.add_argument("--runs", type=int, default=200)
@@ -219,6 +222,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("edgeq: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `edgeq inspect --json | head`: the reader left, nothing to report
+        sys.stderr.close()
+        return 0
     return 0
 
 

@@ -17,7 +17,7 @@ from .planner import MemoryPlan, plan_memory
 from .program import compile_program, pack_consts
 from .registry import OPS
 
-BACKENDS = ("reference", "numba", "c")
+BACKENDS = ("auto", "reference", "numba", "c")
 _COMPILED = {"numba": "edgeq.runtimes.numba_backend", "c": "edgeq.runtimes.c_backend"}
 
 
@@ -36,7 +36,12 @@ def dequantize(q: np.ndarray, t: Tensor) -> np.ndarray:
 
 
 def load_backend(name: str) -> Any:
-    """Import a compiled backend module (``numba`` or ``c``), with a clear error when it cannot run."""
+    """Import a compiled backend module (``numba``, ``c``, or ``auto``: c if it can be built, else numba)."""
+    if name == "auto":
+        try:
+            return load_backend("c")
+        except BackendError:
+            return load_backend("numba")
     if name not in _COMPILED:
         raise BackendError(f"unknown backend '{name}'; choose one of {', '.join(BACKENDS)}")
     module = importlib.import_module(_COMPILED[name])
@@ -47,7 +52,7 @@ def load_backend(name: str) -> Any:
 class Executor:
     """Runs one integer graph on one backend; create once, call :meth:`run_quantized` many times."""
 
-    def __init__(self, graph: Graph, backend: str = "numba", plan: MemoryPlan | None = None,
+    def __init__(self, graph: Graph, backend: str = "auto", plan: MemoryPlan | None = None,
                  pool: np.ndarray | None = None, const_offsets: dict[str, int] | None = None):
         self.graph = graph
         self.backend_name = backend
@@ -57,6 +62,7 @@ class Executor:
             self._backend = None
             return
         self._backend = load_backend(backend)
+        self.backend_name = self._backend.__name__.rsplit(".", 1)[-1].removesuffix("_backend")
         if pool is None or const_offsets is None:
             pool, const_offsets = pack_consts(graph.consts)
         self._pool = pool
