@@ -188,5 +188,5 @@ def test_hostile_manifests(tmp_path, bundle, case):
 def test_cli_entry_point_exit_status(tmp_path):
     """The installed `edgeq` script itself (not just main()) exits 2 with one line."""
     out = subprocess.run([sys.executable, "-m", "edgeq.cli", "inspect", str(tmp_path / "missing.edgeq")],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr

@@ -92,7 +92,9 @@ def test_runtime_does_not_import_converter(sample_bundle):
             "b.run(np.zeros((2, 1, 16, 16), np.float32)); "
             "bad = [m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxruntime', 'gguf', 'llama_cpp') "
             "or m.startswith('edgeq.converters')]; print(bad); sys.exit(1 if bad else 0)")
-    out = subprocess.run([sys.executable, "-c", code, str(sample_bundle.path)], capture_output=True, text=True)
+    # From another directory, so the checkout's source folders cannot shadow the installed package.
+    out = subprocess.run([sys.executable, "-c", code, str(sample_bundle.path)], capture_output=True, text=True,
+                         cwd=sample_bundle.path.parent)
     assert out.returncode == 0, out.stdout + out.stderr
 
 
