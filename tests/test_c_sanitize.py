@@ -22,13 +22,13 @@ import numpy as np
 import pytest
 
 from edgeq.errors import BackendError
-from edgeq.ir import Graph, Node, Tensor
+from edgeq.ir import Graph
 from edgeq.runtimes import c_backend
 from edgeq.runtimes.executor import Executor
 from edgeq.runtimes.planner import MemoryPlan, plan_memory
 from edgeq.runtimes.program import compile_program
 from edgeq.runtimes.reference import conv_out_size
-from edgeq.runtimes.registry import OPS
+from util import make_graph
 
 BUDGETS = {
     "default": (),
@@ -54,18 +54,6 @@ def _requant(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
     return mult.astype(np.int32), shift.astype(np.int32)
 
 
-def _graph(op: str, acts: dict, consts: dict, order: list, attrs: dict) -> tuple[Graph, dict]:
-    """One ``op`` node; the output shape comes from the reference kernel."""
-    node = Node(op, "n0", list(order), ["y"], attrs)
-    y = OPS[op].reference(node, [{**consts, **acts}[k] for k in order])
-    tensors = {k: Tensor(k, (1,) + v.shape[1:], "int8") for k, v in acts.items()}
-    tensors["y"] = Tensor("y", (1,) + y.shape[1:], "int8")
-    g = Graph([node], tensors, list(acts), ["y"], {}, dynamic_batch=True)
-    for k, v in consts.items():
-        g.add_const(k, v)
-    return g, acts
-
-
 def _conv(rng: np.random.Generator, c: int, h: int, w: int, ocg: int, group: int, k: tuple, strides, dil, pads):
     n = 2
     oc = ocg * group
@@ -79,7 +67,7 @@ def _conv(rng: np.random.Generator, c: int, h: int, w: int, ocg: int, group: int
     attrs = dict(strides=list(strides), pads=list(pads), dilations=list(dil), group=group,
                  x_zp=int(rng.choice([-128, 127, int(rng.integers(-128, 128))])), y_zp=int(rng.integers(-128, 128)),
                  act_min=-128, act_max=int(rng.choice([127, 60])))
-    return _graph("QConv", {"x": _i8(rng, (n, c, h, w))}, consts, order, attrs)
+    return make_graph("QConv", {"x": _i8(rng, (n, c, h, w))}, consts, order, attrs)
 
 
 def _random_conv(rng: np.random.Generator):
@@ -106,7 +94,7 @@ def _fc(rng: np.random.Generator):
     consts = {"w": _i8(rng, (oc, k)), "b": rng.integers(-(1 << 20), 1 << 20, size=oc).astype(np.int32),
               "m": mult, "s": shift}
     attrs = dict(x_zp=int(rng.integers(-128, 128)), y_zp=int(rng.integers(-128, 128)), act_min=-128, act_max=127)
-    return _graph("QFullyConnected", {"x": _i8(rng, (3, k))}, consts, ["x", "w", "b", "m", "s"], attrs)
+    return make_graph("QFullyConnected", {"x": _i8(rng, (3, k))}, consts, ["x", "w", "b", "m", "s"], attrs)
 
 
 def _binary(rng: np.random.Generator, op: str):
@@ -126,7 +114,7 @@ def _binary(rng: np.random.Generator, op: str):
     else:
         attrs.update(y_mult=int(mult[2]), y_shift=int(shift[2]))
     order = ["a", "b"] if rng.random() < 0.5 else ["b", "a"]
-    return _graph(op, acts, consts, order, attrs)
+    return make_graph(op, acts, consts, order, attrs)
 
 
 def _pool(rng: np.random.Generator, op: str, wide: bool = False):
@@ -147,13 +135,13 @@ def _pool(rng: np.random.Generator, op: str, wide: bool = False):
     else:
         attrs.update(count_include_pad=bool(rng.random() < 0.5), x_zp=int(rng.integers(-128, 128)),
                      y_zp=int(rng.integers(-128, 128)))
-    return _graph(op, {"x": _i8(rng, (2, c, h, w))}, {}, ["x"], attrs)
+    return make_graph(op, {"x": _i8(rng, (2, c, h, w))}, {}, ["x"], attrs)
 
 
 def _softmax(rng: np.random.Generator):
     table = np.round(np.exp(-np.arange(256) * rng.uniform(0.01, 0.5)) * (1 << 20)).astype(np.int32)
     shape = (2,) + tuple(int(v) for v in rng.integers(1, 20, size=2))
-    return _graph("QSoftmax", {"x": _i8(rng, shape)}, {"t": table}, ["x", "t"], {})
+    return make_graph("QSoftmax", {"x": _i8(rng, shape)}, {"t": table}, ["x", "t"], {})
 
 
 def _concat(rng: np.random.Generator):
@@ -167,15 +155,15 @@ def _concat(rng: np.random.Generator):
     mult, shift = _requant(rng, k)
     attrs = dict(axis=axis, x_zps=[int(v) for v in rng.integers(-128, 128, size=k)], mults=[int(m) for m in mult],
                  shifts=[int(s) for s in shift], y_zp=int(rng.integers(-128, 128)))
-    return _graph("QConcat", acts, {}, list(acts), attrs)
+    return make_graph("QConcat", acts, {}, list(acts), attrs)
 
 
 def _lut(rng: np.random.Generator):
-    return _graph("QLut", {"x": _i8(rng, (2, 3, 5))}, {"t": _i8(rng, 256)}, ["x", "t"], {})
+    return make_graph("QLut", {"x": _i8(rng, (2, 3, 5))}, {"t": _i8(rng, 256)}, ["x", "t"], {})
 
 
 def _reshape(rng: np.random.Generator):
-    return _graph("QReshape", {"x": _i8(rng, (2, 3, 4))}, {}, ["x"], {"shape": [1, 12]})
+    return make_graph("QReshape", {"x": _i8(rng, (2, 3, 4))}, {}, ["x"], {"shape": [1, 12]})
 
 
 def make_cases(seed: int = 0) -> list[tuple[Graph, dict]]:
