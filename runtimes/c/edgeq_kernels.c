@@ -37,6 +37,9 @@
 #ifndef EDGEQ_PAR_MIN_WORK
 #define EDGEQ_PAR_MIN_WORK 200000
 #endif
+#ifndef EDGEQ_PAR_MIN_ELEMS
+#define EDGEQ_PAR_MIN_ELEMS 8192 /* elementwise ops: elements below which they stay single-threaded */
+#endif
 #if EDGEQ_SCRATCH_BYTES < 64 || EDGEQ_TILE_BYTES < 64 || EDGEQ_PATCH_BYTES < 128 || EDGEQ_WEIGHT_BYTES < 2048
 #error "edgeq scratch budgets too small (see edgeq_kernels.h)"
 #endif
@@ -56,6 +59,11 @@
 #else
 #define EDGEQ_VPOS 16
 #endif
+#endif
+#if defined(__GNUC__)
+#define EDGEQ_ALIGN64 __attribute__((aligned(64)))
+#else
+#define EDGEQ_ALIGN64
 #endif
 #if defined(__GNUC__)
 #define EDGEQ_ALWAYS_INLINE inline __attribute__((always_inline))
@@ -233,6 +241,17 @@ static inline __m512i vmbqm(__m512i v, const vmbqm_t *m)
     return r;
 }
 
+/* Store the low bytes of 16 int32 lanes, the first n (>= 1) of them (the masked memory form of vpmovdb
+ * is slow on some cores: narrow in registers, then a plain or masked byte store). */
+static inline void store16_i8(int8_t *y, __m512i v, int32_t n)
+{
+    const __m128i b = _mm512_cvtepi32_epi8(v);
+    if (n >= 16)
+        _mm_storeu_si128((__m128i *)y, b);
+    else
+        _mm_mask_storeu_epi8(y, (__mmask16)((1u << n) - 1u), b);
+}
+
 /* a + b saturated to int32. */
 static inline __m512i vadds32(__m512i a, __m512i b)
 {
@@ -255,7 +274,7 @@ static void requant_row_avx512(const int32_t *acc, int32_t n, const requant_t *q
         __m512i v = vadds32(_mm512_maskz_loadu_epi32(k, acc + i), bias);
         v = vmbqm(v, &m);
         v = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(v, lo), hi), zp);
-        _mm512_mask_cvtepi32_storeu_epi8(y + i, k, v);
+        store16_i8(y + i, v, n - i);
     }
 }
 #endif
@@ -333,6 +352,12 @@ static requant_t conv_requant(const conv_t *a, int32_t oc)
     q.hi = a->hi;
     q.lut = a->lut;
     return q;
+}
+
+/* Output values: what requantization-bound kernels (depthwise) cost, rather than conv_work. */
+static inline int64_t conv_outputs(const conv_t *a)
+{
+    return (int64_t)a->OC * a->OH * a->OW;
 }
 
 static int64_t conv_work(const conv_t *a)
@@ -924,13 +949,12 @@ static void conv_dot(const conv_t *a, const dot_t *d)
 static inline void requant16(__m512i acc, const requant_t *q, const vmbqm_t *m, int ordinary, int8_t *y,
                              int32_t n_valid)
 {
-    const __mmask16 k = n_valid >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n_valid) - 1u);
     int32_t i;
     if (ordinary) {
         __m512i v = vmbqm(vadds32(acc, _mm512_set1_epi32(q->bias)), m);
         v = _mm512_max_epi32(v, _mm512_set1_epi32(q->lo - q->y_zp));
         v = _mm512_min_epi32(v, _mm512_set1_epi32(q->hi - q->y_zp));
-        _mm512_mask_cvtepi32_storeu_epi8(y, k, _mm512_add_epi32(v, _mm512_set1_epi32(q->y_zp)));
+        store16_i8(y, _mm512_add_epi32(v, _mm512_set1_epi32(q->y_zp)), n_valid);
         if (q->lut)
             for (i = 0; i < n_valid && i < 16; i++)
                 y[i] = q->lut[y[i] + 128];
@@ -940,6 +964,90 @@ static inline void requant16(__m512i acc, const requant_t *q, const vmbqm_t *m, 
         for (i = 0; i < n_valid && i < 16; i++)
             y[i] = finish_one((int64_t)t[i] + q->bias, q);
     }
+}
+
+/* Requantization of accumulators already holding acc + bias, for the common case (mult > 0, shift in
+ * [-31, 29]) when a bound proves |acc + bias| * 2^left < 2^29: then the left shift cannot saturate and
+ * with p = v * mult + 2^30 (v the shifted value), SaturatingRoundingDoublingHighMul is r = floor(p / 2^31)
+ * and RoundingDivideByPOT(r, e) = floor((r + 2^(e-1) - [r < 0]) / 2^e) for e >= 1. Both steps fold
+ * into Y = floor((p + 2^(30+e)) / 2^31) = r + 2^(e-1) (|Y| < 2^31), corrected by -1 where p < 0, i.e.
+ * where v < -floor(2^30 / mult), then one arithmetic shift by e. */
+typedef struct {
+    __m512i mult, add, thr, lo, hi, zp;
+    __m128i left, right;
+    int kind; /* FASTQ_LEFT if shift > 0, | FASTQ_CLAMP if [lo, hi] is narrower than int8 */
+} fastq_t;
+
+#define FASTQ_LEFT 1
+#define FASTQ_CLAMP 2
+
+/* Bound of |sum w * (x - x_zp) + bias| for a channel whose weights have absolute sum wabs. */
+static inline int64_t fastq_bound(int64_t wabs, int32_t bias)
+{
+    return wabs * 255 + (bias < 0 ? -(int64_t)bias : (int64_t)bias);
+}
+
+static inline int fastq_make(const requant_t *q, int64_t bound, fastq_t *f)
+{
+    const int32_t left = q->shift > 0 ? q->shift : 0, e = q->shift > 0 ? 0 : -q->shift;
+    if (q->mult <= 0 || q->shift < -31 || q->shift > 28 || bound >= ((int64_t)1 << 29) >> left) {
+        memset(f, 0, sizeof *f);
+        return 0;
+    }
+    f->mult = _mm512_set1_epi64(q->mult);
+    f->add = _mm512_set1_epi64(((int64_t)1 << 30) + (e ? (int64_t)1 << (30 + e) : 0));
+    f->thr = _mm512_set1_epi32(e ? -(int32_t)(((int64_t)1 << 30) / q->mult) : INT32_MIN);
+    f->lo = _mm512_set1_epi32(q->lo);
+    f->hi = _mm512_set1_epi32(q->hi);
+    f->zp = _mm512_set1_epi32(q->y_zp);
+    f->left = _mm_cvtsi32_si128(left);
+    f->right = _mm_cvtsi32_si128(e);
+    f->kind = (left ? FASTQ_LEFT : 0) | (q->lo > -128 || q->hi < 127 ? FASTQ_CLAMP : 0);
+    return 1;
+}
+
+/* MultiplyByQuantizedMultiplier of 16 values within the bound of f (see fastq_t). */
+static EDGEQ_ALWAYS_INLINE __m512i fastq_core(__m512i v, const fastq_t *f)
+{
+    __m512i pe, po, y;
+    v = _mm512_sll_epi32(v, f->left);
+    pe = _mm512_add_epi64(_mm512_mul_epi32(v, f->mult), f->add);
+    po = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(v, 32), f->mult), f->add);
+    y = _mm512_mask_blend_epi32((__mmask16)0xAAAA, _mm512_srli_epi64(pe, 31), _mm512_slli_epi64(po, 1));
+    y = _mm512_mask_sub_epi32(y, _mm512_cmplt_epi32_mask(v, f->thr), y, _mm512_set1_epi32(1));
+    return _mm512_sra_epi32(y, f->right);
+}
+
+/* 16 values acc + bias (see fastq_t) to int8, before any table; clamps [lo, hi]. */
+static EDGEQ_ALWAYS_INLINE __m512i fastq_vec(__m512i v, const fastq_t *f)
+{
+    return _mm512_min_epi32(_mm512_max_epi32(_mm512_add_epi32(fastq_core(v, f), f->zp), f->lo), f->hi);
+}
+
+/* fastq_vec narrowed to int8 for a constant kind (no shift when shift <= 0; the saturating narrowing
+ * is the clamp when [lo, hi] is the whole int8 range). */
+static EDGEQ_ALWAYS_INLINE __m128i fastq_bytes(__m512i v, const fastq_t *f, int kind)
+{
+    __m512i pe, po, y;
+    if (kind & FASTQ_LEFT)
+        v = _mm512_sll_epi32(v, f->left);
+    pe = _mm512_add_epi64(_mm512_mul_epi32(v, f->mult), f->add);
+    po = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(v, 32), f->mult), f->add);
+    y = _mm512_mask_blend_epi32((__mmask16)0xAAAA, _mm512_srli_epi64(pe, 31), _mm512_slli_epi64(po, 1));
+    y = _mm512_mask_sub_epi32(y, _mm512_cmplt_epi32_mask(v, f->thr), y, _mm512_set1_epi32(1));
+    y = _mm512_add_epi32(_mm512_sra_epi32(y, f->right), f->zp);
+    if (kind & FASTQ_CLAMP)
+        y = _mm512_min_epi32(_mm512_max_epi32(y, f->lo), f->hi);
+    return _mm512_cvtsepi32_epi8(y);
+}
+
+static EDGEQ_ALWAYS_INLINE void fastq16(__m512i v, const fastq_t *f, const int8_t *lut, int8_t *y, int32_t n_valid)
+{
+    int32_t i;
+    store16_i8(y, fastq_vec(v, f), n_valid);
+    if (lut)
+        for (i = 0; i < n_valid && i < 16; i++)
+            y[i] = lut[y[i] + 128];
 }
 
 /* ---- Depthwise (one input channel per output channel), AVX-512 --------------------------------
@@ -1059,19 +1167,27 @@ static int conv_depthwise(const conv_t *a)
  * into quads q[i] = (u[i*sw], u[i*sw+dw], u[i*sw+2dw], u[i*sw+3dw]) of u = x + 128 (padding: x_zp + 128,
  * taps past KW weigh 0), one vpermb per 16 outputs; an output row is then KH vpdpbusd per 16
  * outputs, corrected by (x_zp + 128) * sum(w) (the exact sum of w * (x - x_zp), < 2^31). */
-#define EDGEQ_DWQ_ROW 1024 /* padded input row bytes */
+#define EDGEQ_DWQ_ROW 1024 /* padded input row bytes at most */
+
+/* Bytes of a padded row the quads read (16 * (owv / 16 - 1) * sw + 64), rounded up to whole vectors:
+ * the row stride of the scratch (packed, not a power of two: no cache-set aliasing between rows). */
+static int64_t dwq_stride(const conv_t *a)
+{
+    const int64_t owv = (a->OW + 15) / 16 * 16;
+    return ((owv - 16) * a->sw + 64 + 63) / 64 * 64;
+}
 
 static int dwq_fits(const conv_t *a, int32_t *band)
 {
-    const int64_t owv = (a->OW + 15) / 16 * 16;
+    const int64_t owv = (a->OW + 15) / 16 * 16, stride = dwq_stride(a);
     int64_t rows;
     if (a->cg != 1 || a->ocg != 1 || a->KW > 4 || a->KH > 16 || 15 * a->sw + 3 * a->dw >= 64 ||
         (owv - 1) * a->sw + (int64_t)(a->KW - 1) * a->dw + 64 > EDGEQ_DWQ_ROW ||
-        (int64_t)a->W + a->pl > EDGEQ_DWQ_ROW - 64)
+        (int64_t)a->W + a->pl > EDGEQ_DWQ_ROW - 64 || a->pl >= 64)
         return 0;
     for (rows = a->OH; rows >= 1; rows = rows > 1 ? rows / 2 : 0) {
         const int64_t in_rows = (rows - 1) * a->sh + (int64_t)(a->KH - 1) * a->dh + 1;
-        if (in_rows * owv * 4 <= EDGEQ_SCRATCH_BYTES && in_rows * EDGEQ_DWQ_ROW <= EDGEQ_SCRATCH_BYTES) {
+        if (in_rows * owv * 4 <= EDGEQ_SCRATCH_BYTES && in_rows * stride <= EDGEQ_SCRATCH_BYTES) {
             *band = (int32_t)rows;
             return 1;
         }
@@ -1079,62 +1195,130 @@ static int dwq_fits(const conv_t *a, int32_t *band)
     return 0;
 }
 
-static void dwq_channel(const conv_t *a, int32_t c, int32_t band, uint32_t *qbuf, uint8_t *rows)
+/* The byte shuffles of a layer: quads of a padded row, and a row's first 64 bytes moved right by pl. */
+static void dwq_indices(const conv_t *a, __m512i *idx, __m512i *sidx)
+{
+    uint8_t ib[64];
+    int32_t v, kw;
+    for (v = 0; v < 16; v++)
+        for (kw = 0; kw < 4; kw++)
+            ib[4 * v + kw] = (uint8_t)(v * a->sw + (kw < a->KW ? kw : 0) * a->dw);
+    *idx = _mm512_loadu_si512((const void *)ib);
+    for (v = 0; v < 64; v++)
+        ib[v] = (uint8_t)((v - a->pl) & 63);
+    *sidx = _mm512_loadu_si512((const void *)ib);
+}
+
+/* Padded row ih of plane xc as u = x + 128 (x_zp + 128 outside the input), `used` bytes rounded up to
+ * whole vectors; column j of the row holds input column j - pl. */
+static EDGEQ_ALWAYS_INLINE void dwq_row(const conv_t *a, const int8_t *xc, int32_t ih, uint8_t *row, int32_t used,
+                                        __m512i sidx)
+{
+    const __m512i flip = _mm512_set1_epi8((char)0x80), zpv = _mm512_set1_epi8((char)a->x_zp);
+    const __m512i padv = _mm512_xor_si512(zpv, flip);
+    const int8_t *src;
+    int32_t o = 0;
+    if (ih < 0 || ih >= a->H) {
+        for (; o < used; o += 64)
+            _mm512_storeu_si512((void *)(row + o), padv);
+        return;
+    }
+    src = xc + (int64_t)ih * a->W;
+    if (a->pl > 0) {
+        const __mmask64 k0 = (__mmask64)(~0ull >> (64 - min_i32(a->W, 64)));
+        const __mmask64 kk = (__mmask64)(~0ull >> (64 - min_i32(a->W, 64 - a->pl))) << a->pl;
+        const __m512i raw = _mm512_maskz_loadu_epi8(k0, src);
+        _mm512_storeu_si512((void *)row, _mm512_xor_si512(_mm512_mask_permutexvar_epi8(zpv, kk, sidx, raw), flip));
+        o = 64;
+    }
+    for (; o < used; o += 64) {
+        const int32_t start = o - a->pl, n = a->W - start;
+        if (n <= 0) {
+            _mm512_storeu_si512((void *)(row + o), padv);
+        } else {
+            const __mmask64 k = n >= 64 ? ~(__mmask64)0 : (__mmask64)(~0ull >> (64 - n));
+            _mm512_storeu_si512((void *)(row + o), _mm512_xor_si512(_mm512_mask_loadu_epi8(zpv, k, src + start), flip));
+        }
+    }
+}
+
+/* Output rows [oh0, oh0 + R) of channel c for KH == 3 on the fast requantization path (constant kind). */
+static EDGEQ_ALWAYS_INLINE void dwq_rows3(const conv_t *a, int32_t c, int32_t oh0, int32_t R, const uint8_t *rows,
+                                          int64_t stride, __m512i idx, __m512i init, const __m512i *wq,
+                                          const fastq_t *f, int kind)
+{
+    const fastq_t fl = *f;
+    const __m512i w0 = wq[0], w1 = wq[1], w2 = wq[2];
+    const int64_t rs = (int64_t)a->dh * stride;
+    const int32_t nv = (a->OW + 15) / 16, nfull = a->OW / 16;
+    int32_t r, v;
+    for (r = 0; r < R; r++) {
+        int8_t *yr = a->y + (int64_t)c * a->OH * a->OW + (int64_t)(oh0 + r) * a->OW;
+        const uint8_t *base = rows + (int64_t)r * a->sh * stride;
+        for (v = 0; v < nv; v++) {
+            const uint8_t *src = base + 16 * v * a->sw;
+            __m512i acc = _mm512_dpbusd_epi32(init, _mm512_permutexvar_epi8(idx, _mm512_loadu_si512((const void *)src)), w0);
+            __m128i b;
+            acc = _mm512_dpbusd_epi32(acc, _mm512_permutexvar_epi8(idx, _mm512_loadu_si512((const void *)(src + rs))), w1);
+            acc = _mm512_dpbusd_epi32(acc, _mm512_permutexvar_epi8(idx, _mm512_loadu_si512((const void *)(src + 2 * rs))), w2);
+            b = fastq_bytes(acc, &fl, kind);
+            if (v < nfull)
+                _mm_storeu_si128((__m128i *)(yr + 16 * v), b);
+            else
+                _mm_mask_storeu_epi8(yr + 16 * v, (__mmask16)((1u << (a->OW - 16 * v)) - 1u), b);
+        }
+    }
+}
+
+static void dwq_channel(const conv_t *a, int32_t c, int32_t band, uint32_t *qbuf, uint8_t *rows, __m512i idx,
+                        __m512i sidx)
 {
     const int8_t *xc = a->x + (int64_t)c * a->H * a->W;
     const int8_t *wc = a->w + (int64_t)c * a->K;
     const int32_t owv = (a->OW + 15) / 16 * 16, nv = owv / 16;
     const int32_t used = 16 * (nv - 1) * a->sw + 64; /* row bytes the quads read (<= EDGEQ_DWQ_ROW) */
-    const uint8_t pad = (uint8_t)(a->x_zp + 128);
+    const int64_t stride = dwq_stride(a);
     const requant_t q = conv_requant(a, c);
     const int ordinary = mbqm_ordinary(q.mult, q.shift);
-    const vmbqm_t m = vmbqm_make(ordinary ? q.mult : 0, ordinary ? q.shift : 0);
-    __m512i wq[16], idx, init;
-    int32_t kh, kw, oh0, r, v, wsum = 0;
-    uint8_t ib[64];
-    for (v = 0; v < 16; v++)
-        for (kw = 0; kw < 4; kw++)
-            ib[4 * v + kw] = (uint8_t)(v * a->sw + (kw < a->KW ? kw : 0) * a->dw);
-    idx = _mm512_loadu_si512((const void *)ib);
+    vmbqm_t m;
+    __m512i wq[16], init;
+    int32_t kh, kw, oh0, r, v, wsum = 0, wabs = 0;
+    fastq_t f;
+    int fast;
     for (kh = 0; kh < a->KH; kh++) {
         uint32_t wv = 0;
         for (kw = 0; kw < a->KW; kw++) {
             wv |= (uint32_t)(uint8_t)wc[kh * a->KW + kw] << (8 * kw);
             wsum += wc[kh * a->KW + kw];
+            wabs += wc[kh * a->KW + kw] < 0 ? -wc[kh * a->KW + kw] : wc[kh * a->KW + kw];
         }
         wq[kh] = _mm512_set1_epi32((int32_t)wv);
     }
-    /* Exact in int32 wrap-around: the true accumulator is < 2^31 in magnitude. */
-    init = _mm512_set1_epi32((int32_t)(0u - (uint32_t)(a->x_zp + 128) * (uint32_t)wsum));
+    fast = fastq_make(&q, fastq_bound(wabs, q.bias), &f);
+    if (!fast)
+        m = vmbqm_make(ordinary ? q.mult : 0, ordinary ? q.shift : 0);
+    /* Exact in int32 wrap-around: the true accumulator is < 2^31 in magnitude (and, on the fast path,
+     * so is the accumulator plus the bias). */
+    init = _mm512_set1_epi32((int32_t)((fast ? (uint32_t)q.bias : 0u) - (uint32_t)(a->x_zp + 128) * (uint32_t)wsum));
     for (oh0 = 0; oh0 < a->OH; oh0 += band) {
         const int32_t R = min_i32(band, a->OH - oh0);
         const int32_t in_rows = (R - 1) * a->sh + (a->KH - 1) * a->dh + 1;
         const int32_t ih0 = oh0 * a->sh - a->pt;
         /* Pass 1: padded rows of u = x + 128. Pass 2: quads. (A vpermb right after the unaligned
          * stores of its own row would stall on store forwarding.) */
-        for (r = 0; r < in_rows; r++) {
-            const int32_t ih = ih0 + r;
-            uint8_t *row = rows + (int64_t)r * EDGEQ_DWQ_ROW;
-            if (ih < 0 || ih >= a->H) {
-                memset(row, pad, (size_t)used);
-            } else {
-                const int8_t *src = xc + (int64_t)ih * a->W;
-                const __m512i flip = _mm512_set1_epi8((char)0x80);
-                int32_t j;
-                for (j = 0; j + 64 <= a->W; j += 64)
-                    _mm512_storeu_si512((void *)(row + a->pl + j),
-                                        _mm512_xor_si512(_mm512_loadu_si512((const void *)(src + j)), flip));
-                if (j < a->W) {
-                    const __mmask64 k = (__mmask64)(~0ull >> (64 - (a->W - j)));
-                    _mm512_mask_storeu_epi8(row + a->pl + j, k, _mm512_xor_si512(_mm512_maskz_loadu_epi8(k, src + j), flip));
-                }
-                memset(row, pad, (size_t)a->pl);
-                if (used > a->pl + a->W)
-                    memset(row + a->pl + a->W, pad, (size_t)(used - a->pl - a->W));
+        for (r = 0; r < in_rows; r++)
+            dwq_row(a, xc, ih0 + r, rows + (int64_t)r * stride, used, sidx);
+        if (fast && !q.lut && a->KH == 3) { /* the common 3-row case: quads built in registers */
+            switch (f.kind) {
+            case 0: dwq_rows3(a, c, oh0, R, rows, stride, idx, init, wq, &f, 0); break;
+            case FASTQ_LEFT: dwq_rows3(a, c, oh0, R, rows, stride, idx, init, wq, &f, FASTQ_LEFT); break;
+            case FASTQ_CLAMP: dwq_rows3(a, c, oh0, R, rows, stride, idx, init, wq, &f, FASTQ_CLAMP); break;
+            default: dwq_rows3(a, c, oh0, R, rows, stride, idx, init, wq, &f, FASTQ_LEFT | FASTQ_CLAMP); break;
             }
+            continue;
         }
         for (r = 0; r < in_rows; r++) {
-            const uint8_t *row = rows + (int64_t)r * EDGEQ_DWQ_ROW;
+            const uint8_t *row = rows + (int64_t)r * stride;
             uint32_t *dst = qbuf + (int64_t)r * owv;
             for (v = 0; v < nv; v++)
                 _mm512_storeu_si512((void *)(dst + 16 * v),
@@ -1152,6 +1336,12 @@ static void dwq_channel(const conv_t *a, int32_t c, int32_t band, uint32_t *qbuf
                     if (two)
                         acc1 = _mm512_dpbusd_epi32(acc1, _mm512_loadu_si512((const void *)(src + 16)), wq[kh]);
                 }
+                if (fast) {
+                    fastq16(acc0, &f, q.lut, yr + 16 * v, a->OW - 16 * v);
+                    if (two)
+                        fastq16(acc1, &f, q.lut, yr + 16 * v + 16, a->OW - 16 * v - 16);
+                    continue;
+                }
                 requant16(acc0, &q, &m, ordinary, yr + 16 * v, a->OW - 16 * v);
                 if (two)
                     requant16(acc1, &q, &m, ordinary, yr + 16 * v + 16, a->OW - 16 * v - 16);
@@ -1160,16 +1350,146 @@ static void dwq_channel(const conv_t *a, int32_t c, int32_t band, uint32_t *qbuf
     }
 }
 
+/* ---- Dense convolutions with few input channels and rows of up to 4 taps (first layers) ----------
+ * The depthwise quads summed over input channels: per output vector of 16 pixels, for every
+ * (c, kh) one vpermb of a padded input row gives the quads of the kw taps, and each output channel
+ * adds them with one vpdpbusd against its broadcast weight quad; 8 output channels per pass. */
+#define EDGEQ_CQ_OCB 8
+#define EDGEQ_CQ_MAX_W 2048 /* weight quads (OC * C * KH) the stack holds */
+
+static int cq_fits(const conv_t *a, int32_t *band)
+{
+    const int64_t stride = dwq_stride(a);
+    int64_t rows;
+    if (a->group != 1 || a->KW > 4 || a->KH * a->KW < 2 || 15 * a->sw + 3 * a->dw >= 64 || a->OW < 16 ||
+        (int64_t)a->C * a->KH > 32 || (int64_t)a->OC * a->C * a->KH > EDGEQ_CQ_MAX_W ||
+        ((a->OW + 15) / 16 * 16 - 1) * a->sw + (int64_t)(a->KW - 1) * a->dw + 64 > EDGEQ_DWQ_ROW ||
+        (int64_t)a->W + a->pl > EDGEQ_DWQ_ROW - 64 || a->pl >= 64)
+        return 0;
+    /* bands small enough for the scratch and, with threads, at least two per thread */
+    for (rows = a->OH; rows >= 1; rows = rows > 1 ? rows / 2 : 0) {
+        const int64_t in_rows = (rows - 1) * a->sh + (int64_t)(a->KH - 1) * a->dh + 1;
+        if (in_rows * stride * a->C <= EDGEQ_SCRATCH_BYTES &&
+            (edgeq_threads == 1 || rows == 1 || (a->OH + rows - 1) / rows >= 2 * edgeq_threads)) {
+            *band = (int32_t)rows;
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static EDGEQ_ALWAYS_INLINE void cq_block(const conv_t *a, const uint8_t *rows, int64_t stride, int32_t in_rows,
+                                        int32_t oh0, int32_t R, int32_t oc0, int32_t nb, const int32_t *wq,
+                                        const int32_t *sums, __m512i idx)
+{
+    const int32_t CK = a->C * a->KH, owv = (a->OW + 15) / 16 * 16, nv = owv / 16;
+    const uint32_t corr = (uint32_t)(a->x_zp + 128);
+    fastq_t f[EDGEQ_CQ_OCB];
+    requant_t q[EDGEQ_CQ_OCB];
+    vmbqm_t m[EDGEQ_CQ_OCB];
+    int fast[EDGEQ_CQ_OCB], ordinary[EDGEQ_CQ_OCB];
+    __m512i init[EDGEQ_CQ_OCB];
+    int32_t j, r, v, c, kh;
+    for (j = 0; j < nb; j++) {
+        q[j] = conv_requant(a, oc0 + j);
+        fast[j] = fastq_make(&q[j], fastq_bound(sums[2 * (oc0 + j) + 1], q[j].bias), &f[j]);
+        ordinary[j] = mbqm_ordinary(q[j].mult, q[j].shift);
+        m[j] = vmbqm_make(ordinary[j] ? q[j].mult : 0, ordinary[j] ? q[j].shift : 0);
+        init[j] = _mm512_set1_epi32((int32_t)((fast[j] ? (uint32_t)q[j].bias : 0u) - corr * (uint32_t)sums[2 * (oc0 + j)]));
+    }
+    for (r = 0; r < R; r++) {
+        for (v = 0; v < nv; v++) {
+            __m512i acc[EDGEQ_CQ_OCB];
+            for (j = 0; j < nb; j++)
+                acc[j] = init[j];
+            for (c = 0; c < a->C; c++)
+                for (kh = 0; kh < a->KH; kh++) {
+                    const uint8_t *src = rows + ((int64_t)c * in_rows + r * a->sh + kh * a->dh) * stride + 16 * v * a->sw;
+                    const __m512i qv = _mm512_permutexvar_epi8(idx, _mm512_loadu_si512((const void *)src));
+                    const int32_t *w = wq + (int64_t)oc0 * CK + c * a->KH + kh;
+                    for (j = 0; j < nb; j++)
+                        acc[j] = _mm512_dpbusd_epi32(acc[j], qv, _mm512_set1_epi32(w[(int64_t)j * CK]));
+                }
+            for (j = 0; j < nb; j++) {
+                int8_t *y = a->y + ((int64_t)(oc0 + j) * a->OH + oh0 + r) * a->OW + 16 * v;
+                if (fast[j])
+                    fastq16(acc[j], &f[j], a->lut, y, a->OW - 16 * v);
+                else
+                    requant16(acc[j], &q[j], &m[j], ordinary[j], y, a->OW - 16 * v);
+            }
+        }
+    }
+}
+
+static void cq_band(const conv_t *a, int32_t band, int32_t oh0, const int32_t *wq, const int32_t *sums, __m512i idx,
+                    __m512i sidx)
+{
+    EDGEQ_ALIGN64 uint8_t rows[EDGEQ_SCRATCH_BYTES];
+    const int64_t stride = dwq_stride(a);
+    const int32_t owv = (a->OW + 15) / 16 * 16, used = 16 * (owv / 16 - 1) * a->sw + 64;
+    const int32_t R = min_i32(band, a->OH - oh0);
+    const int32_t in_rows = (R - 1) * a->sh + (a->KH - 1) * a->dh + 1, ih0 = oh0 * a->sh - a->pt;
+    int32_t c, r, oc;
+    for (c = 0; c < a->C; c++)
+        for (r = 0; r < in_rows; r++)
+            dwq_row(a, a->x + (int64_t)c * a->H * a->W, ih0 + r, rows + ((int64_t)c * in_rows + r) * stride, used, sidx);
+    for (oc = 0; oc + EDGEQ_CQ_OCB <= a->OC; oc += EDGEQ_CQ_OCB)
+        cq_block(a, rows, stride, in_rows, oh0, R, oc, EDGEQ_CQ_OCB, wq, sums, idx);
+    switch (a->OC - oc) {
+    case 7: cq_block(a, rows, stride, in_rows, oh0, R, oc, 7, wq, sums, idx); break;
+    case 6: cq_block(a, rows, stride, in_rows, oh0, R, oc, 6, wq, sums, idx); break;
+    case 5: cq_block(a, rows, stride, in_rows, oh0, R, oc, 5, wq, sums, idx); break;
+    case 4: cq_block(a, rows, stride, in_rows, oh0, R, oc, 4, wq, sums, idx); break;
+    case 3: cq_block(a, rows, stride, in_rows, oh0, R, oc, 3, wq, sums, idx); break;
+    case 2: cq_block(a, rows, stride, in_rows, oh0, R, oc, 2, wq, sums, idx); break;
+    case 1: cq_block(a, rows, stride, in_rows, oh0, R, oc, 1, wq, sums, idx); break;
+    default: break;
+    }
+}
+
+static int conv_quads(const conv_t *a)
+{
+    int32_t wq[EDGEQ_CQ_MAX_W], sums[2 * EDGEQ_CQ_MAX_W];
+    int32_t band, n_bands, b, oc, c, kh, kw;
+    __m512i idx, sidx;
+    if (!cq_fits(a, &band))
+        return 0;
+    dwq_indices(a, &idx, &sidx);
+    for (oc = 0; oc < a->OC; oc++) { /* OC <= EDGEQ_CQ_MAX_W (C * KH >= 1) */
+        int32_t sum = 0, sabs = 0;
+        for (c = 0; c < a->C; c++)
+            for (kh = 0; kh < a->KH; kh++) {
+                const int8_t *w = a->w + (((int64_t)oc * a->C + c) * a->KH + kh) * a->KW;
+                uint32_t v = 0;
+                for (kw = 0; kw < a->KW; kw++) {
+                    v |= (uint32_t)(uint8_t)w[kw] << (8 * kw);
+                    sum += w[kw];
+                    sabs += w[kw] < 0 ? -w[kw] : w[kw];
+                }
+                wq[(int64_t)oc * a->C * a->KH + c * a->KH + kh] = (int32_t)v;
+            }
+        sums[2 * oc] = sum;
+        sums[2 * oc + 1] = sabs;
+    }
+    n_bands = (a->OH + band - 1) / band;
+    EDGEQ_PARALLEL_FOR(conv_work(a) >= EDGEQ_PAR_MIN_WORK && n_bands > 1)
+    for (b = 0; b < n_bands; b++)
+        cq_band(a, band, b * band, wq, sums, idx, sidx);
+    return 1;
+}
+
 static int conv_depthwise_quads(const conv_t *a)
 {
     int32_t band, c;
+    __m512i idx, sidx;
     if (!dwq_fits(a, &band))
         return 0;
-    EDGEQ_PARALLEL_FOR(conv_work(a) >= EDGEQ_PAR_MIN_WORK && a->C > 1)
+    dwq_indices(a, &idx, &sidx);
+    EDGEQ_PARALLEL_FOR((conv_work(a) >= EDGEQ_PAR_MIN_WORK || conv_outputs(a) >= EDGEQ_PAR_MIN_ELEMS / 2) && a->C > 1)
     for (c = 0; c < a->C; c++) {
-        uint32_t qbuf[EDGEQ_SCRATCH_BYTES / 4];
-        uint8_t rows[EDGEQ_SCRATCH_BYTES];
-        dwq_channel(a, c, band, qbuf, rows);
+        EDGEQ_ALIGN64 uint32_t qbuf[EDGEQ_SCRATCH_BYTES / 4];
+        EDGEQ_ALIGN64 uint8_t rows[EDGEQ_SCRATCH_BYTES];
+        dwq_channel(a, c, band, qbuf, rows, idx, sidx);
     }
     return 1;
 }
@@ -1182,6 +1502,7 @@ static int conv_depthwise_quads(const conv_t *a)
  * lane; 4 output channels x 64 pixels of accumulators, corrected by (x_zp + 128) * sum(w). */
 #define EDGEQ_PW_TILE 256
 #define EDGEQ_PW_OCB 4
+#define EDGEQ_PW_OCB_MAX 8 /* output channels per block when a tile is one vector of pixels */
 #ifndef EDGEQ_GM_MIN_OW
 #define EDGEQ_GM_MIN_OW 16
 #endif
@@ -1246,6 +1567,77 @@ static void gm_row(const conv_t *a, int32_t k, int32_t p0, int32_t np, int8_t *r
 
 /* Pack patches of pixels [p0, p0 + np) as uint8 x + 128, four taps per 32-bit lane: [k / 4][p][4]
  * (taps past K repeat a real row: their weights are zero). */
+#if defined(__AVX512VBMI__)
+#define EDGEQ_SMALL_TAPS 25
+/* Whether pw_pack_small applies: every input plane and the output plane fit one vector. */
+static int pw_small(const conv_t *a)
+{
+    return (int64_t)a->H * a->W <= 64 && (int64_t)a->OH * a->OW <= 64 && a->KH * a->KW <= EDGEQ_SMALL_TAPS;
+}
+
+/* pw_pack for small planes: each tap row of the im2col matrix is one byte permute of its channel's
+ * plane (outside taps masked to x_zp), four rows interleaved in registers. */
+static void pw_pack_small(const conv_t *a, int32_t np, int32_t npv, uint8_t *restrict xp)
+{
+    const int32_t taps = a->KH * a->KW, K = a->K, K4 = (K + 3) / 4, HW = a->H * a->W, nl = npv / 16;
+    const __m512i zpv = _mm512_set1_epi8((char)a->x_zp), flip = _mm512_set1_epi8((char)0x80);
+    const __mmask64 kplane = (__mmask64)(~0ull >> (64 - HW));
+    __m512i tidx[EDGEQ_SMALL_TAPS], plane = _mm512_setzero_si512();
+    __mmask64 tmask[EDGEQ_SMALL_TAPS];
+    uint8_t ib[EDGEQ_SMALL_TAPS][64];
+    int32_t t, p, k4, j, c_loaded = -1;
+    for (t = 0; t < taps; t++) {
+        const int32_t kh = t / a->KW, kw = t % a->KW;
+        uint64_t m = 0;
+        memset(ib[t], 0, 64);
+        int32_t oh = 0, ow = 0;
+        for (p = 0; p < np; p++) {
+            const int32_t ih = oh * a->sh - a->pt + kh * a->dh, iw = ow * a->sw - a->pl + kw * a->dw;
+            if (ih >= 0 && ih < a->H && iw >= 0 && iw < a->W) {
+                ib[t][p] = (uint8_t)(ih * a->W + iw);
+                m |= 1ull << p;
+            }
+            if (++ow == a->OW) {
+                ow = 0;
+                oh++;
+            }
+        }
+        tmask[t] = (__mmask64)m;
+    }
+    for (t = 0; t < taps; t++) /* loaded after all the byte stores */
+        tidx[t] = _mm512_loadu_si512((const void *)ib[t]);
+    for (k4 = 0; k4 < K4; k4++) {
+        uint8_t *d = xp + (int64_t)k4 * npv * 4;
+        __m512i r[4], a0, a1, b0, b1, q[4];
+        for (j = 0; j < 4; j++) {
+            const int32_t k = 4 * k4 + j < K ? 4 * k4 + j : K - 1, c = k / taps;
+            if (c != c_loaded) {
+                plane = _mm512_maskz_loadu_epi8(kplane, a->x + (int64_t)c * HW);
+                c_loaded = c;
+            }
+            r[j] = _mm512_xor_si512(_mm512_mask_permutexvar_epi8(zpv, tmask[k % taps], tidx[k % taps], plane), flip);
+        }
+        a0 = _mm512_unpacklo_epi8(r[0], r[1]);
+        a1 = _mm512_unpackhi_epi8(r[0], r[1]);
+        b0 = _mm512_unpacklo_epi8(r[2], r[3]);
+        b1 = _mm512_unpackhi_epi8(r[2], r[3]);
+        q[0] = _mm512_unpacklo_epi16(a0, b0); /* per 128-bit lane L: pixels 16L + 0..3 */
+        q[1] = _mm512_unpackhi_epi16(a0, b0);
+        q[2] = _mm512_unpacklo_epi16(a1, b1);
+        q[3] = _mm512_unpackhi_epi16(a1, b1);
+        for (j = 0; j < 4; j++) {
+            _mm_storeu_si128((__m128i *)(d + 16 * j), _mm512_castsi512_si128(q[j]));
+            if (nl > 1)
+                _mm_storeu_si128((__m128i *)(d + 64 + 16 * j), _mm512_extracti32x4_epi32(q[j], 1));
+            if (nl > 2)
+                _mm_storeu_si128((__m128i *)(d + 128 + 16 * j), _mm512_extracti32x4_epi32(q[j], 2));
+            if (nl > 3)
+                _mm_storeu_si128((__m128i *)(d + 192 + 16 * j), _mm512_extracti32x4_epi32(q[j], 3));
+        }
+    }
+}
+#endif
+
 static void pw_pack(const conv_t *a, int32_t p0, int32_t np, int32_t npv, uint8_t *restrict xp, int8_t *rows)
 {
     const int64_t P = (int64_t)a->H * a->W;
@@ -1254,6 +1646,12 @@ static void pw_pack(const conv_t *a, int32_t p0, int32_t np, int32_t npv, uint8_
                        a->OH == a->H && a->OW == a->W;
     const __m128i flip = _mm_set1_epi8((char)0x80);
     int32_t c4, p, j;
+#if defined(__AVX512VBMI__)
+    if (!direct && p0 == 0 && np == a->OH * a->OW && pw_small(a)) {
+        pw_pack_small(a, np, npv, xp);
+        return;
+    }
+#endif
     for (c4 = 0; c4 < K4; c4++) {
         uint8_t *d = xp + (int64_t)c4 * npv * 4;
         const int8_t *r[4];
@@ -1302,18 +1700,43 @@ static inline int32_t pw_wquad(const int8_t *w, int32_t C, int32_t c4)
     return (int32_t)v;
 }
 
+#ifndef EDGEQ_PW_MAX_OC
+#define EDGEQ_PW_MAX_OC 1024 /* output channels whose weight sums one call precomputes (on the stack) */
+#endif
+
+/* sum(w) and sum(|w|) of one output channel's row of C weights. */
+static inline void pw_row_sums(const int8_t *restrict wr, int32_t C, int32_t *sum, int32_t *sabs)
+{
+    int32_t c, s = 0, t = 0;
+    for (c = 0; c < C; c++) {
+        const int32_t v = wr[c];
+        s += v;
+        t += v < 0 ? -v : v;
+    }
+    *sum = s;
+    *sabs = t;
+}
+
+/* Requantization state of the output channels of one pw_block. */
+typedef struct {
+    __m512i init[EDGEQ_PW_OCB_MAX]; /* accumulator start: bias (fast path) minus (x_zp + 128) * sum(w) */
+    fastq_t f[EDGEQ_PW_OCB_MAX];
+    vmbqm_t m[EDGEQ_PW_OCB_MAX];
+    requant_t q[EDGEQ_PW_OCB_MAX];
+    int fast[EDGEQ_PW_OCB_MAX], ordinary[EDGEQ_PW_OCB_MAX];
+} pwq_t;
+
 /* nv (1..4) vectors of 16 pixels from pv, nb (1..4) output channels from oc0. */
 static EDGEQ_ALWAYS_INLINE void pw_core(const conv_t *a, const uint8_t *xp, int32_t npv, int32_t np, int32_t p0,
-                                        int32_t oc0, int32_t nb, int32_t pv, int32_t nv, const int32_t *wsum)
+                                        int32_t oc0, int32_t nb, int32_t pv, int32_t nv, const pwq_t *s)
 {
     const int32_t C = a->K, C4 = (C + 3) / 4;
     const int64_t P = (int64_t)a->OH * a->OW;
-    const int32_t corr = a->x_zp + 128;
-    __m512i acc[EDGEQ_PW_OCB][4];
+    __m512i acc[EDGEQ_PW_OCB_MAX][4];
     int32_t j, c4, v;
     for (j = 0; j < nb; j++)
         for (v = 0; v < nv; v++)
-            acc[j][v] = _mm512_setzero_si512();
+            acc[j][v] = s->init[j];
     for (c4 = 0; c4 < C4; c4++) {
         const uint8_t *src = xp + ((int64_t)c4 * npv + pv) * 4;
         __m512i xv[4];
@@ -1325,67 +1748,121 @@ static EDGEQ_ALWAYS_INLINE void pw_core(const conv_t *a, const uint8_t *xp, int3
                 acc[j][v] = _mm512_dpbusd_epi32(acc[j][v], xv[v], wq);
         }
     }
+    if (pv + 16 * nv <= np && !a->lut) { /* whole vectors: unmasked stores, accumulators stay in registers */
+        for (j = 0; j < nb; j++) {
+            int8_t *yr = a->y + (int64_t)(oc0 + j) * P + p0 + pv;
+            if (s->fast[j]) {
+                switch (s->f[j].kind) {
+                case 0:
+                    for (v = 0; v < nv; v++)
+                        _mm_storeu_si128((__m128i *)(yr + 16 * v), fastq_bytes(acc[j][v], &s->f[j], 0));
+                    break;
+                case FASTQ_CLAMP:
+                    for (v = 0; v < nv; v++)
+                        _mm_storeu_si128((__m128i *)(yr + 16 * v), fastq_bytes(acc[j][v], &s->f[j], FASTQ_CLAMP));
+                    break;
+                default:
+                    for (v = 0; v < nv; v++)
+                        _mm_storeu_si128((__m128i *)(yr + 16 * v),
+                                         fastq_bytes(acc[j][v], &s->f[j], FASTQ_LEFT | FASTQ_CLAMP));
+                    break;
+                }
+            } else {
+                for (v = 0; v < nv; v++)
+                    requant16(acc[j][v], &s->q[j], &s->m[j], s->ordinary[j], yr + 16 * v, 16);
+            }
+        }
+        return;
+    }
     for (j = 0; j < nb; j++) {
-        const requant_t q = conv_requant(a, oc0 + j);
-        const int ordinary = mbqm_ordinary(q.mult, q.shift);
-        const vmbqm_t m = vmbqm_make(ordinary ? q.mult : 0, ordinary ? q.shift : 0);
-        const __m512i cw = _mm512_set1_epi32((int32_t)((uint32_t)corr * (uint32_t)wsum[j]));
         int8_t *yr = a->y + (int64_t)(oc0 + j) * P + p0;
-        for (v = 0; v < nv && pv + 16 * v < np; v++)
-            requant16(_mm512_sub_epi32(acc[j][v], cw), &q, &m, ordinary, yr + pv + 16 * v, np - pv - 16 * v);
+        if (s->fast[j]) {
+            for (v = 0; v < nv && pv + 16 * v < np; v++)
+                fastq16(acc[j][v], &s->f[j], a->lut, yr + pv + 16 * v, np - pv - 16 * v);
+        } else {
+            for (v = 0; v < nv && pv + 16 * v < np; v++)
+                requant16(acc[j][v], &s->q[j], &s->m[j], s->ordinary[j], yr + pv + 16 * v, np - pv - 16 * v);
+        }
     }
 }
 
 static EDGEQ_ALWAYS_INLINE void pw_block(const conv_t *a, const uint8_t *xp, int32_t npv, int32_t np, int32_t p0,
-                                         int32_t oc0, int32_t nb)
+                                         int32_t oc0, int32_t nb, const int32_t *sums)
 {
     const int32_t C = a->K;
-    int32_t wsum[EDGEQ_PW_OCB];
-    int32_t j, c, pv;
+    const uint32_t corr = (uint32_t)(a->x_zp + 128);
+    pwq_t s;
+    int32_t j, pv;
     for (j = 0; j < nb; j++) {
-        const int8_t *wr = a->w + (int64_t)(oc0 + j) * C;
-        int32_t s = 0;
-        for (c = 0; c < C; c++)
-            s += wr[c];
-        wsum[j] = s;
+        int32_t sum, sabs;
+        if (sums) {
+            sum = sums[2 * (oc0 + j)];
+            sabs = sums[2 * (oc0 + j) + 1];
+        } else {
+            pw_row_sums(a->w + (int64_t)(oc0 + j) * C, C, &sum, &sabs);
+        }
+        s.q[j] = conv_requant(a, oc0 + j);
+        s.fast[j] = fastq_make(&s.q[j], fastq_bound(sabs, s.q[j].bias), &s.f[j]);
+        s.ordinary[j] = mbqm_ordinary(s.q[j].mult, s.q[j].shift);
+        s.m[j] = vmbqm_make(s.ordinary[j] ? s.q[j].mult : 0, s.ordinary[j] ? s.q[j].shift : 0);
+        /* int32 wrap-around is exact: the true accumulator (plus the bias, when added) is < 2^31 */
+        s.init[j] = _mm512_set1_epi32((int32_t)((s.fast[j] ? (uint32_t)s.q[j].bias : 0u) - corr * (uint32_t)sum));
     }
     for (pv = 0; pv + 64 <= npv; pv += 64)
-        pw_core(a, xp, npv, np, p0, oc0, nb, pv, 4, wsum);
+        pw_core(a, xp, npv, np, p0, oc0, nb, pv, 4, &s);
     switch ((npv - pv) / 16) {
-    case 3: pw_core(a, xp, npv, np, p0, oc0, nb, pv, 3, wsum); break;
-    case 2: pw_core(a, xp, npv, np, p0, oc0, nb, pv, 2, wsum); break;
-    case 1: pw_core(a, xp, npv, np, p0, oc0, nb, pv, 1, wsum); break;
+    case 3: pw_core(a, xp, npv, np, p0, oc0, nb, pv, 3, &s); break;
+    case 2: pw_core(a, xp, npv, np, p0, oc0, nb, pv, 2, &s); break;
+    case 1: pw_core(a, xp, npv, np, p0, oc0, nb, pv, 1, &s); break;
     default: break;
     }
 }
 
-static void pw_tile(const conv_t *a, int32_t p0, int32_t np, int32_t oc_lo, int32_t oc_hi, uint8_t *xp, int8_t *rows)
+static void pw_tile(const conv_t *a, int32_t p0, int32_t np, int32_t oc_lo, int32_t oc_hi, uint8_t *xp, int8_t *rows,
+                    const int32_t *sums)
 {
     const int32_t npv = (np + 15) / 16 * 16;
     int32_t oc;
     pw_pack(a, p0, np, npv, xp, rows);
+    if (npv == 16) { /* one vector per channel: more channels per block for independent chains */
+        for (oc = oc_lo; oc + EDGEQ_PW_OCB_MAX <= oc_hi; oc += EDGEQ_PW_OCB_MAX)
+            pw_block(a, xp, npv, np, p0, oc, EDGEQ_PW_OCB_MAX, sums);
+        switch (oc_hi - oc) {
+        case 7: pw_block(a, xp, npv, np, p0, oc, 7, sums); break;
+        case 6: pw_block(a, xp, npv, np, p0, oc, 6, sums); break;
+        case 5: pw_block(a, xp, npv, np, p0, oc, 5, sums); break;
+        case 4: pw_block(a, xp, npv, np, p0, oc, 4, sums); break;
+        case 3: pw_block(a, xp, npv, np, p0, oc, 3, sums); break;
+        case 2: pw_block(a, xp, npv, np, p0, oc, 2, sums); break;
+        case 1: pw_block(a, xp, npv, np, p0, oc, 1, sums); break;
+        default: break;
+        }
+        return;
+    }
     for (oc = oc_lo; oc + EDGEQ_PW_OCB <= oc_hi; oc += EDGEQ_PW_OCB)
-        pw_block(a, xp, npv, np, p0, oc, EDGEQ_PW_OCB);
+        pw_block(a, xp, npv, np, p0, oc, EDGEQ_PW_OCB, sums);
     switch (oc_hi - oc) {
-    case 3: pw_block(a, xp, npv, np, p0, oc, 3); break;
-    case 2: pw_block(a, xp, npv, np, p0, oc, 2); break;
-    case 1: pw_block(a, xp, npv, np, p0, oc, 1); break;
+    case 3: pw_block(a, xp, npv, np, p0, oc, 3, sums); break;
+    case 2: pw_block(a, xp, npv, np, p0, oc, 2, sums); break;
+    case 1: pw_block(a, xp, npv, np, p0, oc, 1, sums); break;
     default: break;
     }
 }
 
-static void pw_job(const conv_t *a, int64_t job, int32_t n_parts, int64_t pt, int64_t P)
+static void pw_job(const conv_t *a, int64_t job, int32_t n_parts, int64_t pt, int64_t P, const int32_t *sums)
 {
     uint8_t xp[EDGEQ_PATCH_BYTES];
     int8_t rows[4 * EDGEQ_PW_TILE];
-    const int64_t tile = job / n_parts;
-    const int32_t part = (int32_t)(job % n_parts);
+    /* part-major: with a static schedule each thread gets one share of every tile (balanced even when
+     * the last tile is short) */
+    const int64_t n_tiles = (P + pt - 1) / pt, tile = job % n_tiles;
+    const int32_t part = (int32_t)(job / n_tiles);
     const int32_t nbk = (a->OC + EDGEQ_PW_OCB - 1) / EDGEQ_PW_OCB;
     const int32_t lo = min_i32(a->OC, (int32_t)((int64_t)nbk * part / n_parts) * EDGEQ_PW_OCB);
     const int32_t hi = min_i32(a->OC, (int32_t)((int64_t)nbk * (part + 1) / n_parts) * EDGEQ_PW_OCB);
     const int32_t p0 = (int32_t)(tile * pt);
     if (lo < hi)
-        pw_tile(a, p0, (int32_t)(P - p0 < pt ? P - p0 : pt), lo, hi, xp, rows);
+        pw_tile(a, p0, (int32_t)(P - p0 < pt ? P - p0 : pt), lo, hi, xp, rows, sums);
 }
 
 /* Any single-group convolution (and fully connected layers with few weights) as im2col tiles and
@@ -1396,30 +1873,51 @@ static int conv_pointwise(const conv_t *a)
     const int32_t C4 = (a->K + 3) / 4;
     int64_t pt, n_tiles, job, n_jobs;
     int32_t n_parts;
+    int32_t sum_buf[2 * EDGEQ_PW_MAX_OC];
+    const int32_t *sums = NULL;
+    int par;
     const int direct = a->KH == 1 && a->KW == 1 && a->sh == 1 && a->sw == 1 && a->pt == 0 && a->pl == 0 &&
                        a->OH == a->H && a->OW == a->W;
     if (a->group != 1 || a->K > EDGEQ_K_INT32 || (P < 16 && (int64_t)a->K * a->OC > 65536))
         return 0;
-    if (!direct && a->OW < EDGEQ_GM_MIN_OW) /* short rows: packing costs more than the old paths */
+    if (!direct && a->OW < EDGEQ_GM_MIN_OW
+#if defined(__AVX512VBMI__)
+        && !(pw_small(a) && P <= EDGEQ_PW_TILE / 4) /* one tile, packed by pw_pack_small */
+#endif
+    ) /* short rows: packing costs more than the old paths */
         return 0;
     pt = EDGEQ_PW_TILE;
     while (pt > 16 && (int64_t)C4 * 4 * pt > EDGEQ_PATCH_BYTES)
         pt /= 2;
     if ((int64_t)C4 * 4 * pt > EDGEQ_PATCH_BYTES)
         return 0;
+    if (a->OC <= EDGEQ_PW_MAX_OC) { /* weight sums once per call rather than once per tile */
+        int32_t oc;
+        for (oc = 0; oc < a->OC; oc++)
+            pw_row_sums(a->w + (int64_t)oc * a->K, a->K, &sum_buf[2 * oc], &sum_buf[2 * oc + 1]);
+        sums = sum_buf;
+    }
     n_tiles = (P + pt - 1) / pt;
-    n_parts = edgeq_threads > 1 && n_tiles < 2 * edgeq_threads ? edgeq_threads : 1;
+    n_parts = 1;
+    par = edgeq_threads > 1 && conv_work(a) >= EDGEQ_PAR_MIN_WORK;
+    if (par && n_tiles < 2 * edgeq_threads) {
+        n_parts = edgeq_threads; /* few tiles: threads share each tile's output channels */
+    } else if (par && n_tiles % edgeq_threads) { /* even out the tiles per thread */
+        const int64_t want = (n_tiles + edgeq_threads - 1) / edgeq_threads * edgeq_threads;
+        pt = ((P + want - 1) / want + 15) / 16 * 16;
+        n_tiles = (P + pt - 1) / pt;
+    }
     n_jobs = n_tiles * n_parts;
 #ifdef _OPENMP
-    if (edgeq_threads > 1 && conv_work(a) >= EDGEQ_PAR_MIN_WORK && n_jobs > 1) {
+    if (par && n_jobs > 1) {
         EDGEQ_PRAGMA(omp parallel for schedule(static) num_threads(edgeq_threads))
         for (job = 0; job < n_jobs; job++)
-            pw_job(a, job, n_parts, pt, P);
+            pw_job(a, job, n_parts, pt, P, sums);
         return 1;
     }
 #endif
     for (job = 0; job < n_jobs; job++)
-        pw_job(a, job, n_parts, pt, P);
+        pw_job(a, job, n_parts, pt, P, sums);
     return 1;
 }
 #endif
@@ -1495,7 +1993,7 @@ void edgeq_conv(const int8_t *x, const int8_t *w, const int32_t *bias, const int
     /* Long patches shared by several output channels go to dot products; short patches (depthwise,
      * first layers) to the plane kernel; what fits neither to the scalar loop. */
 #if EDGEQ_AVX512 && defined(__AVX512VNNI__) && defined(__AVX512VBMI__)
-    if (conv_depthwise_quads(&a))
+    if (conv_depthwise_quads(&a) || conv_quads(&a))
         return;
 #endif
 #if EDGEQ_AVX512
@@ -1575,26 +2073,111 @@ static void binary_row_avx512(const binop_t *o, const vmbqm_t *va, const vmbqm_t
             r = _mm512_mullo_epi32(av, bv);
         r = vmbqm(r, vy);
         r = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(r, lo), hi), zp);
-        _mm512_mask_cvtepi32_storeu_epi8(y + i, k, r);
+        store16_i8(y + i, r, n - i);
     }
+}
+#endif
+
+#if EDGEQ_AVX512
+/* binary_row_avx512 when every MultiplyByQuantizedMultiplier is within a fastq bound (binary_fast). */
+static void binary_row_fast(const binop_t *o, const fastq_t *fa, const fastq_t *fb, const fastq_t *fy,
+                            const int8_t *a, int32_t as, const int8_t *b, int32_t bs, int8_t *y, int32_t n)
+{
+    int32_t i;
+    for (i = 0; i < n; i += 16) {
+        const __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1u);
+        const __m512i av = binary_load(a + (int64_t)i * as, as, k, o->a_zp);
+        const __m512i bv = binary_load(b + (int64_t)i * bs, bs, k, o->b_zp);
+        __m512i r;
+        if (o->kind == BIN_ADD)
+            r = _mm512_add_epi32(fastq_core(_mm512_slli_epi32(av, 20), fa), fastq_core(_mm512_slli_epi32(bv, 20), fb));
+        else
+            r = _mm512_mullo_epi32(av, bv);
+        store16_i8(y + i, fastq_vec(r, fy), n - i);
+    }
+}
+
+/* Whether Add / Mul can use binary_row_fast: the lifted inputs (|x - zp| * 2^20 <= 255 * 2^20) and the
+ * value requantized last (their rescaled sum, at most the sum of the shifted bounds; or the product,
+ * <= 255^2) are within the fastq bounds. */
+static int binary_fast(const binop_t *o, fastq_t *fa, fastq_t *fb, fastq_t *fy)
+{
+    requant_t q;
+    int64_t bound = 65025;
+    q.bias = 0;
+    q.y_zp = o->y_zp;
+    q.lo = o->lo;
+    q.hi = o->hi;
+    q.lut = NULL;
+    if (o->kind == BIN_ADD) {
+        const int64_t lift = (int64_t)255 << 20;
+        q.mult = o->a_mult;
+        q.shift = o->a_shift;
+        if (!fastq_make(&q, lift, fa))
+            return 0;
+        q.mult = o->b_mult;
+        q.shift = o->b_shift;
+        if (!fastq_make(&q, lift, fb))
+            return 0;
+        /* |MBQM(v)| <= |v| * 2^left (mult < 2^31) */
+        bound = (lift << (o->a_shift > 0 ? o->a_shift : 0)) + (lift << (o->b_shift > 0 ? o->b_shift : 0));
+    }
+    q.mult = o->y_mult;
+    q.shift = o->y_shift;
+    return fastq_make(&q, bound, fy);
 }
 #endif
 
 /* Broadcast traversal shared by Add and Mul; `o->kind` is a constant at each (inlined) call site. */
 static inline void binary_op(const binop_t *o, const int8_t *a, const int8_t *b, const int8_t *lut, int8_t *y,
-                             const int32_t d[4], const int32_t as[4], const int32_t bs[4])
+                             const int32_t dims[4], const int32_t a_strides[4], const int32_t b_strides[4])
 {
-    const int64_t total = (int64_t)d[0] * d[1] * d[2] * d[3];
+    const int64_t total = (int64_t)dims[0] * dims[1] * dims[2] * dims[3];
     int64_t yi = 0, i;
-    int32_t i0, i1, i2, i3;
+    int32_t i0, i1, i2, i3, k, d[4], as[4], bs[4];
+    /* Fold outer dimensions into the innermost one while both operands stay linear in it (whole
+     * contiguous tensors become one row). */
+    for (k = 0; k < 4; k++) {
+        d[k] = dims[k];
+        as[k] = a_strides[k];
+        bs[k] = b_strides[k];
+    }
+    for (k = 2; k >= 0; k--) {
+        if (d[k] == 1)
+            continue;
+        if ((int64_t)as[k] != (int64_t)as[3] * d[3] || (int64_t)bs[k] != (int64_t)bs[3] * d[3])
+            break;
+        d[3] *= d[k]; /* <= the element count, which fits int32 */
+        d[k] = 1;
+    }
 #if EDGEQ_AVX512
     const int vec = mbqm_ordinary(o->y_mult, o->y_shift) &&
                     (o->kind != BIN_ADD || (mbqm_ordinary(o->a_mult, o->a_shift) && mbqm_ordinary(o->b_mult, o->b_shift)));
     vmbqm_t va, vb, vy;
+    fastq_t fa, fb, fy;
+    const int fast = vec && binary_fast(o, &fa, &fb, &fy);
     if (vec) {
         va = vmbqm_make(o->a_mult, o->a_shift);
         vb = vmbqm_make(o->b_mult, o->b_shift);
         vy = vmbqm_make(o->y_mult, o->y_shift);
+    }
+    if (fast && edgeq_threads > 1 && d[0] == 1 && d[1] == 1 && d[2] == 1 && as[3] <= 1 && bs[3] <= 1 &&
+        d[3] >= EDGEQ_PAR_MIN_ELEMS) {
+        /* one long row (whole tensors): threads take slices of it */
+        const int32_t n = d[3], n_parts = edgeq_threads;
+        int32_t part;
+        EDGEQ_PARALLEL_FOR(1)
+        for (part = 0; part < n_parts; part++) {
+            const int32_t lo = (int32_t)((int64_t)n * part / n_parts) / 64 * 64;
+            const int32_t hi = part + 1 == n_parts ? n : (int32_t)((int64_t)n * (part + 1) / n_parts) / 64 * 64;
+            if (lo < hi)
+                binary_row_fast(o, &fa, &fb, &fy, a + (int64_t)lo * as[3], as[3], b + (int64_t)lo * bs[3], bs[3],
+                                y + lo, hi - lo);
+        }
+        if (lut)
+            for (i = 0; i < total; i++)
+                y[i] = lut[y[i] + 128];
+        return;
     }
 #endif
     for (i0 = 0; i0 < d[0]; i0++)
@@ -1604,7 +2187,9 @@ static inline void binary_op(const binop_t *o, const int8_t *a, const int8_t *b,
                 const int8_t *br = b + (int64_t)i0 * bs[0] + (int64_t)i1 * bs[1] + (int64_t)i2 * bs[2];
                 int8_t *yr = y + yi;
 #if EDGEQ_AVX512
-                if (vec && (as[3] <= 1 && bs[3] <= 1)) {
+                if (fast && (as[3] <= 1 && bs[3] <= 1)) {
+                    binary_row_fast(o, &fa, &fb, &fy, ar, as[3], br, bs[3], yr, d[3]);
+                } else if (vec && (as[3] <= 1 && bs[3] <= 1)) {
                     binary_row_avx512(o, &va, &vb, &vy, ar, as[3], br, bs[3], yr, d[3]);
                 } else
 #endif

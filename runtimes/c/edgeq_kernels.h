@@ -20,6 +20,10 @@
  *   EDGEQ_WEIGHT_BYTES   weights reordered once per convolution by the dot path (131072); larger weight
  *                        sets are reordered by each job, an eighth of this at a time.
  *   EDGEQ_PAR_MIN_WORK   multiply-accumulates below which an op stays single-threaded (200000).
+ *   EDGEQ_PAR_MIN_ELEMS  elements below which Add / Mul stay single-threaded (8192; depthwise
+ *                        convolutions also go parallel from half as many outputs).
+ *   EDGEQ_PW_MAX_OC      output channels whose weight sums the im2col/VNNI path computes once per call on
+ *                        the stack (1024; more are summed per tile).
  *   EDGEQ_VPOS           output positions per register block of the plane kernel (64 with AVX-512,
  *                        32 with AVX2, else 16).
  */
