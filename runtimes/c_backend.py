@@ -350,7 +350,7 @@ class CBackend:
     def _qparams(self, qp: np.ndarray, n: int, name: str, slot: int) -> Any:
         """The cffi pointer of a [n, 2] float32 (scale, zero point) table, cached by identity."""
         cached = self._qp_cache[slot]
-        if cached is not None and cached[0] is qp and cached[1] == qp.tobytes():
+        if cached is not None and cached[0] is qp and (not qp.flags.writeable or cached[1] == qp.tobytes()):
             return cached[2]
         _need(qp, np.float32, 2, name)
         if qp.shape != (n, 2):
@@ -368,7 +368,8 @@ class CBackend:
         if (prepared is None or prepared[0] is not words or prepared[1] is not arena or prepared[2] is not pool
                 or prepared[3] is not in_desc or prepared[4] is not out_desc
                 or prepared[5] != (in_stride, out_stride)
-                or prepared[6] != words.tobytes() + in_desc.tobytes() + out_desc.tobytes()):
+                or (_mutable(words, in_desc, out_desc)
+                    and prepared[6] != words.tobytes() + in_desc.tobytes() + out_desc.tobytes())):
             prepared = self._prepare(words, arena, pool, in_desc, in_stride, out_desc, out_stride)
         return prepared[7]
 
@@ -392,6 +393,11 @@ class CBackend:
         self._prepared = (words, arena, pool, in_desc, out_desc, (in_stride, out_stride),
                           words.tobytes() + in_desc.tobytes() + out_desc.tobytes(), buffers)
         return self._prepared
+
+
+def _mutable(*arrays: np.ndarray) -> bool:
+    """Whether any array could have been edited in place since it was validated (read-only ones cannot)."""
+    return any(a.flags.writeable for a in arrays)
 
 
 def _need(a: Any, dtype: type, ndim: int, name: str, writable: bool = False) -> None:

@@ -68,6 +68,9 @@ class Executor:
         self._pool = pool
         self.program = compile_program(graph, self.plan, const_offsets)
         self._arena = np.zeros(max(self.program.arena_bytes, 1), dtype=np.int8)
+        for a in (self.program.words, self.program.inputs, self.program.outputs):
+            a.flags.writeable = False  # validated once by the backend; read-only keeps that true
+        self._out_total = int(self.program.outputs[:, 1].sum())
 
     def set_threads(self, n: int) -> None:
         """Number of threads the compiled kernels may use."""
@@ -106,7 +109,7 @@ class Executor:
             return self._run_reference(inputs)
         g, prog = self.graph, self.program
         in_buf = np.ascontiguousarray(np.concatenate([inputs[k].reshape(n, -1) for k in g.inputs], axis=1))
-        out_buf = np.empty((n, int(prog.outputs[:, 1].sum())), dtype=np.int8)
+        out_buf = np.empty((n, self._out_total), dtype=np.int8)
         self._backend.execute(prog.words, self._arena, self._pool, in_buf, prog.inputs, out_buf, prog.outputs)
         return self._split(out_buf, n)
 
@@ -133,10 +136,12 @@ class Executor:
         g, prog = self.graph, self.program
         x = [np.asarray(inputs[k], dtype=np.float32).reshape(n, -1) for k in g.inputs]
         x = np.ascontiguousarray(x[0] if len(x) == 1 else np.concatenate(x, axis=1))
-        y = np.empty((n, int(prog.outputs[:, 1].sum())), dtype=np.float32)
+        y = np.empty((n, self._out_total), dtype=np.float32)
         if self._qp is None:
             self._qp = tuple(np.array([[g.tensors[k].scale[0], g.tensors[k].zero_point[0]] for k in names],
                                       dtype=np.float32) for names in (g.inputs, g.outputs))
+            for a in self._qp:
+                a.flags.writeable = False
         execute_float(prog.words, self._arena, self._pool, x, prog.inputs, self._qp[0], y, prog.outputs, self._qp[1])
         return self._split(y, n)
 
