@@ -2459,23 +2459,7 @@ void edgeq_maxpool(const int8_t *x, int8_t *y, int32_t C, int32_t H, int32_t W, 
                    int32_t KH, int32_t KW, int32_t sh, int32_t sw, int32_t pt, int32_t pl, int32_t dh,
                    int32_t dw, int32_t act_min, int32_t act_max)
 {
-    pool_t p;
-    memset(&p, 0, sizeof p);
-    p.C = C;
-    p.H = H;
-    p.W = W;
-    p.OH = OH;
-    p.OW = OW;
-    p.KH = KH;
-    p.KW = KW;
-    p.sh = sh;
-    p.sw = sw;
-    p.pt = pt;
-    p.pl = pl;
-    p.dh = dh;
-    p.dw = dw;
-    p.lo = act_min;
-    p.hi = act_max;
+    pool_t p = {C, H, W, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, 0, 0, 0, act_min, act_max};
     pool_all(&p, POOL_MAX, x, y);
 }
 
@@ -2483,25 +2467,7 @@ void edgeq_avgpool(const int8_t *x, int8_t *y, int32_t C, int32_t H, int32_t W, 
                    int32_t KH, int32_t KW, int32_t sh, int32_t sw, int32_t pt, int32_t pl,
                    int32_t count_include_pad, int32_t x_zp, int32_t y_zp, int32_t act_min, int32_t act_max)
 {
-    pool_t p;
-    p.C = C;
-    p.H = H;
-    p.W = W;
-    p.OH = OH;
-    p.OW = OW;
-    p.KH = KH;
-    p.KW = KW;
-    p.sh = sh;
-    p.sw = sw;
-    p.pt = pt;
-    p.pl = pl;
-    p.dh = 1;
-    p.dw = 1;
-    p.count_include_pad = count_include_pad;
-    p.x_zp = x_zp;
-    p.y_zp = y_zp;
-    p.lo = act_min;
-    p.hi = act_max;
+    pool_t p = {C, H, W, OH, OW, KH, KW, sh, sw, pt, pl, 1, 1, count_include_pad, x_zp, y_zp, act_min, act_max};
     pool_all(&p, POOL_AVG, x, y);
 }
 
