@@ -58,6 +58,7 @@ class Executor:
         self.backend_name = backend
         self.plan = plan or plan_memory(graph)
         self._qp: tuple[np.ndarray, np.ndarray] | None = None  # (scale, zero point) of inputs, outputs
+        self._views: list | None = None
         if backend == "reference":
             self._backend = None
             return
@@ -80,27 +81,27 @@ class Executor:
     def check_inputs(self, inputs: dict[str, np.ndarray], dtype: str | None = None) -> int:
         """Validate names, shapes (and dtype if given) of ``inputs``; return the batch size."""
         g = self.graph
-        missing = [n for n in g.inputs if n not in inputs]
-        if missing:
-            raise InputError(f"missing input '{missing[0]}'; the model's inputs are {', '.join(g.inputs)}")
-        extra = [n for n in inputs if n not in g.inputs]
-        if extra:
-            raise InputError(f"unknown input '{extra[0]}'; the model's inputs are {', '.join(g.inputs)}")
-        batches = set()
+        if len(inputs) != len(g.inputs) or any(n not in inputs for n in g.inputs):
+            missing = [n for n in g.inputs if n not in inputs]
+            extra = [n for n in inputs if n not in g.inputs]
+            what = f"missing input '{missing[0]}'" if missing else f"unknown input '{extra[0]}'"
+            raise InputError(f"{what}; the model's inputs are {', '.join(g.inputs)}")
+        batch = None
         for name in g.inputs:
             x, want = inputs[name], g.tensors[name].shape
             if dtype is not None and np.asarray(x).dtype != np.dtype(dtype):
                 raise InputError(f"input '{name}' has dtype {np.asarray(x).dtype}, expected {dtype}")
-            shape = tuple(np.shape(x))
-            ok = shape[1:] == want[1:] and len(shape) == len(want) and (g.dynamic_batch or shape[0] == want[0])
-            if not ok:
+            shape = np.shape(x)
+            if shape[1:] != want[1:] or len(shape) != len(want) or not (g.dynamic_batch or shape[0] == want[0]):
                 exp = ("N" if g.dynamic_batch else str(want[0])) + "".join(f"x{d}" for d in want[1:])
                 raise InputError(f"input '{name}' has shape {'x'.join(map(str, shape)) or 'scalar'}, "
                                  f"expected {exp}")
-            batches.add(shape[0])
-        if len(batches) != 1:
-            raise InputError(f"inputs disagree on the batch size: {sorted(batches)}")
-        return batches.pop()
+            if shape and shape[0] < 1:
+                raise InputError(f"input '{name}' has an empty batch (shape {shape})")
+            if batch is not None and shape[0] != batch:
+                raise InputError(f"inputs disagree on the batch size: {batch} and {shape[0]}")
+            batch = shape[0]
+        return batch
 
     def run_quantized(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """int8 inputs -> int8 outputs (the bit-exact contract between backends)."""
@@ -134,8 +135,10 @@ class Executor:
             return {k: dequantize(v, self.graph.tensors[k]) for k, v in self.run_quantized(q).items()}
         # The compiled backends quantize into and dequantize out of the arena themselves (one call).
         g, prog = self.graph, self.program
-        x = [np.asarray(inputs[k], dtype=np.float32).reshape(n, -1) for k in g.inputs]
-        x = np.ascontiguousarray(x[0] if len(x) == 1 else np.concatenate(x, axis=1))
+        if len(g.inputs) == 1:
+            x = np.ascontiguousarray(inputs[g.inputs[0]], dtype=np.float32).reshape(n, -1)
+        else:
+            x = np.concatenate([np.asarray(inputs[k], dtype=np.float32).reshape(n, -1) for k in g.inputs], axis=1)
         y = np.empty((n, self._out_total), dtype=np.float32)
         if self._qp is None:
             self._qp = tuple(np.array([[g.tensors[k].scale[0], g.tensors[k].zero_point[0]] for k in names],
@@ -146,8 +149,8 @@ class Executor:
         return self._split(y, n)
 
     def _split(self, buf: np.ndarray, n: int) -> dict[str, np.ndarray]:
-        outs, pos = {}, 0
-        for name, (_, size) in zip(self.graph.outputs, self.program.outputs):
-            outs[name] = buf[:, pos: pos + size].reshape((n,) + self.graph.tensors[name].shape[1:])
-            pos += size
-        return outs
+        if self._views is None:  # (name, first column, last column, per-sample shape) of each output
+            ends = np.cumsum(self.program.outputs[:, 1])
+            self._views = [(k, int(e - size), int(e), self.graph.tensors[k].shape[1:])
+                           for k, e, size in zip(self.graph.outputs, ends, self.program.outputs[:, 1])]
+        return {k: buf[:, a:b].reshape((n,) + shape) for k, a, b, shape in self._views}

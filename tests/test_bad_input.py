@@ -108,10 +108,10 @@ def test_unknown_device_lists_known(tmp_path, capsys):
     _no_outputs(tmp_path)
 
 
-@pytest.mark.parametrize("case", ["shape", "dtype", "name"])
+@pytest.mark.parametrize("case", ["shape", "dtype", "name", "empty"])
 def test_run_wrong_input(tmp_path, capsys, bundle, case):
     x = {"shape": np.zeros((2, 1, 16, 15), np.float32), "dtype": np.zeros((2, 1, 16, 16), np.int64),
-         "name": None}[case]
+         "name": None, "empty": np.zeros((0, 1, 16, 16), np.float32)}[case]
     inp = tmp_path / ("x.npz" if case == "name" else "x.npy")
     if case == "name":
         np.savez(inp, wrong=np.zeros((1, 1, 16, 16), np.float32))
