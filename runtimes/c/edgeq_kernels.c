@@ -944,6 +944,17 @@ static void conv_dot(const conv_t *a, const dot_t *d)
 }
 
 #if EDGEQ_AVX512
+/* Requantize 16 accumulators one by one (any scale), lane by lane from the register: out of line, and
+ * no stack copy (gcc assumes a local vector array 64-byte aligned, which ASan's fake frames break). */
+static __attribute__((noinline)) void requant16_any(__m512i acc, const requant_t *q, int8_t *y, int32_t n_valid)
+{
+    int32_t i;
+    for (i = 0; i < n_valid && i < 16; i++) {
+        y[i] = finish_one((int64_t)_mm_cvtsi128_si32(_mm512_castsi512_si128(acc)) + q->bias, q);
+        acc = _mm512_alignr_epi32(acc, acc, 1);
+    }
+}
+
 /* Requantize 16 accumulators of output channel q (n_valid of them stored) into y; ordinary scales
  * vectorised, others one by one. */
 static inline void requant16(__m512i acc, const requant_t *q, const vmbqm_t *m, int ordinary, int8_t *y,
@@ -959,10 +970,7 @@ static inline void requant16(__m512i acc, const requant_t *q, const vmbqm_t *m, 
             for (i = 0; i < n_valid && i < 16; i++)
                 y[i] = q->lut[y[i] + 128];
     } else {
-        int32_t t[16];
-        _mm512_storeu_si512((void *)t, acc);
-        for (i = 0; i < n_valid && i < 16; i++)
-            y[i] = finish_one((int64_t)t[i] + q->bias, q);
+        requant16_any(acc, q, y, n_valid);
     }
 }
 
@@ -1501,6 +1509,9 @@ static int conv_depthwise_quads(const conv_t *a)
  * channels interleaved per 32-bit lane ([c / 4][p][4]), so vpdpbusd adds four channels' products per
  * lane; 4 output channels x 64 pixels of accumulators, corrected by (x_zp + 128) * sum(w). */
 #define EDGEQ_PW_TILE 256
+#ifndef EDGEQ_PW_TILE_DIRECT
+#define EDGEQ_PW_TILE_DIRECT 1024 /* pixels per tile of a plain 1x1 convolution (no im2col rows) */
+#endif
 #define EDGEQ_PW_OCB 4
 #define EDGEQ_PW_OCB_MAX 8 /* output channels per block when a tile is one vector of pixels */
 #ifndef EDGEQ_GM_MIN_OW
@@ -1707,6 +1718,20 @@ static inline int32_t pw_wquad(const int8_t *w, int32_t C, int32_t c4)
 /* sum(w) and sum(|w|) of one output channel's row of C weights. */
 static inline void pw_row_sums(const int8_t *restrict wr, int32_t C, int32_t *sum, int32_t *sabs)
 {
+#if EDGEQ_AVX512 /* byte sums by vpsadbw: of w + 128 (masked lanes 0, corrected below) and of |w| */
+    const __m512i flip = _mm512_set1_epi8((char)0x80);
+    __m512i s = _mm512_setzero_si512(), t = _mm512_setzero_si512();
+    int32_t c;
+    for (c = 0; c < C; c += 64) {
+        const __mmask64 k = C - c >= 64 ? ~(__mmask64)0 : (((__mmask64)1 << (C - c)) - 1);
+        const __m512i v = _mm512_maskz_loadu_epi8(k, wr + c);
+        s = _mm512_add_epi64(s, _mm512_sad_epu8(_mm512_maskz_mov_epi8(k, _mm512_xor_si512(v, flip)),
+                                                _mm512_setzero_si512()));
+        t = _mm512_add_epi64(t, _mm512_sad_epu8(_mm512_abs_epi8(v), _mm512_setzero_si512()));
+    }
+    *sum = (int32_t)(_mm512_reduce_add_epi64(s) - (int64_t)128 * C);
+    *sabs = (int32_t)_mm512_reduce_add_epi64(t);
+#else
     int32_t c, s = 0, t = 0;
     for (c = 0; c < C; c++) {
         const int32_t v = wr[c];
@@ -1715,6 +1740,7 @@ static inline void pw_row_sums(const int8_t *restrict wr, int32_t C, int32_t *su
     }
     *sum = s;
     *sabs = t;
+#endif
 }
 
 /* Requantization state of the output channels of one pw_block. */
@@ -1725,6 +1751,110 @@ typedef struct {
     requant_t q[EDGEQ_PW_OCB_MAX];
     int fast[EDGEQ_PW_OCB_MAX], ordinary[EDGEQ_PW_OCB_MAX];
 } pwq_t;
+
+/* MultiplyByQuantizedMultiplier of fastq_bytes before the zero point, for a constant kind. */
+static EDGEQ_ALWAYS_INLINE __m512i fastq_raw(__m512i v, const fastq_t *f, int kind)
+{
+    __m512i pe, po, y;
+    if (kind & FASTQ_LEFT)
+        v = _mm512_sll_epi32(v, f->left);
+    pe = _mm512_add_epi64(_mm512_mul_epi32(v, f->mult), f->add);
+    po = _mm512_add_epi64(_mm512_mul_epi32(_mm512_srli_epi64(v, 32), f->mult), f->add);
+    y = _mm512_mask_blend_epi32((__mmask16)0xAAAA, _mm512_srli_epi64(pe, 31), _mm512_slli_epi64(po, 1));
+    y = _mm512_mask_sub_epi32(y, _mm512_cmplt_epi32_mask(v, f->thr), y, _mm512_set1_epi32(1));
+    return _mm512_sra_epi32(y, f->right);
+}
+
+/* 64 outputs of one channel from 4 vectors of acc + bias: narrowed together with saturating packs (the
+ * zero point added in int16, the clamp [lo, hi] on int8: both commute with the saturations), one store. */
+static EDGEQ_ALWAYS_INLINE void fastq_store64(int8_t *y, __m512i v0, __m512i v1, __m512i v2, __m512i v3,
+                                              const fastq_t *f, const requant_t *q, int kind)
+{
+    const __m512i zp = _mm512_set1_epi16((short)q->y_zp);
+    const __m512i order = _mm512_set_epi32(15, 11, 7, 3, 14, 10, 6, 2, 13, 9, 5, 1, 12, 8, 4, 0);
+    const __m512i h0 = _mm512_adds_epi16(_mm512_packs_epi32(fastq_raw(v0, f, kind), fastq_raw(v1, f, kind)), zp);
+    const __m512i h1 = _mm512_adds_epi16(_mm512_packs_epi32(fastq_raw(v2, f, kind), fastq_raw(v3, f, kind)), zp);
+    __m512i b = _mm512_packs_epi16(h0, h1); /* 128-bit lane l: v0..v3 lanes 4l..4l+3 */
+    if (kind & FASTQ_CLAMP)
+        b = _mm512_min_epi8(_mm512_max_epi8(b, _mm512_set1_epi8((char)q->lo)), _mm512_set1_epi8((char)q->hi));
+    _mm512_storeu_si512((void *)y, _mm512_permutexvar_epi32(order, b));
+}
+
+/* Output of channel j of a 4x4 block: 4 whole vectors of accumulators straight from registers. */
+static EDGEQ_ALWAYS_INLINE void pw_out4(const pwq_t *s, int32_t j, int8_t *yr, __m512i v0, __m512i v1, __m512i v2,
+                                       __m512i v3)
+{
+    const fastq_t *f = &s->f[j];
+    if (s->fast[j]) {
+        switch (f->kind) {
+        case 0: fastq_store64(yr, v0, v1, v2, v3, f, &s->q[j], 0); break;
+        case FASTQ_CLAMP: fastq_store64(yr, v0, v1, v2, v3, f, &s->q[j], FASTQ_CLAMP); break;
+        case FASTQ_LEFT: fastq_store64(yr, v0, v1, v2, v3, f, &s->q[j], FASTQ_LEFT); break;
+        default: fastq_store64(yr, v0, v1, v2, v3, f, &s->q[j], FASTQ_LEFT | FASTQ_CLAMP); break;
+        }
+    } else {
+        requant16(v0, &s->q[j], &s->m[j], s->ordinary[j], yr, 16);
+        requant16(v1, &s->q[j], &s->m[j], s->ordinary[j], yr + 16, 16);
+        requant16(v2, &s->q[j], &s->m[j], s->ordinary[j], yr + 32, 16);
+        requant16(v3, &s->q[j], &s->m[j], s->ordinary[j], yr + 48, 16);
+    }
+}
+
+static EDGEQ_ALWAYS_INLINE int32_t pw_load_quad(const int8_t *w)
+{
+    int32_t v;
+    memcpy(&v, w, 4);
+    return v;
+}
+
+#define PW_DP4(A0, A1, A2, A3, W)                                                                                \
+    do {                                                                                                         \
+        const __m512i w_ = (W);                                                                                  \
+        A0 = _mm512_dpbusd_epi32(A0, x0, w_);                                                                    \
+        A1 = _mm512_dpbusd_epi32(A1, x1, w_);                                                                    \
+        A2 = _mm512_dpbusd_epi32(A2, x2, w_);                                                                    \
+        A3 = _mm512_dpbusd_epi32(A3, x3, w_);                                                                    \
+    } while (0)
+
+/* The 4 output channels x 4 vectors of 16 whole pixels block, no table: 16 named accumulators, the weight
+ * quads broadcast from memory, requantized from registers. */
+static void pw_core44(const conv_t *a, const uint8_t *xp, int32_t npv, int32_t p0, int32_t oc0, int32_t pv,
+                      const pwq_t *s)
+{
+    const int32_t C = a->K, C4w = C / 4;
+    const int64_t P = (int64_t)a->OH * a->OW, step = (int64_t)npv * 4;
+    const int8_t *w0 = a->w + (int64_t)oc0 * C, *w1 = w0 + C, *w2 = w1 + C, *w3 = w2 + C;
+    const uint8_t *src = xp + (int64_t)pv * 4;
+    __m512i a00 = s->init[0], a01 = a00, a02 = a00, a03 = a00;
+    __m512i a10 = s->init[1], a11 = a10, a12 = a10, a13 = a10;
+    __m512i a20 = s->init[2], a21 = a20, a22 = a20, a23 = a20;
+    __m512i a30 = s->init[3], a31 = a30, a32 = a30, a33 = a30;
+    int8_t *y = a->y + (int64_t)oc0 * P + p0 + pv;
+    int32_t c4;
+    for (c4 = 0; c4 < C4w; c4++, src += step) {
+        const __m512i x0 = _mm512_loadu_si512((const void *)src), x1 = _mm512_loadu_si512((const void *)(src + 64));
+        const __m512i x2 = _mm512_loadu_si512((const void *)(src + 128));
+        const __m512i x3 = _mm512_loadu_si512((const void *)(src + 192));
+        PW_DP4(a00, a01, a02, a03, _mm512_set1_epi32(pw_load_quad(w0 + 4 * c4)));
+        PW_DP4(a10, a11, a12, a13, _mm512_set1_epi32(pw_load_quad(w1 + 4 * c4)));
+        PW_DP4(a20, a21, a22, a23, _mm512_set1_epi32(pw_load_quad(w2 + 4 * c4)));
+        PW_DP4(a30, a31, a32, a33, _mm512_set1_epi32(pw_load_quad(w3 + 4 * c4)));
+    }
+    if (C4w * 4 < C) {
+        const __m512i x0 = _mm512_loadu_si512((const void *)src), x1 = _mm512_loadu_si512((const void *)(src + 64));
+        const __m512i x2 = _mm512_loadu_si512((const void *)(src + 128));
+        const __m512i x3 = _mm512_loadu_si512((const void *)(src + 192));
+        PW_DP4(a00, a01, a02, a03, _mm512_set1_epi32(pw_wquad(w0, C, C4w)));
+        PW_DP4(a10, a11, a12, a13, _mm512_set1_epi32(pw_wquad(w1, C, C4w)));
+        PW_DP4(a20, a21, a22, a23, _mm512_set1_epi32(pw_wquad(w2, C, C4w)));
+        PW_DP4(a30, a31, a32, a33, _mm512_set1_epi32(pw_wquad(w3, C, C4w)));
+    }
+    pw_out4(s, 0, y, a00, a01, a02, a03);
+    pw_out4(s, 1, y + P, a10, a11, a12, a13);
+    pw_out4(s, 2, y + 2 * P, a20, a21, a22, a23);
+    pw_out4(s, 3, y + 3 * P, a30, a31, a32, a33);
+}
+#undef PW_DP4
 
 /* nv (1..4) vectors of 16 pixels from pv, nb (1..4) output channels from oc0. */
 static EDGEQ_ALWAYS_INLINE void pw_core(const conv_t *a, const uint8_t *xp, int32_t npv, int32_t np, int32_t p0,
@@ -1804,11 +1934,18 @@ static EDGEQ_ALWAYS_INLINE void pw_block(const conv_t *a, const uint8_t *xp, int
         s.q[j] = conv_requant(a, oc0 + j);
         s.fast[j] = fastq_make(&s.q[j], fastq_bound(sabs, s.q[j].bias), &s.f[j]);
         s.ordinary[j] = mbqm_ordinary(s.q[j].mult, s.q[j].shift);
-        s.m[j] = vmbqm_make(s.ordinary[j] ? s.q[j].mult : 0, s.ordinary[j] ? s.q[j].shift : 0);
+        if (!s.fast[j])
+            s.m[j] = vmbqm_make(s.ordinary[j] ? s.q[j].mult : 0, s.ordinary[j] ? s.q[j].shift : 0);
         /* int32 wrap-around is exact: the true accumulator (plus the bias, when added) is < 2^31 */
         s.init[j] = _mm512_set1_epi32((int32_t)((s.fast[j] ? (uint32_t)s.q[j].bias : 0u) - corr * (uint32_t)sum));
     }
-    for (pv = 0; pv + 64 <= npv; pv += 64)
+    if (nb == 4 && !a->lut) {
+        for (pv = 0; pv + 64 <= np; pv += 64)
+            pw_core44(a, xp, npv, p0, oc0, pv, &s);
+    } else {
+        pv = 0;
+    }
+    for (; pv + 64 <= npv; pv += 64)
         pw_core(a, xp, npv, np, p0, oc0, nb, pv, 4, &s);
     switch ((npv - pv) / 16) {
     case 3: pw_core(a, xp, npv, np, p0, oc0, nb, pv, 3, &s); break;
@@ -1886,7 +2023,7 @@ static int conv_pointwise(const conv_t *a)
 #endif
     ) /* short rows: packing costs more than the old paths */
         return 0;
-    pt = EDGEQ_PW_TILE;
+    pt = direct ? EDGEQ_PW_TILE_DIRECT : EDGEQ_PW_TILE;
     while (pt > 16 && (int64_t)C4 * 4 * pt > EDGEQ_PATCH_BYTES)
         pt /= 2;
     if ((int64_t)C4 * 4 * pt > EDGEQ_PATCH_BYTES)

@@ -22,6 +22,8 @@
  *   EDGEQ_PAR_MIN_WORK   multiply-accumulates below which an op stays single-threaded (200000).
  *   EDGEQ_PAR_MIN_ELEMS  elements below which Add / Mul stay single-threaded (8192; depthwise
  *                        convolutions also go parallel from half as many outputs).
+ *   EDGEQ_PW_TILE_DIRECT pixels per tile of a plain 1x1 convolution on the VNNI path (1024; fewer when
+ *                        EDGEQ_PATCH_BYTES cannot hold the tile's packed input channels).
  *   EDGEQ_PW_MAX_OC      output channels whose weight sums the im2col/VNNI path computes once per call on
  *                        the stack (1024; more are summed per tile).
  *   EDGEQ_VPOS           output positions per register block of the plane kernel (64 with AVX-512,
