@@ -37,23 +37,13 @@ from typing import Any, Iterator
 import numpy as np
 
 from edgeq.errors import BackendError
+from .backend_args import need, need_program
 
-CDEF = """
-int edgeq_run_program(const int64_t *words, int64_t n_words, int8_t *arena, const uint8_t *pool);
-int edgeq_execute(const int64_t *words, int64_t n_words, int8_t *arena, const uint8_t *pool,
-                  const int8_t *in_buf, int64_t batch, int64_t in_stride, const int64_t *in_desc, int64_t n_in,
-                  int8_t *out_buf, int64_t out_stride, const int64_t *out_desc, int64_t n_out);
-int edgeq_execute_float(const int64_t *words, int64_t n_words, int8_t *arena, const uint8_t *pool,
-                        const float *x, int64_t batch, int64_t x_stride, const int64_t *in_desc,
-                        const float *in_qp, int64_t n_in, float *y, int64_t y_stride, const int64_t *out_desc,
-                        const float *out_qp, int64_t n_out);
-int edgeq_validate(const int64_t *words, int64_t n_words, int64_t arena_bytes, int64_t pool_bytes,
-                   const int64_t *in_desc, int64_t n_in, int64_t in_stride,
-                   const int64_t *out_desc, int64_t n_out, int64_t out_stride);
-void edgeq_set_threads(int n);
-int edgeq_get_threads(void);
-int edgeq_has_openmp(void);
-"""
+def _cdef(header: bytes) -> str:
+    """The declarations cffi binds: the header's "Programs" section (one source for C and Python)."""
+    text = header.decode()
+    start = text.index("/* ---- Programs")
+    return text[start: text.index("#ifdef __cplusplus", start)]
 
 DEFAULT_FLAGS = ("-O3", "-std=c99", "-march=native", "-fopenmp")
 # Dropped one by one (then together) when the compiler or linker rejects them.
@@ -181,7 +171,7 @@ class CBackend:
         h = hashlib.sha256()
         for name in sorted(sources):
             h.update(name.encode() + b"\0" + sources[name] + b"\0")
-        parts = [CDEF, " ".join(self.requested_flags), " ".join(cc), sys.implementation.cache_tag,
+        parts = [" ".join(self.requested_flags), " ".join(cc), sys.implementation.cache_tag,
                  sysconfig.get_config_var("EXT_SUFFIX") or "", platform.machine(), cffi.__version__]
         if any("native" in f for f in self.requested_flags):
             parts.append(_cpu_id())
@@ -236,7 +226,7 @@ class CBackend:
                 try:
                     flags = self._choose_flags(cc, tmp)
                     ffi = cffi.FFI()
-                    ffi.cdef(CDEF)
+                    ffi.cdef(_cdef(sources["edgeq_kernels.h"]))
                     ffi.set_source(module, '#include "edgeq_kernels.h"')
                     wrapper = tmp / f"{module}.c"
                     with contextlib.redirect_stdout(io.StringIO()):  # cffi announces the file it writes
@@ -312,8 +302,8 @@ class CBackend:
         if lib is None:
             self.ensure_available()
             ffi, lib = self._ffi, self._lib
-        _need(in_buf, np.int8, 2, "in_buf")
-        _need(out_buf, np.int8, 2, "out_buf", writable=True)
+        need("C", in_buf, np.int8, 2, "in_buf")
+        need("C", out_buf, np.int8, 2, "out_buf", writable=True)
         if out_buf.shape[0] != in_buf.shape[0]:
             raise BackendError(f"C backend: {in_buf.shape[0]} input samples but {out_buf.shape[0]} output rows")
         c_words, c_arena, c_pool, c_in_desc, c_out_desc = self._buffers(words, arena, pool, in_desc, in_buf.shape[1],
@@ -334,8 +324,8 @@ class CBackend:
         if lib is None:
             self.ensure_available()
             ffi, lib = self._ffi, self._lib
-        _need(x, np.float32, 2, "x")
-        _need(y, np.float32, 2, "y", writable=True)
+        need("C", x, np.float32, 2, "x")
+        need("C", y, np.float32, 2, "y", writable=True)
         if y.shape[0] != x.shape[0]:
             raise BackendError(f"C backend: {x.shape[0]} input samples but {y.shape[0]} output rows")
         c_words, c_arena, c_pool, c_in_desc, c_out_desc = self._buffers(words, arena, pool, in_desc, x.shape[1],
@@ -352,7 +342,7 @@ class CBackend:
         cached = self._qp_cache[slot]
         if cached is not None and cached[0] is qp and (not qp.flags.writeable or cached[1] == qp.tobytes()):
             return cached[2]
-        _need(qp, np.float32, 2, name)
+        need("C", qp, np.float32, 2, name)
         if qp.shape != (n, 2):
             raise BackendError(f"C backend: {name} must have shape ({n}, 2) (scale, zero point per tensor), "
                                f"got {qp.shape}")
@@ -377,13 +367,7 @@ class CBackend:
                  out_desc: np.ndarray, out_stride: int) -> tuple:
         """Check types and the program against the buffers; keep the converted buffers for reuse."""
         ffi, lib = self._ffi, self._lib
-        _need(words, np.int64, 1, "words")
-        _need(arena, np.int8, 1, "arena", writable=True)
-        _need(pool, np.uint8, 1, "pool")
-        _need(in_desc, np.int64, 2, "in_desc")
-        _need(out_desc, np.int64, 2, "out_desc")
-        if in_desc.shape[1] != 2 or out_desc.shape[1] != 2:
-            raise BackendError("C backend: in_desc and out_desc must have two columns (offset, bytes)")
+        need_program("C", words, arena, pool, in_desc, out_desc)
         buffers = (ffi.from_buffer("int64_t[]", words), ffi.from_buffer("int8_t[]", arena, require_writable=True),
                    ffi.from_buffer("uint8_t[]", pool), ffi.from_buffer("int64_t[]", in_desc),
                    ffi.from_buffer("int64_t[]", out_desc))
@@ -398,15 +382,6 @@ class CBackend:
 def _mutable(*arrays: np.ndarray) -> bool:
     """Whether any array could have been edited in place since it was validated (read-only ones cannot)."""
     return any(a.flags.writeable for a in arrays)
-
-
-def _need(a: Any, dtype: type, ndim: int, name: str, writable: bool = False) -> None:
-    if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != ndim or not a.flags.c_contiguous:
-        got = f"{a.dtype}[{a.ndim}-D]" if isinstance(a, np.ndarray) else type(a).__name__
-        raise BackendError(f"C backend: {name} must be a C-contiguous {np.dtype(dtype).name} array with "
-                           f"{ndim} dimension(s), got {got}")
-    if writable and not a.flags.writeable:
-        raise BackendError(f"C backend: {name} must be writable")
 
 
 def _check(rc: int) -> None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeq.errors import BackendError
+from .backend_args import need, need_program
 
 try:  # numba is a hard dependency, but a broken install should produce a one-line error, not a traceback
     import numba
@@ -332,15 +333,6 @@ _prepared: dict[int, _Prepared] = {}
 _pool_copy: tuple[weakref.ref, np.ndarray] | None = None
 
 
-def _need(a, dtype, ndim: int, name: str, writable: bool = False) -> None:
-    if not isinstance(a, np.ndarray) or a.dtype != dtype or a.ndim != ndim or not a.flags.c_contiguous:
-        got = f"{a.dtype}[{a.ndim}-D]" if isinstance(a, np.ndarray) else type(a).__name__
-        raise BackendError(f"numba backend: {name} must be a C-contiguous {np.dtype(dtype).name} array with "
-                           f"{ndim} dimension(s), got {got}")
-    if writable and not a.flags.writeable:
-        raise BackendError(f"numba backend: {name} must be writable")
-
-
 def _prepare(words: np.ndarray, arena: np.ndarray, pool: np.ndarray, in_desc: np.ndarray, in_width: int,
              out_desc: np.ndarray, out_width: int) -> _Prepared:
     """Check the buffers and the program once per combination of arrays (by identity) and keep its
@@ -357,13 +349,7 @@ def _prepare(words: np.ndarray, arena: np.ndarray, pool: np.ndarray, in_desc: np
         r = entry.refs
         if r[0]() is words and r[1]() is pool and r[2]() is arena and r[3]() is in_desc and r[4]() is out_desc:
             return entry
-    _need(words, np.int64, 1, "words")
-    _need(arena, np.int8, 1, "arena", writable=True)
-    _need(pool, np.uint8, 1, "pool")
-    _need(in_desc, np.int64, 2, "in_desc")
-    _need(out_desc, np.int64, 2, "out_desc")
-    if in_desc.shape[1] != 2 or out_desc.shape[1] != 2:
-        raise BackendError("numba backend: in_desc and out_desc must have two columns (offset, bytes)")
+    need_program("numba", words, arena, pool, in_desc, out_desc)
     bad = _validate(words, _OPCODES, arena.size, pool.size, in_desc, in_width, out_desc, out_width)
     if bad == -2:
         raise BackendError("numba backend: the input/output descriptors do not fit the arena or the sample "
@@ -407,10 +393,10 @@ def execute_float(words: np.ndarray, arena: np.ndarray, pool: np.ndarray, x: np.
     ``executor.quantize`` does (NaN -> -128), and the outputs are dequantized into ``y`` float32
     [N, output elements] as ``executor.dequantize`` does (``out_qp`` likewise)."""
     ensure_available()
-    _need(x, np.float32, 2, "x")
-    _need(y, np.float32, 2, "y", writable=True)
+    need("numba", x, np.float32, 2, "x")
+    need("numba", y, np.float32, 2, "y", writable=True)
     for qp, desc, name in ((in_qp, in_desc, "in_qp"), (out_qp, out_desc, "out_qp")):
-        _need(qp, np.float32, 2, name)
+        need("numba", qp, np.float32, 2, name)
         if qp.shape != (desc.shape[0], 2):
             raise BackendError(f"numba backend: {name} must have one (scale, zero point) row per tensor")
     if x.shape[0] != y.shape[0]:
@@ -429,8 +415,8 @@ def execute(words: np.ndarray, arena: np.ndarray, pool: np.ndarray, in_buf: np.n
     back to back in each row of ``in_buf``/``out_buf``. ``pool`` holds the constants (uint8).
     """
     ensure_available()
-    _need(in_buf, np.int8, 2, "in_buf")
-    _need(out_buf, np.int8, 2, "out_buf", writable=True)
+    need("numba", in_buf, np.int8, 2, "in_buf")
+    need("numba", out_buf, np.int8, 2, "out_buf", writable=True)
     if in_buf.shape[0] != out_buf.shape[0]:
         raise BackendError(f"numba backend: {in_buf.shape[0]} input samples but {out_buf.shape[0]} output rows")
     prep = _prepare(words, arena, pool, in_desc, in_buf.shape[1], out_desc, out_buf.shape[1])
