@@ -289,6 +289,12 @@ class CBackend:
         self.ensure_available()
         return bool(self._lib.edgeq_has_openmp())
 
+    def _loaded(self) -> tuple[Any, Any]:
+        """The cffi ``ffi`` and ``lib``, building or loading the extension on first use."""
+        if self._lib is None:
+            self.ensure_available()
+        return self._ffi, self._lib
+
     def execute(self, words: np.ndarray, arena: np.ndarray, pool: np.ndarray, in_buf: np.ndarray,
                 in_desc: np.ndarray, out_buf: np.ndarray, out_desc: np.ndarray) -> None:
         """Run the program on every sample of ``in_buf`` into ``out_buf`` (see ``executor.py``).
@@ -298,10 +304,7 @@ class CBackend:
         the buffer conversions are cached for the next call with the same program, arena and pool (an
         executor's steady state), and redone whenever their identity or the program's bytes change.
         """
-        ffi, lib = self._ffi, self._lib
-        if lib is None:
-            self.ensure_available()
-            ffi, lib = self._ffi, self._lib
+        ffi, lib = self._loaded()
         need("C", in_buf, np.int8, 2, "in_buf")
         need("C", out_buf, np.int8, 2, "out_buf", writable=True)
         if out_buf.shape[0] != in_buf.shape[0]:
@@ -320,10 +323,7 @@ class CBackend:
         quantized into the arena with ``in_qp`` rows (scale, zero point) exactly as
         ``executor.quantize`` does, and the outputs are dequantized into ``y`` float32 [N, total output
         elements] as ``executor.dequantize`` does (``out_qp`` rows likewise). NaN quantizes to -128."""
-        ffi, lib = self._ffi, self._lib
-        if lib is None:
-            self.ensure_available()
-            ffi, lib = self._ffi, self._lib
+        ffi, lib = self._loaded()
         need("C", x, np.float32, 2, "x")
         need("C", y, np.float32, 2, "y", writable=True)
         if y.shape[0] != x.shape[0]:
