@@ -72,7 +72,8 @@ def encode_bundle(graph: Graph, plan: MemoryPlan, meta: dict[str, Any]) -> list[
         "graph": {"inputs": graph.inputs, "outputs": graph.outputs, "dynamic_batch": graph.dynamic_batch,
                   "nodes": [n.to_dict() for n in graph.nodes],
                   "tensors": [t.to_dict() for t in graph.tensors.values()]},
-        "plan": {"offsets": plan.offsets, "arena_bytes": plan.arena_bytes, "strategy": plan.strategy},
+        "plan": {"offsets": plan.offsets, "arena_bytes": plan.arena_bytes, "strategy": plan.strategy,
+                 "candidates": plan.candidates},
         "blobs": blobs,
     }
     body = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
@@ -174,7 +175,8 @@ def _decode(manifest: dict[str, Any], pool: np.ndarray, path: Path) -> tuple[Gra
     nodes = [Node.from_dict(n) for n in gm["nodes"]]
     graph = Graph(nodes, tensors, list(gm["inputs"]), list(gm["outputs"]), consts, bool(gm["dynamic_batch"]))
     pm = manifest["plan"]
-    plan = MemoryPlan({k: int(v) for k, v in pm["offsets"].items()}, int(pm["arena_bytes"]), str(pm["strategy"]))
+    plan = MemoryPlan({k: int(v) for k, v in pm["offsets"].items()}, int(pm["arena_bytes"]), str(pm["strategy"]),
+                      {str(k): int(v) for k, v in pm.get("candidates", {}).items()})
     _validate_graph(graph, plan, path)
     return graph, plan, offsets
 

@@ -37,7 +37,7 @@ from .registry import OPS
 # can then never disagree with registry.py.
 _OPCODES = np.array([OPS[name].opcode for name in (
     "QConv", "QFullyConnected", "QAdd", "QMul", "QLut", "QMaxPool", "QAvgPool", "QSoftmax", "QConcat",
-    "QReshape")], dtype=np.int64)
+    "QReshape", "QCopyWindow")], dtype=np.int64)
 
 
 # Program sanity limits: no shape word beyond this (so no products overflow), no scratch beyond 2 GiB.
@@ -166,6 +166,16 @@ if _IMPORT_ERROR is None:
             return _inside(wd[0], wd[1] * y_inner, arena_n, 1)
         if op == codes[9]:                                        # QReshape
             return n == 3 and _inside(wd[0], wd[2], arena_n, 1) and _inside(wd[1], wd[2], arena_n, 1)
+        if op == codes[10]:                                       # QCopyWindow
+            if n != 14 or min(wd[3], wd[4], wd[5], wd[6], wd[7], wd[12], wd[13]) < 1:
+                return False
+            if max(wd[3], wd[4], wd[5], wd[6], wd[7]) > _MAX_DIM or min(wd[8], wd[9], wd[10], wd[11]) < 0:
+                return False
+            if wd[8] + wd[12] > wd[4] or wd[9] + wd[13] > wd[5] or wd[10] + wd[12] > wd[6] or wd[11] + wd[13] > wd[7]:
+                return False
+            y_n = wd[3] * wd[6] * wd[7]
+            return (_inside(wd[0], wd[3] * wd[4] * wd[5], arena_n, 1) and _inside(wd[2], y_n, arena_n, 1)
+                    and (wd[1] == -1 or _inside(wd[1], y_n, arena_n, 1)))
         return False
 
     @njit(cache=True)
@@ -248,6 +258,9 @@ if _IMPORT_ERROR is None:
                 pos += r[1]
         elif op == codes[9]:                                      # QReshape
             K.move(arena, wd[0], wd[1], wd[2])
+        elif op == codes[10]:                                     # QCopyWindow
+            K.copy_window(arena, wd[0], wd[1], wd[2], wd[3], wd[4], wd[5], wd[6], wd[7], wd[8], wd[9], wd[10],
+                          wd[11], wd[12], wd[13])
         else:
             raise ValueError("unknown opcode in program")
 

@@ -1058,3 +1058,17 @@ def move(arena, src, dst, count):
     else:
         for i in range(count - 1, -1, -1):
             arena[dst + i] = arena[src + i]
+
+
+@njit(cache=True)
+def copy_window(arena, x, canvas, y, C, H, W, OH, OW, sy, sx, dy, dx, h, w):
+    """QCopyWindow within the arena: y = canvas (or zeros), then the h x w window of x at (sy, sx) -> (dy, dx)."""
+    plane = OH * OW
+    if canvas < 0:
+        arena[y:y + C * plane] = 0
+    else:
+        move(arena, canvas, y, C * plane)
+    for c in range(C):
+        for r in range(h):
+            src = x + c * H * W + (sy + r) * W + sx
+            move(arena, src, y + c * plane + (dy + r) * OW + dx, w)

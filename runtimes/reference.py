@@ -132,3 +132,19 @@ def concat(*xs, axis, x_zps, mults, shifts, y_zp):
 def reshape(x, *, shape):
     """Same bytes, new shape; the batch dimension follows the input."""
     return x.reshape((x.shape[0],) + tuple(shape[1:]))
+
+
+def copy_window(x, canvas=None, *, src, dst, size, out):
+    """Copy the [C, h, w] window at ``src`` of x into ``canvas`` (or zeros of spatial size ``out``) at ``dst``.
+
+    Patch-based inference is built from this one op: crop a patch (with its halo) out of a full
+    tensor, and place a computed patch into the full output of the patched stage.
+    """
+    (sy, sx), (dy, dx), (h, w) = src, dst, size
+    n, c, hi, wi = x.shape
+    y = np.zeros((n, c, *out), dtype=np.int8) if canvas is None else canvas.copy()
+    if h < 1 or w < 1 or sy < 0 or sx < 0 or dy < 0 or dx < 0 or sy + h > hi or sx + w > wi \
+            or dy + h > y.shape[2] or dx + w > y.shape[3] or y.shape[:2] != (n, c):
+        raise ValueError(f"window {size} at {src} -> {dst} does not fit {x.shape} -> {y.shape}")
+    y[:, :, dy:dy + h, dx:dx + w] = x[:, :, sy:sy + h, sx:sx + w]
+    return y

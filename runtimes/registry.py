@@ -38,6 +38,11 @@ class OpDef:
     opcode: int
     reference: Callable[[Node, list[np.ndarray]], np.ndarray]
     encode: Callable[[Node, EncodeContext], list[int]]
+    # Memory planning: the output always shares the bytes of input ``alias`` (a reshape, a window placed
+    # into its canvas); or it may overwrite any input in ``inplace`` that dies at this node, because the
+    # kernels read each element before writing the same element of the output (elementwise ops).
+    alias: int | None = None
+    inplace: tuple[int, ...] = ()
 
 
 def _optional(ctx: EncodeContext, node: Node, i: int) -> int:
@@ -195,15 +200,30 @@ def _ref_reshape(n: Node, x: list[np.ndarray]) -> np.ndarray:
     return ref.reshape(x[0], **n.attrs)
 
 
+# --- QCopyWindow: [x, canvas?] -> y ; y = canvas (or zeros), then y[:, dy:dy+h, dx:dx+w] = x[:, sy:sy+h, sx:sx+w]
+# words: x canvas y | C H W OH OW | sy sx dy dx h w
+def _enc_copy_window(n: Node, ctx: EncodeContext) -> list[int]:
+    a = n.attrs
+    c, h, w = ctx.shape(n.inputs[0])
+    _, oh, ow = ctx.shape(n.outputs[0])
+    canvas = ctx.act(n.inputs[1]) if len(n.inputs) > 1 and n.inputs[1] else NONE
+    return [ctx.act(n.inputs[0]), canvas, ctx.act(n.outputs[0]), c, h, w, oh, ow, *a["src"], *a["dst"], *a["size"]]
+
+
+def _ref_copy_window(n: Node, x: list[np.ndarray]) -> np.ndarray:
+    return ref.copy_window(*x, **n.attrs)
+
+
 OPS: dict[str, OpDef] = {op.name: op for op in [
     OpDef("QConv", 1, _ref_conv, _enc_conv),
     OpDef("QFullyConnected", 2, _ref_fc, _enc_fc),
-    OpDef("QAdd", 3, _ref_add, _enc_add),
-    OpDef("QMul", 4, _ref_mul, _enc_mul),
-    OpDef("QLut", 5, _ref_lut, _enc_lut),
+    OpDef("QAdd", 3, _ref_add, _enc_add, inplace=(0, 1)),
+    OpDef("QMul", 4, _ref_mul, _enc_mul, inplace=(0, 1)),
+    OpDef("QLut", 5, _ref_lut, _enc_lut, inplace=(0,)),
     OpDef("QMaxPool", 6, _ref_maxpool, _enc_maxpool),
     OpDef("QAvgPool", 7, _ref_avgpool, _enc_avgpool),
     OpDef("QSoftmax", 8, _ref_softmax, _enc_softmax),
     OpDef("QConcat", 9, _ref_concat, _enc_concat),
-    OpDef("QReshape", 10, _ref_reshape, _enc_reshape),
+    OpDef("QReshape", 10, _ref_reshape, _enc_reshape, alias=0),
+    OpDef("QCopyWindow", 11, _ref_copy_window, _enc_copy_window, alias=1),
 ]}

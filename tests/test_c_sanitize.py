@@ -166,6 +166,15 @@ def _reshape(rng: np.random.Generator):
     return make_graph("QReshape", {"x": _i8(rng, (2, 3, 4))}, {}, ["x"], {"shape": [1, 12]})
 
 
+def _copy_window(rng: np.random.Generator, canvas: bool):
+    c, h, w, oh, ow = 3, 5, 7, 6, 4
+    acts = {"x": _i8(rng, (2, c, h, w))}
+    if canvas:
+        acts["canvas"] = _i8(rng, (2, c, oh, ow))
+    attrs = {"src": [1, 3], "dst": [2, 0], "size": [4, 4], "out": [oh, ow]}
+    return make_graph("QCopyWindow", acts, {}, list(acts), attrs)
+
+
 def make_cases(seed: int = 0) -> list[tuple[Graph, dict]]:
     """A fixed set of single-op graphs covering every op and the layouts the kernels special-case."""
     rng = np.random.default_rng(seed)
@@ -182,6 +191,7 @@ def make_cases(seed: int = 0) -> list[tuple[Graph, dict]]:
     cases += [_pool(rng, op) for op in ("QMaxPool", "QAvgPool") for _ in range(6)]
     cases += [_pool(rng, "QMaxPool", wide=True), _pool(rng, "QAvgPool", wide=True)]
     cases += [_softmax(rng) for _ in range(3)] + [_concat(rng) for _ in range(4)] + [_lut(rng), _reshape(rng)]
+    cases += [_copy_window(rng, False), _copy_window(rng, True)]
     return cases
 
 

@@ -194,3 +194,19 @@ def test_reshape(backend, seed):
     x = i8(rng, (int(rng.integers(1, 3)),) + shape)
     graph = make_graph("QReshape", {"x": x}, {}, ["x"], {"shape": [1, int(np.prod(shape))]})
     assert_bit_exact(*graph, backend)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), canvas=st.booleans())
+def test_copy_window(backend, seed, canvas):
+    rng = np.random.default_rng(seed)
+    c, h, w = (int(v) for v in rng.integers(1, 9, size=3))
+    n = int(rng.integers(1, 3))
+    x = i8(rng, (n, c, h, w))
+    wh, ww = int(rng.integers(1, h + 1)), int(rng.integers(1, w + 1))
+    oh, ow = int(rng.integers(wh, wh + 6)), int(rng.integers(ww, ww + 6))
+    attrs = {"src": [int(rng.integers(0, h - wh + 1)), int(rng.integers(0, w - ww + 1))],
+             "dst": [int(rng.integers(0, oh - wh + 1)), int(rng.integers(0, ow - ww + 1))],
+             "size": [wh, ww], "out": [oh, ow]}
+    acts = {"x": x, "canvas": i8(rng, (n, c, oh, ow))} if canvas else {"x": x}
+    assert_bit_exact(*make_graph("QCopyWindow", acts, {}, list(acts), attrs), backend)

@@ -2670,6 +2670,21 @@ void edgeq_reshape(const int8_t *x, int8_t *y, int32_t count)
         memmove(y, x, (size_t)count);
 }
 
+void edgeq_copy_window(const int8_t *x, const int8_t *canvas, int8_t *y, int32_t C, int32_t H, int32_t W,
+                       int32_t OH, int32_t OW, int32_t sy, int32_t sx, int32_t dy, int32_t dx, int32_t h, int32_t w)
+{
+    int32_t c, r;
+    const size_t plane = (size_t)OH * (size_t)OW;
+    if (canvas == NULL)
+        memset(y, 0, (size_t)C * plane);
+    else if (canvas != y)
+        memmove(y, canvas, (size_t)C * plane);
+    for (c = 0; c < C; c++)
+        for (r = 0; r < h; r++)
+            memmove(y + c * plane + (size_t)(dy + r) * (size_t)OW + (size_t)dx,
+                    x + (size_t)c * (size_t)H * (size_t)W + (size_t)(sy + r) * (size_t)W + (size_t)sx, (size_t)w);
+}
+
 /* ---- Program decoding --------------------------------------------------------------------------- */
 
 /* Where operands live; with `validate` set only check operand spans against the sizes, else run. */
@@ -2987,6 +3002,30 @@ static int op_reshape(const ctx_t *cx, const int64_t *v, int64_t n)
     return EDGEQ_OK;
 }
 
+/* words: x canvas y | C H W OH OW | sy sx dy dx h w */
+static int op_copy_window(const ctx_t *cx, const int64_t *v, int64_t n)
+{
+    int64_t xs, ys;
+    if (n != 14)
+        return EDGEQ_E_RECORD;
+    CHECK(is_dim(v[3]) && is_dim(v[4]) && is_dim(v[5]) && is_dim(v[6]) && is_dim(v[7]));
+    CHECK(is_dim(v[12]) && is_dim(v[13]));
+    CHECK(in_range(v[8], 0, v[4] - v[12]) && in_range(v[9], 0, v[5] - v[13]));
+    CHECK(in_range(v[10], 0, v[6] - v[12]) && in_range(v[11], 0, v[7] - v[13]));
+    xs = count3(v[3], v[4], v[5]);
+    ys = count3(v[3], v[6], v[7]);
+    CHECK(xs > 0 && ys > 0);
+    TRY(span(cx, v[0], xs, 0, 1));
+    if (v[1] != -1)
+        TRY(span(cx, v[1], ys, 0, 1));
+    TRY(span(cx, v[2], ys, 0, 1));
+    if (!cx->validate)
+        edgeq_copy_window(cx->arena + v[0], v[1] == -1 ? NULL : cx->arena + v[1], cx->arena + v[2], (int32_t)v[3],
+                          (int32_t)v[4], (int32_t)v[5], (int32_t)v[6], (int32_t)v[7], (int32_t)v[8],
+                          (int32_t)v[9], (int32_t)v[10], (int32_t)v[11], (int32_t)v[12], (int32_t)v[13]);
+    return EDGEQ_OK;
+}
+
 /* Decode (and run, unless validating) every record; reads only words[0, n_words). */
 static int walk_program(const ctx_t *cx, const int64_t *words, int64_t n_words)
 {
@@ -3014,6 +3053,7 @@ static int walk_program(const ctx_t *cx, const int64_t *words, int64_t n_words)
         case EDGEQ_OP_SOFTMAX: rc = op_softmax(cx, body, len - 2); break;
         case EDGEQ_OP_CONCAT: rc = op_concat(cx, body, len - 2); break;
         case EDGEQ_OP_RESHAPE: rc = op_reshape(cx, body, len - 2); break;
+        case EDGEQ_OP_COPY_WINDOW: rc = op_copy_window(cx, body, len - 2); break;
         default: return EDGEQ_E_OPCODE;
         }
         if (rc != EDGEQ_OK)

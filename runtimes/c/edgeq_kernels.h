@@ -58,6 +58,7 @@ extern "C" {
 #define EDGEQ_OP_SOFTMAX 8
 #define EDGEQ_OP_CONCAT 9
 #define EDGEQ_OP_RESHAPE 10
+#define EDGEQ_OP_COPY_WINDOW 11
 
 /* ---- Fixed-point helpers (runtimes/fixedpoint.py) ------------------------------------------------ */
 
@@ -170,6 +171,12 @@ void edgeq_concat_part(const int8_t *x, int8_t *y, int32_t outer, int32_t inner,
 
 /* Copy (memmove) `count` bytes unless source and destination coincide. */
 void edgeq_reshape(const int8_t *x, int8_t *y, int32_t count);
+
+/* y = canvas (zeros when canvas is NULL; canvas may be y itself), then the h x w window of every channel
+ * of x (C x H x W) at row sy, column sx is copied into y (C x OH x OW) at row dy, column dx. The building
+ * block of patch-based inference: crop a patch with its halo, place a computed patch. */
+void edgeq_copy_window(const int8_t *x, const int8_t *canvas, int8_t *y, int32_t C, int32_t H, int32_t W,
+                       int32_t OH, int32_t OW, int32_t sy, int32_t sx, int32_t dy, int32_t dx, int32_t h, int32_t w);
 
 /* ---- Programs ----------------------------------------------------------------------------------- */
 
