@@ -213,6 +213,9 @@ if _IMPORT_ERROR is None:
             mult = p32[wd[3] >> 2:(wd[3] >> 2) + oc]
             shift = p32[wd[4] >> 2:(wd[4] >> 2) + oc]
             if is_conv:
+                xs, ys = wd[7] * wd[8] * wd[9], wd[10] * wd[11] * wd[12]
+                if wd[0] < wd[6] + ys and wd[6] < wd[0] + xs:
+                    x = x[:xs].copy()  # a depthwise conv planned in place (planner.py): read a copy
                 # K.conv is conv_kind + conv_with; calling the two here saves a level of linking, which
                 # Numba pays for in compile time at every level above the kernels.
                 kind, tile = K.conv_kind(wd[7], wd[10], wd[11], wd[12], wd[13], wd[14], wd[16], wd[20], wd[21])

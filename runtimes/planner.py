@@ -28,7 +28,7 @@ class MemoryPlan:
 
 @dataclass
 class _Buffer:
-    names: list[str]
+    members: dict[str, int]  # tensor -> byte offset inside the buffer
     size: int
     first: int
     last: int
@@ -70,7 +70,7 @@ def _shared_input(graph: Graph, step: int, group: dict[str, _Buffer], life: dict
             continue
         # Every name in the buffer must be dead after this node, and no other operand of the node may
         # read the buffer through a differently sized (broadcast) view.
-        if any(life[n][1] > step for n in buf.names):
+        if any(life[n][1] > step for n in buf.members):
             continue
         if any(group.get(t) is buf and graph.tensors[t].sample_nbytes != size for t in node.inputs if t):
             continue
@@ -78,21 +78,50 @@ def _shared_input(graph: Graph, step: int, group: dict[str, _Buffer], life: dict
     return None
 
 
-def _buffers(graph: Graph, inplace: bool) -> list[_Buffer]:
+def _depthwise_plane(graph: Graph, step: int, group: dict[str, _Buffer], life: dict[str, tuple[int, int]]) -> int:
+    """Bytes of one output channel if this node is a depthwise conv that may run in place, else 0.
+
+    TinyEngine's trick: output channel c goes where input channel c - 1 was, so input and output need
+    N + 1 channels instead of 2N. The kernels then compute channel after channel in ascending order
+    (each output channel only covers input channels that were already consumed).
+    """
+    node = graph.nodes[step]
+    if node.op != "QConv":
+        return 0
+    x, y = graph.tensors[node.inputs[0]], graph.tensors[node.outputs[0]]
+    c, oc = x.shape[1], y.shape[1]
+    buf = group.get(node.inputs[0])
+    if buf is None or node.attrs["group"] != c or oc != c or c < 2:
+        return 0
+    plane, in_plane = y.sample_nbytes // c, x.sample_nbytes // c
+    if plane > in_plane or buf.size != x.sample_nbytes or any(life[n][1] > step for n in buf.members):
+        return 0
+    return plane
+
+
+def _buffers(graph: Graph, inplace: bool, inplace_depthwise: bool = False) -> list[_Buffer]:
     """Group tensors that share bytes and compute each buffer's size and live range [first, last]."""
     life = lifetimes(graph)
     group: dict[str, _Buffer] = {}
     for name in graph.inputs:
-        group[name] = _Buffer([name], graph.tensors[name].sample_nbytes, 0, 0)
+        group[name] = _Buffer({name: 0}, graph.tensors[name].sample_nbytes, 0, 0)
     for step, node in enumerate(graph.nodes):
         out = node.outputs[0]
+        size = graph.tensors[out].sample_nbytes
         src = _shared_input(graph, step, group, life, inplace)
-        if src is None:
-            group[out] = _Buffer([out], graph.tensors[out].sample_nbytes, step, step)
+        plane = _depthwise_plane(graph, step, group, life) if inplace_depthwise and src is None else 0
+        if plane:
+            buf = group[node.inputs[0]]
+            buf.members = {n: off + plane for n, off in buf.members.items()}
+            buf.members[out] = 0
+            buf.size += plane
+            group[out] = buf
+        elif src is None:
+            group[out] = _Buffer({out: 0}, size, step, step)
         else:
             group[out] = group[src]
-            group[out].names.append(out)
-            group[out].size = max(group[out].size, graph.tensors[out].sample_nbytes)
+            group[out].members[out] = group[src].members[src]
+            group[out].size = max(group[out].size, group[out].members[out] + size)
     for name, buf in group.items():
         buf.last = max(buf.last, life[name][1])
     unique = {id(b): b for b in group.values()}
@@ -121,22 +150,29 @@ ORDERS = {
 }
 
 
-def plan_memory(graph: Graph, inplace: bool = True) -> MemoryPlan:
+def plan_memory(graph: Graph, inplace: bool = True, inplace_depthwise: bool = False) -> MemoryPlan:
     """Place every activation of ``graph`` in one arena, trying each strategy and keeping the smallest.
 
-    With ``inplace``, elementwise ops may also write over an input that dies at that op; each order is
-    tried with and without that, since sharing can change which placement packs best.
+    With ``inplace``, elementwise ops may also write over an input that dies at that op; with
+    ``inplace_depthwise`` (for microcontrollers: it trades some speed for memory) depthwise convolutions
+    may too. Each order is tried with and without sharing, since sharing can change which placement
+    packs best.
     """
     best: MemoryPlan | None = None
     candidates: dict[str, int] = {}
-    for use_inplace in ((False, True) if inplace else (False,)):
-        buffers = _buffers(graph, use_inplace)
+    variants = {"": (False, False)}
+    if inplace:
+        variants["+inplace"] = (True, False)
+    if inplace_depthwise:
+        variants["+inplace+depthwise"] = (inplace, True)
+    for suffix, (elementwise, depthwise) in variants.items():
+        buffers = _buffers(graph, elementwise, depthwise)
         for name, key in ORDERS.items():
-            label = name + ("+inplace" if use_inplace else "")
             where, size = _place(sorted(buffers, key=key))
-            candidates[label] = size
+            candidates[name + suffix] = size
             if best is None or size < best.arena_bytes:
-                best = MemoryPlan({n: where[id(b)] for b in buffers for n in b.names}, size, label)
+                best = MemoryPlan({n: where[id(b)] + off for b in buffers for n, off in b.members.items()}, size,
+                                  name + suffix)
     assert best is not None
     best.candidates = candidates
     return best

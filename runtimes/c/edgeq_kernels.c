@@ -2782,7 +2782,8 @@ static int window_ok(int64_t out, int64_t stride, int64_t pad, int64_t k, int64_
 /* words: x w bias mult shift lut y | C H W OC OH OW KH KW | sh sw pt pl dh dw group | x_zp y_zp min max */
 static int op_conv(const ctx_t *cx, const int64_t *v, int64_t n)
 {
-    int64_t xs, ys, ws, cg;
+    int64_t xs, ys, ws, cg, c;
+    int per_channel;
     if (n != 26)
         return EDGEQ_E_RECORD;
     CHECK(is_dim(v[7]) && is_dim(v[8]) && is_dim(v[9]) && is_dim(v[10]) && is_dim(v[21]));
@@ -2801,13 +2802,22 @@ static int op_conv(const ctx_t *cx, const int64_t *v, int64_t n)
     TRY(span(cx, v[4], 4 * v[10], 1, 4));
     TRY(lut_span(cx, v[5]));
     TRY(span(cx, v[6], ys, 0, 1));
-    if (!cx->validate)
-        edgeq_conv(cx->arena + v[0], (const int8_t *)(cx->pool + v[1]), (const int32_t *)(cx->pool + v[2]),
-                   (const int32_t *)(cx->pool + v[3]), (const int32_t *)(cx->pool + v[4]), lut_ptr(cx, v[5]),
-                   cx->arena + v[6], (int32_t)v[7], (int32_t)v[8], (int32_t)v[9], (int32_t)v[10],
+    if (cx->validate)
+        return EDGEQ_OK;
+    /* A depthwise conv planned in place (output overlapping its input, planner.py): one channel at a
+     * time in ascending order, so every output channel lands only on input channels already read. */
+    per_channel = v[21] == v[7] && v[10] == v[7] && v[0] < v[6] + ys && v[6] < v[0] + xs;
+    for (c = 0; c < (per_channel ? v[7] : 1); c++) {
+        const int64_t ch = per_channel ? c : 0, nc = per_channel ? 1 : v[7];
+        edgeq_conv(cx->arena + v[0] + ch * v[8] * v[9], (const int8_t *)(cx->pool + v[1]) + ch * v[13] * v[14],
+                   (const int32_t *)(cx->pool + v[2]) + ch, (const int32_t *)(cx->pool + v[3]) + ch,
+                   (const int32_t *)(cx->pool + v[4]) + ch, lut_ptr(cx, v[5]), cx->arena + v[6] + ch * v[11] * v[12],
+                   (int32_t)nc, (int32_t)v[8], (int32_t)v[9], (int32_t)(per_channel ? 1 : v[10]),
                    (int32_t)v[11], (int32_t)v[12], (int32_t)v[13], (int32_t)v[14], (int32_t)v[15],
                    (int32_t)v[16], (int32_t)v[17], (int32_t)v[18], (int32_t)v[19], (int32_t)v[20],
-                   (int32_t)v[21], (int32_t)v[22], (int32_t)v[23], (int32_t)v[24], (int32_t)v[25]);
+                   (int32_t)(per_channel ? 1 : v[21]), (int32_t)v[22], (int32_t)v[23], (int32_t)v[24],
+                   (int32_t)v[25]);
+    }
     return EDGEQ_OK;
 }
 
