@@ -170,6 +170,67 @@ def cmd_bench(args: argparse.Namespace) -> None:
                       f"first run (load + compile) {first:.1f} ms")
 
 
+def _export_c(args: argparse.Namespace) -> dict[str, Any]:
+    from .export_c import DEFAULT_STACK_BYTES, export_c
+    return export_c(args.bundle, args.output, args.device, args.stack_bytes or DEFAULT_STACK_BYTES).to_dict()
+
+
+# One entry per export format: name -> function(args) returning the JSON report.
+EXPORT_FORMATS = {"c": _export_c}
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    if args.format not in EXPORT_FORMATS:
+        raise InputError(f"unknown export format '{args.format}'; choose one of {', '.join(EXPORT_FORMATS)}")
+    r = EXPORT_FORMATS[args.format](args)
+    lines = [f"wrote {len(r['files'])} files to {r['directory']}: {', '.join(r['files'])}",
+             f"arena {_human(r['arena_bytes'])} (static), constants {_human(r['pool_bytes'])} (const), "
+             f"program {r['program_words']} words"]
+    if r.get("device"):
+        lines.append(f"firmware files for {r['device']}: link.ld, device.mk, edgeq_board.c/.h; stack reserve "
+                     f"{_human(r['stack_bytes'])} (see apps/mcu_firmware/)")
+    _emit(args, r, "\n".join(lines))
+
+
+def cmd_sim(args: argparse.Namespace) -> None:
+    from .api import load
+    from .export_c import DEFAULT_STACK_BYTES
+    from .mcu_sim import DEFAULT_TIMEOUT_S, simulate
+    if args.output and not args.output.endswith((".npy", ".npz")):
+        raise InputError(f"output file '{args.output}' must be .npy or .npz")
+    bundle = load(args.bundle, backend="reference")
+    inputs = _read_inputs(args.input, bundle)
+    result = simulate(bundle._loaded, args.device, inputs, timeout=args.timeout or DEFAULT_TIMEOUT_S,
+                      stack_bytes=args.stack_bytes or DEFAULT_STACK_BYTES, build_dir=args.build_dir)
+    if args.output:
+        from .bundle import write_atomic
+        from .npio import encode_named_arrays
+        write_atomic(args.output, [encode_named_arrays(args.output, result.outputs, InputError)])
+    r = dict(result.report, output_file=args.output, outputs={})
+    f, ram, ins = r["flash"], r["ram"], r["instructions"]
+    lines = [f"ran {args.bundle} on {r['device']} ({r['core']}) under {r['emulator']}: {r['samples']} sample(s), "
+             f"{r['sim_wall_s']:.2f} s",
+             f"ELF text {r['elf']['text']} B, data {r['elf']['data']} B, bss {r['elf']['bss']} B; "
+             f"flash {_human(f['used_bytes'])} / {_human(f['budget_bytes'])}, "
+             f"RAM {_human(ram['used_bytes'])} / {_human(ram['budget_bytes'])} "
+             f"(arena {_human(ram['arena_bytes'])}, stack reserve {_human(ram['stack_reserve_bytes'])}, "
+             f"used {_human(ram['stack_used_bytes'])})",
+             f"{ins['median']:,} instructions per sample ({r['instructions_per_mac']} per MAC); "
+             f"{r['est_ms_at_1_ipc']} ms at {r['clock_mhz']} MHz if 1 instruction per cycle"]
+    for name, y in result.outputs.items():
+        entry: dict[str, Any] = {"shape": list(y.shape)}
+        if y.ndim == 2:
+            entry["argmax"] = y.argmax(axis=1).tolist()
+            lines.append(f"output '{name}' {y.shape}: argmax per sample: {', '.join(map(str, entry['argmax'][:20]))}"
+                         + (" ..." if len(entry["argmax"]) > 20 else ""))
+        if y.size <= 4096:
+            entry["values"] = y.tolist()
+        r["outputs"][name] = entry
+    if args.output:
+        lines.append(f"wrote {args.output}")
+    _emit(args, r, "\n".join(lines))
+
+
 def _parser() -> argparse.ArgumentParser:
     from .runtimes.executor import BACKENDS
     p = argparse.ArgumentParser(prog="edgeq", description="Trained model + target device -> verified on-device bundle.")
@@ -208,6 +269,21 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, default=1)
     b.add_argument("--runs", type=int, default=200)
     b.add_argument("--warmup", type=int, default=20)
+    e = add("export", cmd_export, "export a bundle as source code for a device (C99 project for microcontrollers)")
+    e.add_argument("bundle")
+    e.add_argument("--format", default="c", help="export format: c (default)")
+    e.add_argument("-o", "--output", required=True, help="output directory")
+    e.add_argument("--device", help="also write firmware files (linker script, board support, device.mk) for this "
+                                    "MCU profile id or profile .toml path")
+    e.add_argument("--stack-bytes", type=int, help="stack reserve in the linker script (default 20480)")
+    s = add("sim", cmd_sim, "build a bundle's C for a Cortex-M device and run it under qemu-system-arm")
+    s.add_argument("bundle")
+    s.add_argument("--device", required=True, help="MCU profile id (see `edgeq devices`) or a profile .toml path")
+    s.add_argument("--input", required=True, help=".npy (one input) or .npz keyed by input name; float32, batch first")
+    s.add_argument("-o", "--output", help="write dequantized outputs to .npy/.npz")
+    s.add_argument("--timeout", type=float, help="seconds before a firmware run counts as hung (default 60)")
+    s.add_argument("--stack-bytes", type=int, help="stack reserve (default 20480)")
+    s.add_argument("--build-dir", help="keep the generated project, firmware and I/O files here")
     return p
 
 

@@ -39,3 +39,19 @@ class UnknownDeviceError(EdgeqError):
 
 class ProfileError(EdgeqError):
     """A device profile file is malformed."""
+
+
+class ExportError(EdgeqError):
+    """A bundle cannot be exported as asked (unknown format, unusable device, output not writable)."""
+
+
+class ToolchainError(EdgeqError):
+    """A cross compiler or emulator is missing, or firmware does not compile."""
+
+
+class DoesNotFitError(EdgeqError):
+    """Firmware does not fit the device's flash or RAM (the link failed), or its stack reserve is too small."""
+
+
+class FirmwareError(EdgeqError):
+    """Firmware hung, faulted, or reported an error under the emulator."""
