@@ -21,6 +21,7 @@ from typing import Any
 from edgeq.errors import EdgeqError
 from edgeq.ir import Graph, Node, Tensor
 from edgeq.runtimes.planner import MemoryPlan, plan_memory
+from edgeq.runtimes.registry import graph_macs
 
 SPATIAL = ("QConv", "QMaxPool", "QAvgPool")
 ELEMENTWISE = ("QLut", "QAdd", "QMul")
@@ -52,22 +53,6 @@ class PatchPlan:
                 "layer_by_layer_peak_bytes": self.base_peak, "macs": self.macs, "layer_by_layer_macs": self.base_macs,
                 "extra_macs_pct": round(100.0 * (self.macs - self.base_macs) / max(self.base_macs, 1), 2),
                 "candidates": self.candidates}
-
-
-def node_macs(node: Node, graph: Graph) -> int:
-    """Multiply-accumulates of one integer node (convolutions and fully connected layers)."""
-    if node.op == "QConv":
-        oc, cg, kh, kw = graph.tensors[node.inputs[1]].shape
-        return int(graph.tensors[node.outputs[0]].size // graph.tensors[node.outputs[0]].shape[0]) * cg * kh * kw
-    if node.op == "QFullyConnected":
-        oc, k = graph.tensors[node.inputs[1]].shape
-        return oc * k
-    return 0
-
-
-def graph_macs(graph: Graph) -> int:
-    """Multiply-accumulates of one inference (per sample)."""
-    return sum(node_macs(n, graph) for n in graph.nodes)
 
 
 def _is_4d_activation(graph: Graph, name: str) -> bool:
@@ -246,14 +231,16 @@ def patch_graph(graph: Graph, split: int, n: int) -> Graph:
     return _Rewriter(graph, split, n).build()
 
 
-def plan_patches(graph: Graph, mode: str | int = "auto", budget_bytes: int | None = None) -> PatchPlan:
+def plan_patches(graph: Graph, mode: str | int = "auto", budget_bytes: int | None = None,
+                 inplace_depthwise: bool = False) -> PatchPlan:
     """Choose between layer-by-layer execution and every patch plan.
 
     ``mode``: ``"off"`` (layer by layer), an integer n (n x n patches, the split with the lowest peak) or
     ``"auto"``: the fewest MACs among plans whose peak fits ``budget_bytes``; without a budget, or when
     nothing fits, the lowest peak (ties broken by MACs). Layer by layer is a candidate throughout.
+    ``inplace_depthwise`` is passed to the memory planner.
     """
-    base_plan = plan_memory(graph)
+    base_plan = plan_memory(graph, inplace_depthwise=inplace_depthwise)
     base_macs = graph_macs(graph)
     base = PatchPlan(0, 0, graph, base_plan, base_macs, base_macs, base_plan.arena_bytes)
     if mode == "off":
@@ -269,7 +256,8 @@ def plan_patches(graph: Graph, mode: str | int = "auto", budget_bytes: int | Non
                 pg = patch_graph(graph, split, n)
             except PatchError:
                 continue
-            plans.append(PatchPlan(n, split, pg, plan_memory(pg), graph_macs(pg), base_macs, base.base_peak))
+            plans.append(PatchPlan(n, split, pg, plan_memory(pg, inplace_depthwise=inplace_depthwise), graph_macs(pg),
+                                   base_macs, base.base_peak))
     if not plans:
         raise PatchError(f"no {mode} x {mode} patch plan exists for this graph (stage outputs are too small or "
                          f"the first op cannot be patched)")

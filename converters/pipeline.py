@@ -17,13 +17,14 @@ import numpy as np
 from edgeq import __version__
 from edgeq.bundle import write_bundle
 from edgeq.devices import DeviceProfile, get_device
-from edgeq.errors import CalibrationError, EdgeqError
+from edgeq.export_c import DEFAULT_STACK_BYTES
+from edgeq.errors import CalibrationError, DoesNotFitError, EdgeqError
 from edgeq.ir import Graph
 from edgeq.runtimes.executor import Executor, dequantize, quantize
-from edgeq.runtimes.planner import plan_memory
 from .calibrate import check_calibration, collect_ranges, load_calibration
 from .float_ops import run_float
 from .onnx_import import import_onnx
+from .patches import PatchPlan, plan_patches
 from .passes import run_passes
 from .quantize import quantize_graph
 
@@ -60,7 +61,7 @@ def _calibration(calib: Any, graph: Graph, sample: Any) -> dict[str, np.ndarray]
     return check_calibration(dict(calib), graph)
 
 
-def _report(fg: Graph, qg: Graph, calib: dict[str, np.ndarray], device: DeviceProfile, arena: int,
+def _report(fg: Graph, qg: Graph, calib: dict[str, np.ndarray], device: DeviceProfile, plan: PatchPlan,
             sample: Any) -> dict[str, Any]:
     n = min(REPORT_SAMPLES, next(iter(calib.values())).shape[0])
     inputs = {k: v[:n] for k, v in calib.items()}
@@ -76,6 +77,7 @@ def _report(fg: Graph, qg: Graph, calib: dict[str, np.ndarray], device: DevicePr
     float_bytes = sum(int(v.nbytes) for v in fg.consts.values())
     int_bytes = sum(int(v.nbytes) for v in qg.consts.values())
     budget_w, budget_a = device.budget_weights_bytes, device.budget_activation_bytes
+    arena = plan.memory.arena_bytes
     fits_w = budget_w is None or int_bytes <= budget_w
     fits_a = budget_a is None or arena <= budget_a
     report: dict[str, Any] = {
@@ -84,7 +86,9 @@ def _report(fg: Graph, qg: Graph, calib: dict[str, np.ndarray], device: DevicePr
         "worst_layers": [l["name"] for l in sorted(layers, key=lambda l: l["sqnr_db"])[:3]],
         "size": {"float_weights_bytes": float_bytes, "int8_weights_bytes": int_bytes,
                  "ratio": round(float_bytes / max(int_bytes, 1), 2)},
-        "memory": {"peak_activation_bytes": arena, "weights_bytes": int_bytes},
+        "memory": {"peak_activation_bytes": arena, "weights_bytes": int_bytes, "plan_strategy": plan.memory.strategy,
+                   "strategies": plan.memory.candidates, "macs": plan.macs},
+        "patches": plan.summary(),
         "budget": {"weights_bytes": budget_w, "activation_bytes": budget_a, "weights_fit": fits_w,
                    "activations_fit": fits_a, "fits": fits_w and fits_a},
         "output_max_abs_diff": {o: float(np.abs(fvals[o] - dequantize(qvals[o], qg.tensors[o])).max())
@@ -99,13 +103,31 @@ def _report(fg: Graph, qg: Graph, calib: dict[str, np.ndarray], device: DevicePr
     return report
 
 
+def _plan(qg: Graph, profile: DeviceProfile, patch: str | int) -> PatchPlan:
+    """Memory plan (and patch plan) for the device; a microcontroller model that cannot fit is an error."""
+    mcu = profile.device_class == "mcu"
+    # The firmware's stack (kernel scratch included) shares the RAM with the arena.
+    budget = profile.ram_bytes - DEFAULT_STACK_BYTES if mcu else None
+    plan = plan_patches(qg, patch, budget, inplace_depthwise=mcu)
+    if budget is not None and plan.memory.arena_bytes > budget:
+        how = f"{plan.n}x{plan.n} patches" if plan.n else "layer by layer"
+        hint = "" if patch == "auto" else "; try --patch auto"
+        raise DoesNotFitError(f"model does not fit device '{profile.id}': the smallest activation peak found is "
+                              f"{plan.memory.arena_bytes} bytes ({how}), the device has {budget} bytes of RAM for "
+                              f"activations ({profile.ram_bytes} minus a {DEFAULT_STACK_BYTES}-byte stack){hint}")
+    return plan
+
+
 def convert(model: str | Path | bytes | None = None, device: str = "host", output: str | Path | None = None,
             scheme: str | None = None, calib: Any = None, calib_method: str | None = None,
-            input_shapes: dict[str, tuple[int, ...]] | None = None, progress: bool = True) -> ConversionResult:
+            input_shapes: dict[str, tuple[int, ...]] | None = None, progress: bool = True,
+            patch: str | int = "auto") -> ConversionResult:
     """Convert an ONNX model (or, with ``model=None``, the embedded digits sample) into a ``.edgeq`` bundle.
 
     ``calib`` is a .npy/.npz path, an array (single input) or a dict of arrays keyed by input name.
-    ``scheme`` and ``calib_method`` default to the device profile's choices.
+    ``scheme`` and ``calib_method`` default to the device profile's choices. ``patch`` chooses
+    patch-based inference for the first stage: ``"auto"`` (only when it is needed to fit the device),
+    ``"off"``, or a patch count n (n x n patches).
     """
     profile = get_device(device)
     scheme = scheme or profile.default_scheme
@@ -124,14 +146,16 @@ def convert(model: str | Path | bytes | None = None, device: str = "host", outpu
     method = calib_method or profile.calibration
     ranges = collect_ranges(fg, data, method, progress=progress)
     qg = quantize_graph(fg, ranges)
-    plan = plan_memory(qg)
-    report = _report(fg, qg, data, profile, plan.arena_bytes, sample)
+    plan = _plan(qg, profile, patch)
+    report = _report(fg, qg, data, profile, plan, sample)
     name = "digits_cnn" if isinstance(model, Path) and sample else (Path(model).stem if not isinstance(model, bytes) else "model")
     out = Path(output) if output else Path(f"{name}.{profile.id}.edgeq")
     meta = {"device": profile.to_dict(), "scheme": scheme, "producer": {"name": "edgeq", "version": __version__},
             "source": {"format": "onnx", "sha256": digest, "name": name},
             "calibration": {"method": method, "samples": int(next(iter(data.values())).shape[0])}}
-    report["bundle_bytes"] = write_bundle(out, qg, plan, meta)
+    if plan.n:
+        meta["patches"] = plan.summary()
+    report["bundle_bytes"] = write_bundle(out, plan.graph, plan.memory, meta)
     report["output"] = str(out)
     report["scheme"] = scheme
     report["calibration"] = meta["calibration"]

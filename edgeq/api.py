@@ -10,6 +10,15 @@ import numpy as np
 from .bundle import LoadedBundle, read_bundle
 from .errors import InputError
 from .runtimes.executor import Executor
+from .runtimes.planner import MemoryPlan
+from .runtimes.program import compile_program
+from .runtimes.registry import graph_macs
+
+
+# Flash taken by the portable kernels in an MCU build (arm-none-eabi-gcc 12 -O2, text of
+# edgeq_kernels.o: cortex-m4 33.7 KB, m7 33.3 KB, m55 34.1 KB, m0plus 43.5 KB); `edgeq sim` reports the
+# exact ELF sizes, this only feeds the estimate `inspect` shows before anything is built.
+KERNEL_CODE_ESTIMATE_BYTES = 40 * 1024
 
 
 class Bundle:
@@ -21,6 +30,11 @@ class Bundle:
         self.graph = loaded.graph
         self.backend = backend
         self._executors: dict[str, Executor] = {}
+
+    @property
+    def plan(self) -> MemoryPlan:
+        """The memory plan stored in the bundle (arena offsets of every activation)."""
+        return self._loaded.plan
 
     @property
     def inputs(self) -> list[str]:
@@ -69,6 +83,18 @@ class Bundle:
         for n in g.nodes:
             ops[n.op] = ops.get(n.op, 0) + 1
         weights = sum(int(v.nbytes) for v in g.consts.values())
+        lb = self._loaded
+        plan = lb.plan
+        memory: dict[str, Any] = {
+            "weights_bytes": weights, "peak_activation_bytes": plan.arena_bytes, "plan_strategy": plan.strategy,
+            "strategies": plan.candidates, "macs": graph_macs(g), "file_bytes": Path(lb.path).stat().st_size}
+        if m["device"].get("class") == "mcu":
+            from .export_c import DEFAULT_STACK_BYTES, MCU_SCRATCH
+            program_bytes = 8 * compile_program(g, plan, lb.const_offsets).words.size
+            memory.update(scratch_bytes=sum(MCU_SCRATCH.values()), stack_reserve_bytes=DEFAULT_STACK_BYTES,
+                          program_bytes=program_bytes,
+                          flash_estimate_bytes=int(lb.pool.size) + program_bytes + KERNEL_CODE_ESTIMATE_BYTES,
+                          ram_estimate_bytes=plan.arena_bytes + DEFAULT_STACK_BYTES)
         return {
             "path": str(self._loaded.path),
             "device": m["device"]["id"],
@@ -80,9 +106,8 @@ class Bundle:
             "nodes": [{"name": n.name, "op": n.op, "inputs": n.inputs, "outputs": n.outputs} for n in g.nodes],
             "ops": ops,
             "tensors": len(g.tensors),
-            "memory": {"weights_bytes": weights, "peak_activation_bytes": self._loaded.plan.arena_bytes,
-                       "plan_strategy": self._loaded.plan.strategy,
-                       "file_bytes": Path(self._loaded.path).stat().st_size},
+            "memory": memory,
+            "patches": m.get("patches"),
         }
 
 

@@ -52,6 +52,14 @@ def _input_shapes(specs: list[str]) -> dict[str, tuple[int, ...]]:
     return out
 
 
+def _patch_mode(value: str) -> str | int:
+    if value in ("auto", "off"):
+        return value
+    if value.isdigit() and 2 <= int(value) <= 16:
+        return int(value)
+    raise InputError(f"--patch must be auto, off or a patch count from 2 to 16, not '{value}'")
+
+
 def cmd_convert(args: argparse.Namespace) -> None:
     from .bundle import write_atomic
     from .converters.pipeline import convert
@@ -59,7 +67,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
         raise InputError(f"model file '{args.model}' does not exist")
     result = convert(args.model, device=args.device, output=args.output, scheme=args.scheme, calib=args.calib,
                      calib_method=args.calib_method, input_shapes=_input_shapes(args.input_shape),
-                     progress=not args.json and not args.quiet)
+                     progress=not args.json and not args.quiet, patch=_patch_mode(args.patch))
     r = result.report
     if args.report:
         write_atomic(args.report, [json.dumps(r, indent=2).encode()])
@@ -73,6 +81,11 @@ def cmd_convert(args: argparse.Namespace) -> None:
     lines.append(f"budget on {r['device']}: weights {_human(s['int8_weights_bytes'])} / {_human(b['weights_bytes'])}, "
                  f"activations {_human(r['memory']['peak_activation_bytes'])} / {_human(b['activation_bytes'])}: "
                  f"{'fits' if b['fits'] else 'DOES NOT FIT'}")
+    p = r["patches"]
+    if p["n_patch"]:
+        lines.append(f"patch-based first stage: {p['n_patch']}x{p['n_patch']} patches over {p['split_nodes']} nodes, "
+                     f"peak {_human(p['peak_activation_bytes'])} (layer by layer {_human(p['layer_by_layer_peak_bytes'])}), "
+                     f"+{p['extra_macs_pct']}% MACs")
     lines += [f"output '{k}': max |float - int8| = {v:.4g} on {r['report_samples']} calibration samples"
               for k, v in r["output_max_abs_diff"].items()]
     lines.append(f"worst layers by SQNR: {', '.join(r['worst_layers'])}")
@@ -125,7 +138,13 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def cmd_inspect(args: argparse.Namespace) -> None:
     from .api import load
-    s = load(args.bundle, backend="reference").summary()
+    bundle = load(args.bundle, backend="reference")
+    s = bundle.summary()
+    if args.plot:
+        from .plots import plot_memory
+        plot_memory(bundle.graph, bundle.plan, args.plot, f"{Path(args.bundle).name}: arena "
+                    f"{s['memory']['peak_activation_bytes']} bytes ({s['memory']['plan_strategy']})")
+        s["plot"] = args.plot
     lines = [f"{s['path']}: device {s['device']}, scheme {s['scheme']}, made by edgeq {s['producer']['version']} "
              f"from {s['source']['format']} {s['source']['sha256'][:12]}"]
     for kind in ("inputs", "outputs"):
@@ -137,7 +156,19 @@ def cmd_inspect(args: argparse.Namespace) -> None:
         lines.append(f"  {n['op']:<16} {n['name']:<20} {', '.join(n['inputs'][:1])} -> {', '.join(n['outputs'])}")
     m = s["memory"]
     lines.append(f"weights {_human(m['weights_bytes'])}, peak activations {_human(m['peak_activation_bytes'])} "
-                 f"({m['plan_strategy']}), file {_human(m['file_bytes'])}")
+                 f"({m['plan_strategy']}), {m['macs']} MACs, file {_human(m['file_bytes'])}")
+    lines.append("arena by strategy: " + ", ".join(f"{k} {v}" for k, v in sorted(m["strategies"].items())))
+    if "flash_estimate_bytes" in m:
+        lines.append(f"MCU estimate: flash {_human(m['flash_estimate_bytes'])} (weights + program + kernels), RAM "
+                     f"{_human(m['ram_estimate_bytes'])} (arena + {_human(m['stack_reserve_bytes'])} stack, of which "
+                     f"{_human(m['scratch_bytes'])} kernel scratch); `edgeq sim` gives exact ELF sizes")
+    if s["patches"]:
+        p = s["patches"]
+        lines.append(f"patch-based first stage: {p['n_patch']}x{p['n_patch']} over {p['split_nodes']} nodes, peak "
+                     f"{_human(p['peak_activation_bytes'])} vs {_human(p['layer_by_layer_peak_bytes'])} layer by layer, "
+                     f"+{p['extra_macs_pct']}% MACs")
+    if args.plot:
+        lines.append(f"wrote {args.plot}")
     _emit(args, s, "\n".join(lines))
 
 
@@ -252,6 +283,8 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--calib-method", choices=["minmax", "percentile", "mse"], help="range estimator (default: the device's)")
     c.add_argument("--input-shape", action="append", default=[], help="fix a dynamic input shape, e.g. x=1x3x224x224")
     c.add_argument("--report", help="also write the conversion report as JSON to this file")
+    c.add_argument("--patch", default="auto",
+                   help="patch-based inference of the first stage: auto (when needed to fit the device), off, or N (NxN)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     r = add("run", cmd_run, "run a bundle on inputs")
     r.add_argument("bundle")
@@ -261,6 +294,7 @@ def _parser() -> argparse.ArgumentParser:
                    help="auto: c when a C compiler is available, else numba")
     i = add("inspect", cmd_inspect, "show a bundle's device, scheme, ops, tensors and memory")
     i.add_argument("bundle")
+    i.add_argument("--plot", metavar="FILE.png", help="draw the arena timeline (tensors as boxes over time and offset)")
     b = add("bench", cmd_bench, "measure a bundle's latency")
     b.add_argument("bundle")
     b.add_argument("--backend", choices=BACKENDS, default="auto",

@@ -14,7 +14,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from edgeq.ir import Node
+from edgeq.ir import Graph, Node
 from . import reference as ref
 
 NONE = -1  # offset of an absent optional operand (e.g. no fused table)
@@ -227,3 +227,16 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
     OpDef("QReshape", 10, _ref_reshape, _enc_reshape, alias=0),
     OpDef("QCopyWindow", 11, _ref_copy_window, _enc_copy_window, alias=1),
 ]}
+
+
+def graph_macs(graph: Graph) -> int:
+    """Multiply-accumulates of one inference (per sample): convolutions and fully connected layers."""
+    total = 0
+    for n in graph.nodes:
+        if n.op == "QConv":
+            _, cg, kh, kw = graph.tensors[n.inputs[1]].shape
+            total += graph.tensors[n.outputs[0]].sample_nbytes * cg * kh * kw  # int8: bytes == elements
+        elif n.op == "QFullyConnected":
+            oc, k = graph.tensors[n.inputs[1]].shape
+            total += oc * k
+    return total

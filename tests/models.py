@@ -83,3 +83,52 @@ def single_op_model(op: str, **attrs) -> onnx.ModelProto:
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def conv_chain_model(seed: int) -> onnx.ModelProto:
+    """A random conv net for patch-based inference: a chain of convs (any kernel, stride, dilation,
+    padding, depthwise or not), pools and activations with residual Adds where shapes allow, then
+    global pooling and a classifier; input sizes are random and not square."""
+    rng = np.random.default_rng(seed)
+    h, w = int(rng.integers(12, 30)), int(rng.integers(12, 30))
+    first = prev = (h, w)
+    nodes, inits, c, x = [], [], 3, "x"
+    for i in range(int(rng.integers(2, 7))):
+        kind = rng.choice(["conv", "conv", "dw", "maxpool", "avgpool", "hardswish"])
+        name = f"l{i}"
+        k = int(rng.integers(1, 5))
+        stride, dil = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+        pads = [int(rng.integers(0, k)) for _ in range(4)]
+        extent = (k - 1) * dil + 1
+        if kind in ("conv", "dw") and min(h + pads[0] + pads[2], w + pads[1] + pads[3]) >= extent:
+            cout = c if kind == "dw" else int(rng.integers(2, 9))
+            group = c if kind == "dw" else 1
+            inits += [_init(name + "_w", (rng.standard_normal((cout, c // group, k, k)) * 0.4).astype(np.float32)),
+                      _init(name + "_b", (rng.standard_normal(cout) * 0.1).astype(np.float32))]
+            nodes.append(helper.make_node("Conv", [x, name + "_w", name + "_b"], [name], name=name, pads=pads,
+                                          strides=[stride] * 2, dilations=[dil] * 2, group=group))
+            h = (h + pads[0] + pads[2] - extent) // stride + 1
+            w = (w + pads[1] + pads[3] - extent) // stride + 1
+            if stride == 1 and cout == c and rng.random() < 0.5 and (h, w) == prev:
+                nodes.append(helper.make_node("Add", [x, name], [name + "_res"], name=name + "_res"))
+                name += "_res"
+            c = cout
+        elif kind in ("maxpool", "avgpool") and min(h, w) >= k:
+            pads = [min(p, k - 1) for p in pads]
+            op = "MaxPool" if kind == "maxpool" else "AveragePool"
+            extra = {"count_include_pad": int(rng.integers(0, 2))} if op == "AveragePool" else {}
+            nodes.append(helper.make_node(op, [x], [name], name=name, kernel_shape=[k, k], strides=[stride] * 2,
+                                          pads=pads, **extra))
+            h = (h + pads[0] + pads[2] - k) // stride + 1
+            w = (w + pads[1] + pads[3] - k) // stride + 1
+        else:
+            nodes.append(helper.make_node("HardSwish" if kind == "hardswish" else "Relu", [x], [name], name=name))
+        nodes.append(helper.make_node("Relu", [name], [name + "_r"], name=name + "_r"))
+        x, prev = name + "_r", (h, w)
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], name="flat"))
+    inits += [_init("fc_w", (rng.standard_normal((c, 4)) * 0.5).astype(np.float32))]
+    nodes.append(helper.make_node("MatMul", ["flat", "fc_w"], ["y"], name="fc"))
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, *first])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)

@@ -130,12 +130,10 @@ def _rewrite_manifest(src: Path, dst: Path, edit) -> None:
     manifest = json.loads(raw[m_off: m_off + m_len])
     edit(manifest)
     body = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
-    assert len(body) <= d_off - HEADER_SIZE, "edit must not grow the manifest past the data section"
-    body = body.ljust(m_len, b" ") if len(body) < m_len else body
-    header = HEADER.pack(magic, ver, hs, m_off, len(body), d_off, d_len, hashlib.sha256(body).digest())
-    raw[:HEADER.size] = header
-    raw[m_off: m_off + len(body)] = body
-    dst.write_bytes(bytes(raw))
+    data = bytes(raw[d_off: d_off + d_len])
+    new_d_off = max(d_off, (HEADER_SIZE + len(body) + 63) // 64 * 64)  # a grown manifest moves the data
+    header = HEADER.pack(magic, ver, hs, m_off, len(body), new_d_off, d_len, hashlib.sha256(body).digest())
+    dst.write_bytes(header.ljust(HEADER_SIZE, b"\0") + body + b"\0" * (new_d_off - HEADER_SIZE - len(body)) + data)
 
 
 def _blob(manifest: dict) -> dict:

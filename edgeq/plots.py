@@ -1,0 +1,53 @@
+"""Pictures on request (``edgeq inspect --plot FILE.png``): the arena timeline of a bundle's memory plan.
+
+Every activation is a box: horizontally the steps during which it is live (from the op that writes it
+to the last op that reads it), vertically its bytes in the arena. Patch-based stages show as many
+small boxes at the start; in-place ops as boxes that continue where their input ended.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .bundle import write_atomic
+from .errors import InputError
+from .ir import Graph
+from .runtimes.planner import MemoryPlan, lifetimes
+
+_COLORS = {"QConv": "#4c78a8", "QFullyConnected": "#72b7b2", "QAdd": "#f58518", "QMul": "#e45756",
+           "QLut": "#54a24b", "QMaxPool": "#b279a2", "QAvgPool": "#9d755d", "QCopyWindow": "#bab0ac"}
+
+
+def plot_memory(graph: Graph, plan: MemoryPlan, path: str | Path, title: str = "") -> None:
+    """Write a PNG of the arena timeline of ``plan`` (needs matplotlib: ``pip install edgeq[all]``)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        from matplotlib.patches import Rectangle
+    except ImportError:
+        raise InputError("--plot needs matplotlib: pip install 'edgeq[all]' (or pip install matplotlib)") from None
+    import io
+
+    producer = {n.outputs[0]: n.op for n in graph.nodes}
+    fig, ax = plt.subplots(figsize=(11, 5.5), dpi=110)
+    for name, (first, last) in lifetimes(graph).items():
+        size = graph.tensors[name].sample_nbytes
+        op = producer.get(name, "input")
+        ax.add_patch(Rectangle((first, plan.offsets[name]), last - first + 1, size, linewidth=0.4,
+                               edgecolor="black", facecolor=_COLORS.get(op, "#cccccc"), alpha=0.8))
+        if size >= plan.arena_bytes * 0.08 and last - first >= 1:
+            ax.text(first + 0.1, plan.offsets[name] + size / 2, name[:18], fontsize=6, va="center")
+    ax.set_xlim(0, len(graph.nodes) + 1)
+    ax.set_ylim(0, max(plan.arena_bytes, 1))
+    ax.set_xlabel("step (op index)")
+    ax.set_ylabel("arena offset (bytes)")
+    ax.set_title(title or f"arena {plan.arena_bytes} bytes ({plan.strategy})")
+    handles = [Rectangle((0, 0), 1, 1, facecolor=c) for c in _COLORS.values()] + [Rectangle((0, 0), 1, 1, facecolor="#cccccc")]
+    ax.legend(handles, list(_COLORS) + ["input/other"], fontsize=7, loc="upper center", ncol=9,
+              bbox_to_anchor=(0.5, -0.12), frameon=False)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    write_atomic(path, [buf.getvalue()])
