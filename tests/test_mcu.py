@@ -7,8 +7,10 @@ tests/models.py's zoo_model (every op the importer supports), over batches of se
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from importlib import resources
@@ -25,6 +27,8 @@ from edgeq.mcu_sim import build_firmware, run_firmware, simulate
 from edgeq.runtimes.executor import quantize
 from edgeq.sample import load_sample
 from models import zoo_model
+
+REPO = Path(__file__).resolve().parents[1]
 
 MCU_DEVICES = [d.id for d in list_devices() if d.device_class == "mcu"]
 HOST_FLAGS = ["-std=c99", "-Wall", "-Wextra", "-Werror"]
@@ -71,6 +75,20 @@ def _zoo(tmp: Path, seed: int, device: str):
     calib = rng.standard_normal((16, 3, 23, 21)).astype(np.float32)
     edgeq.convert(zoo_model(seed=seed).SerializeToString(), device=device, output=path, calib=calib, progress=False)
     return path, {"x": rng.standard_normal((5, 3, 23, 21)).astype(np.float32) * 1.5}
+
+
+@pytest.fixture(scope="module")
+def mobilenet(tmp_path_factory):
+    """benchmarks/convnets.py's MobileNetV2-style net at 3x96x96 (random weights)."""
+    spec = importlib.util.spec_from_file_location("convnets", REPO / "benchmarks" / "convnets.py")
+    convnets = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(convnets)
+    rng = np.random.default_rng(7)
+    path = tmp_path_factory.mktemp("mnet") / "mnet.edgeq"
+    calib = rng.standard_normal((4, 3, 96, 96)).astype(np.float32)
+    edgeq.convert(convnets.mobilenet_v2_like().SerializeToString(), device="nrf52840", output=path, calib=calib,
+                  progress=False)
+    return path, {"input": rng.standard_normal((2, 3, 96, 96)).astype(np.float32)}
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +161,12 @@ def test_export_host_c_random_convnets_bit_exact(seed, tmp_path):
     _assert_same_as_run(path, inputs, raw)
 
 
+def test_export_host_c_mobilenet_bit_exact(mobilenet, tmp_path):
+    path, inputs = mobilenet
+    raw = _host_build_and_run(path, inputs, tmp_path, ["-O2"])
+    _assert_same_as_run(path, inputs, raw)
+
+
 def test_export_host_c_under_sanitizers(zoo, tmp_path):
     path, inputs = zoo
     raw = _host_build_and_run(path, inputs, tmp_path, ["-O1", "-g", "-fsanitize=address,undefined",
@@ -191,6 +215,27 @@ def test_sim_random_convnet_bit_exact(device, zoo):
     n = len(inputs["x"])
     raw = np.concatenate([r.outputs_q[k].reshape(n, -1) for k in edgeq.load(path).outputs], axis=1)
     _assert_same_as_run(path, inputs, raw)
+
+
+@pytest.mark.parametrize("device", ["nrf52840", "stm32f7"])
+def test_sim_mobilenet_bit_exact(device, mobilenet):
+    path, inputs = mobilenet
+    r = simulate(path, device, inputs)
+    _assert_same_as_run(path, inputs, np.concatenate([v.reshape(2, -1) for v in r.outputs_q.values()], axis=1))
+    assert r.report["ram"]["used_bytes"] <= r.report["ram"]["budget_bytes"]
+
+
+def test_app_firmware_prints_the_classes_edgeq_run_gives(digits, tmp_path):
+    path, inputs = digits
+    app = tmp_path / "app"
+    shutil.copytree(REPO / "apps" / "mcu_firmware", app)
+    export_c(path, app / "model", device="rp2040")
+    np.save(app / "input.npy", inputs["input"])
+    out = subprocess.run(["make", "run"], cwd=app, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    want = edgeq.load(path).run(inputs["input"], backend="c")["logits"].argmax(1)
+    got = [int(line.rsplit(" ", 1)[1]) for line in out.stdout.splitlines() if line.startswith("sample ")]
+    assert got == want.tolist()
 
 
 def _tiny_profile(tmp: Path, ram: int, flash: int) -> Path:
