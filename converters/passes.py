@@ -1,5 +1,6 @@
 """Graph passes on the float graph, run in this order by ``run_passes``:
-fold constants -> infer shapes -> fold BatchNorm -> fuse clamp activations -> drop dead nodes.
+fold constants -> infer shapes -> constant Sub/Div as Add/Mul -> HardSwish patterns -> fold BatchNorm ->
+fuse clamp activations -> drop dead nodes.
 """
 
 from __future__ import annotations
@@ -94,10 +95,56 @@ def fuse_activations(g: Graph) -> None:
         g.nodes.remove(act)
 
 
+def constant_sub_div(g: Graph) -> None:
+    """x - c becomes x + (-c) and x / c becomes x * (1/c): the integer ops then cover them (HardSwish
+    written as x * relu6(x + 3) / 6, normalisation constants)."""
+    for i, node in enumerate(g.nodes):
+        if node.op not in ("Sub", "Div") or len(node.inputs) != 2 or node.inputs[1] not in g.consts:
+            continue
+        c = np.asarray(g.consts[node.inputs[1]], dtype=np.float64)
+        if node.op == "Div" and (not np.all(np.isfinite(c)) or np.any(c == 0)):
+            continue
+        value = (-c if node.op == "Sub" else 1.0 / c).astype(np.float32)
+        name = g.add_const(g.unique_name(node.inputs[1] + ("_neg" if node.op == "Sub" else "_recip")), value)
+        g.nodes[i] = Node("Add" if node.op == "Sub" else "Mul", node.name, [node.inputs[0], name], node.outputs)
+
+
+def _scalar(g: Graph, name: str) -> float | None:
+    if name not in g.consts or g.consts[name].size != 1:
+        return None
+    return float(np.asarray(g.consts[name]).reshape(()))
+
+
+def fuse_hardswish(g: Graph) -> None:
+    """x * clip(x + 3, 0, 6) / 6, as exporters often write HardSwish, becomes one HardSwish (one table)."""
+    producers = g.producers()
+    for scale in [n for n in g.nodes if n.op == "Mul"]:
+        prod_mul = producers.get(scale.inputs[0])
+        if not np.isclose(_scalar(g, scale.inputs[1]) or 0.0, 1 / 6) or prod_mul is None or prod_mul.op != "Mul":
+            continue
+        for x, r in (prod_mul.inputs, prod_mul.inputs[::-1]):
+            clip, add = producers.get(r), None
+            if clip is not None and clip.op == "Clip":
+                add = producers.get(clip.inputs[0])
+            if add is None or add.op != "Add" or add.inputs[0] != x or _scalar(g, add.inputs[1]) != 3.0:
+                continue
+            inner = (add.outputs[0], clip.outputs[0], prod_mul.outputs[0])
+            if (clip.attrs.get("min"), clip.attrs.get("max")) != (0.0, 6.0) \
+                    or any(_single_consumer(g, t) is None for t in inner):
+                continue
+            i = g.nodes.index(scale)
+            g.nodes[i] = Node("HardSwish", scale.name, [x], scale.outputs)
+            for dead in (add, clip, prod_mul):
+                g.nodes.remove(dead)
+            break
+
+
 def run_passes(g: Graph) -> Graph:
     """The standard float pipeline; returns the same graph, rewritten."""
     fold_constants(g)
     infer_shapes(g)
+    constant_sub_div(g)
+    fuse_hardswish(g)
     fold_batchnorm(g)
     fuse_activations(g)
     g.prune()

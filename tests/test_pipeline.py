@@ -111,3 +111,30 @@ def test_fixed_batch_model(tmp_path, backend):
         np.testing.assert_array_equal(v, want[name])
     with pytest.raises(edgeq.EdgeqError, match="expected 2x3x23x21"):
         b.run(np.zeros((3, 3, 23, 21), np.float32))
+
+
+def test_exported_hardswish_and_constant_sub_div(tmp_path, backend):
+    """x * clip(x + 3, 0, 6) / 6 becomes one HardSwish table; Sub/Div by constants become Add/Mul."""
+    from onnx import TensorProto, helper, numpy_helper
+    c = lambda name, v: numpy_helper.from_array(np.asarray(v, np.float32), name)  # noqa: E731
+    nodes = [helper.make_node("Sub", ["x", "mean"], ["centered"]),
+             helper.make_node("Div", ["centered", "std"], ["norm"]),
+             helper.make_node("Add", ["norm", "three"], ["a3"]),
+             helper.make_node("Clip", ["a3", "zero", "six"], ["r6"]),
+             helper.make_node("Mul", ["norm", "r6"], ["m"]),
+             helper.make_node("Div", ["m", "six"], ["y"])]
+    inits = [c("mean", np.array([0.5, -0.2, 0.1]).reshape(3, 1, 1)), c("std", np.array([0.5, 2.0, 1.5]).reshape(3, 1, 1)),
+             c("three", 3.0), c("zero", 0.0), c("six", 6.0)]
+    graph = helper.make_graph(nodes, "hs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 8, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = (np.random.default_rng(0).standard_normal((16, 3, 8, 8)) * 3).astype(np.float32)
+    want = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    g, _ = import_onnx(model.SerializeToString())
+    run_passes(g)
+    assert [n.op for n in g.nodes] == ["Add", "Mul", "HardSwish"]
+    np.testing.assert_allclose(run_float(g.nodes, {**g.consts, "x": x})["y"], want, rtol=1e-5, atol=1e-5)
+    b = edgeq.load(edgeq.convert(model.SerializeToString(), device="host", output=tmp_path / "hs.edgeq", calib=x,
+                                 progress=False).path)
+    step = b.graph.tensors["y"].scale[0]  # three int8 steps: input, Add/Mul and table rounding
+    assert np.abs(b.run(x, backend=backend)["y"] - want).max() <= 3 * step
