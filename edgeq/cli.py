@@ -263,6 +263,7 @@ def cmd_sim(args: argparse.Namespace) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from .export_c import DEFAULT_STACK_BYTES
     from .runtimes.executor import BACKENDS
     p = argparse.ArgumentParser(prog="edgeq", description="Trained model + target device -> verified on-device bundle.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -309,14 +310,14 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("-o", "--output", required=True, help="output directory")
     e.add_argument("--device", help="also write firmware files (linker script, board support, device.mk) for this "
                                     "MCU profile id or profile .toml path")
-    e.add_argument("--stack-bytes", type=int, help="stack reserve in the linker script (default 20480)")
+    e.add_argument("--stack-bytes", type=int, help=f"stack reserve in the linker script (default {DEFAULT_STACK_BYTES})")
     s = add("sim", cmd_sim, "build a bundle's C for a Cortex-M device and run it under qemu-system-arm")
     s.add_argument("bundle")
     s.add_argument("--device", required=True, help="MCU profile id (see `edgeq devices`) or a profile .toml path")
     s.add_argument("--input", required=True, help=".npy (one input) or .npz keyed by input name; float32, batch first")
     s.add_argument("-o", "--output", help="write dequantized outputs to .npy/.npz")
     s.add_argument("--timeout", type=float, help="seconds before a firmware run counts as hung (default 60)")
-    s.add_argument("--stack-bytes", type=int, help="stack reserve (default 20480)")
+    s.add_argument("--stack-bytes", type=int, help=f"stack reserve in the linker script (default {DEFAULT_STACK_BYTES})")
     s.add_argument("--build-dir", help="keep the generated project, firmware and I/O files here")
     return p
 

@@ -177,8 +177,9 @@ def build_firmware(project: Path, device: DeviceProfile, main_c: Path, arena: in
         fit = _fit_error(device, proc.stderr, arena, pool, stack_bytes)
         if fit is not None:
             raise fit
-        last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
-        raise ToolchainError(f"linking the firmware for {device.id} failed: {last}")
+        lines = proc.stderr.strip().splitlines() or ["no message"]
+        first = next((l for l in lines if "undefined reference" in l or "error:" in l), lines[-1])
+        raise ToolchainError(f"linking the firmware for {device.id} failed: {first.split(': ', 1)[-1]}")
     cis = [kernels_o.with_suffix(".ci")] + [o.with_suffix(".ci") for o in objs[1:]]
     static, path = stack_bound(cis)
     return {"elf": elf, "warnings": warnings, "stack_static_bytes": static + INTERRUPT_AND_LIBRARY_STACK,

@@ -24,9 +24,12 @@ from edgeq.devices import list_devices
 from edgeq.errors import DoesNotFitError, FirmwareError
 from edgeq.export_c import export_c, mcu_device
 from edgeq.mcu_sim import build_firmware, run_firmware, simulate
-from edgeq.runtimes.executor import quantize
+from edgeq.bundle import write_bundle
+from edgeq.runtimes.executor import Executor, quantize
+from edgeq.runtimes.planner import plan_memory
 from edgeq.sample import load_sample
 from models import zoo_model
+from test_c_sanitize import _fc, _random_conv
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -236,6 +239,37 @@ def test_app_firmware_prints_the_classes_edgeq_run_gives(digits, tmp_path):
     want = edgeq.load(path).run(inputs["input"], backend="c")["logits"].argmax(1)
     got = [int(line.rsplit(" ", 1)[1]) for line in out.stdout.splitlines() if line.startswith("sample ")]
     assert got == want.tolist()
+
+
+def _single_op_bundle(graph, path: Path) -> Path:
+    """A bundle of one random integer op (tests/test_c_sanitize.py generators); scale 1, zero point 0 at
+    the boundary so that float inputs holding int8 values quantize to themselves."""
+    for name in (*graph.inputs, *graph.outputs):
+        graph.tensors[name].scale, graph.tensors[name].zero_point = [1.0], [0]
+    write_bundle(path, graph, plan_memory(graph), {"device": {"id": "test"}, "scheme": "int8"})
+    return path
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_sim_random_convs_bit_exact_with_and_without_dsp(seed, tmp_path):
+    """Random convolutions (plane and dot paths, every stride/dilation/group form) and FCs on the DSP cores
+    (Cortex-M4/M7/M55: the SMLAD/SMLABB kernels) and on the M0+ (portable loops), against the reference."""
+    rng = np.random.default_rng(1000 + seed)
+    graph, acts = _fc(rng) if seed % 5 == 4 else _random_conv(rng)
+    path = _single_op_bundle(graph, tmp_path / "op.edgeq")
+    device = ["nrf52840", "stm32f7", "cortex-m55", "rp2040"][seed % 4]
+    want = Executor(graph, "reference").run_quantized(acts)["y"]
+    got = simulate(path, device, {"x": acts["x"].astype(np.float32)}).outputs_q["y"]
+    assert np.array_equal(got, want), (device, graph.nodes[0].attrs, graph.tensors["x"].shape)
+
+
+def test_dsp_kernels_are_compiled_for_dsp_cores_only(digits, tmp_path):
+    path, inputs = digits
+    for device, dsp in (("nrf52840", True), ("cortex-m55", True), ("rp2040", False)):
+        simulate(path, device, {"input": inputs["input"][:1]}, build_dir=tmp_path / device)
+        asm = subprocess.run(["arm-none-eabi-objdump", "-d", str(tmp_path / device / "fw.elf")], capture_output=True,
+                             text=True, check=True).stdout
+        assert ("smlatb" in asm and "smlad" in asm) == dsp, device
 
 
 def _tiny_profile(tmp: Path, ram: int, flash: int) -> Path:

@@ -478,6 +478,61 @@ typedef struct {
     int64_t per_channel;
 } tile_t;
 
+/* ---- Cortex-M DSP extension (ARMv7E-M, v8-M Main with DSP): SIMD multiply-accumulates on 32-bit words.
+ * EDGEQ_NO_SIMD turns these paths off too. */
+#if defined(__ARM_FEATURE_DSP) && !defined(EDGEQ_NO_SIMD)
+#define EDGEQ_ARM_DSP 1
+#include <arm_acle.h>
+
+static inline uint32_t load_u32(const void *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof v); /* one LDR: ARMv7E-M and v8-M Main allow unaligned word loads */
+    return v;
+}
+
+/* gcc folds this rotate into the extend instruction (SXTB16 rd, rm, ROR #8). */
+static inline uint32_t ror8(uint32_t v)
+{
+    return v >> 8 | v << 24;
+}
+#else
+#define EDGEQ_ARM_DSP 0
+#endif
+
+#if EDGEQ_ARM_DSP
+/* The plane kernel on a Cortex-M with DSP: two output positions per 32-bit load of the int16 copy,
+ * SMLABB / SMLATB multiplying the low / high one by the channel's weight, so the 2 x nb sums of a
+ * position pair stay in registers (the generic loop's nb x np sums would live in memory on a
+ * 13-register core). The same int32 sums, so bit-exact; np is even (EDGEQ_VPOS multiples). */
+static EDGEQ_ALWAYS_INLINE void plane_kernel(const conv_t *a, const tile_t *tl, int64_t pos, const int8_t *w0,
+                                             int32_t nb, int32_t np, int32_t *out)
+{
+    const int32_t taps = a->KH * a->KW;
+    int32_t j, t, tap, c;
+    for (t = 0; t < np; t += 2) {
+        int32_t lo[EDGEQ_OC_BLOCK] = {0, 0, 0, 0}, hi[EDGEQ_OC_BLOCK] = {0, 0, 0, 0};
+        for (tap = 0; tap < taps; tap++) {
+            const int16_t *src = tl->xp + tl->tap[tap] + pos + t;
+            const int8_t *wt = w0 + tap;
+            for (c = 0; c < a->cg; c++, src += tl->per_channel, wt += taps) {
+                const int32_t x2 = (int32_t)load_u32(src);
+#pragma GCC unroll 4 /* constant nb at every call: the sums become registers */
+                for (j = 0; j < nb; j++) {
+                    const int32_t wv = wt[(int64_t)j * a->K];
+                    lo[j] = __smlabb(x2, wv, lo[j]);
+                    hi[j] = __smlatb(x2, wv, hi[j]);
+                }
+            }
+        }
+#pragma GCC unroll 4
+        for (j = 0; j < nb; j++) {
+            out[j * np + t] = lo[j];
+            out[j * np + t + 1] = hi[j];
+        }
+    }
+}
+#else
 /* acc[j][t] = sum over input channels c and taps of w[oc0 + j][c][tap] * x[c](tap)[pos + t] for `np`
  * positions from `pos`, x[c](tap) being channel c's copy shifted to the tap. `nb` and `np` are
  * constants at every call site (plane_kernel_at), so the nb * np accumulators live in registers. */
@@ -503,6 +558,7 @@ static EDGEQ_ALWAYS_INLINE void plane_kernel(const conv_t *a, const tile_t *tl, 
     for (j = 0; j < nb * np; j++)
         out[j] = acc[j];
 }
+#endif
 
 /* Run the register block for nb output channels over the `n` positions from `pos` (n a multiple of
  * EDGEQ_VPOS); out[j * n + t]. Fewer channels get proportionally more positions per block. */
@@ -768,6 +824,31 @@ static void dot_reorder_weights(const conv_t *a, const dot_t *d, int32_t g, int3
 /* s[j] += sum_k P0[k] * w_j[k], s[4 + j] += sum_k P1[k] * w_j[k] for four weight rows (stride Kp):
  * eight sums held in vector registers, uint8 x int8 so gcc emits vpdpbusd (AVX-VNNI) where it can.
  * Kp <= EDGEQ_K_INT32 rounded up bounds every partial sum by 255 * 128 * Kp < 2^31. */
+#if EDGEQ_ARM_DSP
+/* Cortex-M DSP extension: four bytes per step. UXTB16 / SXTB16 split a word into its even and its odd
+ * bytes as two 16-bit lanes (the odd ones after a rotate by 8), and SMLAD adds both lane products to
+ * an accumulator: 4 MACs in 2 SMLADs. Exact int32 sums (Kp is a multiple of 4), so bit-exact with the
+ * loop below. */
+static void dot4x2(const uint8_t *restrict p0, const uint8_t *restrict p1, const int8_t *restrict w, int32_t Kp,
+                   int32_t s[2 * EDGEQ_OC_BLOCK])
+{
+    int32_t acc[2 * EDGEQ_OC_BLOCK] = {0, 0, 0, 0, 0, 0, 0, 0};
+    int32_t k, j;
+    for (k = 0; k < Kp; k += 4) {
+        const uint32_t u = load_u32(p0 + k), v = load_u32(p1 + k);
+        const int16x2_t ue = (int16x2_t)__uxtb16(u), uo = (int16x2_t)__uxtb16(ror8(u));
+        const int16x2_t ve = (int16x2_t)__uxtb16(v), vo = (int16x2_t)__uxtb16(ror8(v));
+        for (j = 0; j < EDGEQ_OC_BLOCK; j++) {
+            const int32_t wj = (int32_t)load_u32(w + (int64_t)j * Kp + k);
+            const int16x2_t we = __sxtb16(wj), wo = __sxtb16((int32_t)ror8((uint32_t)wj));
+            acc[j] = __smlad(ue, we, __smlad(uo, wo, acc[j]));
+            acc[EDGEQ_OC_BLOCK + j] = __smlad(ve, we, __smlad(vo, wo, acc[EDGEQ_OC_BLOCK + j]));
+        }
+    }
+    for (j = 0; j < 2 * EDGEQ_OC_BLOCK; j++)
+        s[j] = acc[j];
+}
+#else
 static void dot4x2(const uint8_t *restrict p0, const uint8_t *restrict p1, const int8_t *restrict w, int32_t Kp,
                    int32_t s[2 * EDGEQ_OC_BLOCK])
 {
@@ -793,6 +874,7 @@ static void dot4x2(const uint8_t *restrict p0, const uint8_t *restrict p1, const
     s[6] = b2;
     s[7] = b3;
 }
+#endif
 
 /* One tile of the dot path: group, first output row and column, size. */
 typedef struct {
