@@ -6,7 +6,10 @@ generated C with the profile's arm-none-eabi-gcc flags, links against the device
 budgets and runs it under qemu-system-arm; the outputs are checked bit for bit against `edgeq run`
 (C backend). Prints a markdown table (and writes JSON with --json FILE).
 
-    python benchmarks/mcu_sim.py [--json mcu.json] [--samples 4]
+    python benchmarks/mcu_sim.py [--json mcu.json] [--samples 4] [--cflags "-DEDGEQ_NO_SIMD"]
+
+--cflags adds compiler flags to every firmware build: -DEDGEQ_NO_SIMD turns the Cortex-M DSP kernels
+off (the before/after comparison), -DEDGEQ_SCRATCH_BYTES=... etc. override edgeq export's budgets.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--json", help="also write the rows as JSON here")
     ap.add_argument("--samples", type=int, default=4)
+    ap.add_argument("--cflags", default="", help="extra compiler flags for the firmware, space separated")
     args = ap.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -56,7 +60,7 @@ def main() -> None:
             for dev in (d for d in list_devices() if d.device_class == "mcu"):
                 row = {"model": name, "device": dev.id}
                 try:
-                    r = simulate(path, dev.id, inputs, timeout=600)
+                    r = simulate(path, dev.id, inputs, timeout=600, extra_cflags=args.cflags.split())
                 except EdgeqError as e:
                     row["error"] = str(e)
                 else:

@@ -153,14 +153,15 @@ def _fit_error(device: DeviceProfile, stderr: str, arena: int, pool: int, stack:
 
 
 def build_firmware(project: Path, device: DeviceProfile, main_c: Path, arena: int = 0, pool: int = 0,
-                   stack_bytes: int = DEFAULT_STACK_BYTES) -> dict[str, Any]:
-    """Compile and link ``main_c`` with the exported project in ``project`` (which has the device files).
+                   stack_bytes: int = DEFAULT_STACK_BYTES, extra_cflags: Sequence[str] = ()) -> dict[str, Any]:
+    """Compile and link ``main_c`` with the exported project in ``project`` (which has the device files);
+    ``extra_cflags`` go after the profile's flags (e.g. ``-DEDGEQ_NO_SIMD`` or scratch budgets).
 
     Returns {"elf": path, "warnings": [...], "stack_static_bytes": n, "stack_path": [...]}, where n is the
     deepest call path's frames plus INTERRUPT_AND_LIBRARY_STACK. Raises
     :class:`DoesNotFitError` when the link overflows a memory region, :class:`ToolchainError` otherwise."""
     tools = _tools(device)
-    cflags = [*device.toolchain.cflags, *MCU_CFLAGS]
+    cflags = [*device.toolchain.cflags, *MCU_CFLAGS, *extra_cflags]
     kernels_o, kwarn = _cached_kernels(tools["cc"], cflags, project / "edgeq_kernels.c")
     warnings = [w for w in [kwarn] if w]
     objs = [kernels_o]
@@ -232,11 +233,12 @@ def _macs(lb: LoadedBundle) -> int:
 
 def simulate(bundle: str | Path | LoadedBundle, device: str | DeviceProfile, inputs: dict[str, np.ndarray],
              timeout: float = DEFAULT_TIMEOUT_S, stack_bytes: int = DEFAULT_STACK_BYTES,
-             build_dir: str | Path | None = None) -> SimResult:
+             build_dir: str | Path | None = None, extra_cflags: Sequence[str] = ()) -> SimResult:
     """Run float ``inputs`` (batch first) through the bundle's firmware for ``device`` under QEMU.
 
     Outputs equal ``edgeq run``'s bit for bit (same quantization, same integer program and kernels).
-    ``build_dir`` keeps the project, firmware and I/O files there; by default a temporary directory."""
+    ``build_dir`` keeps the project, firmware and I/O files there; by default a temporary directory.
+    ``extra_cflags`` are added to every compile (see :func:`build_firmware`)."""
     lb = bundle if isinstance(bundle, LoadedBundle) else read_bundle(bundle)
     profile = mcu_device(device)
     _tools(profile)
@@ -249,7 +251,7 @@ def simulate(bundle: str | Path | LoadedBundle, device: str | DeviceProfile, inp
         exp = export_c(lb, work, profile, stack_bytes)
         main_c = work / "sim_main.c"
         main_c.write_text(resources.files("edgeq").joinpath("data", "mcu", "sim_main.c").read_text())
-        fw = build_firmware(work, profile, main_c, exp.arena_bytes, exp.pool_bytes, stack_bytes)
+        fw = build_firmware(work, profile, main_c, exp.arena_bytes, exp.pool_bytes, stack_bytes, extra_cflags)
         need = fw["stack_static_bytes"]
         if need > stack_bytes:
             raise DoesNotFitError(f"stack reserve of {stack_bytes} bytes is below the kernels' static bound of {need} "
@@ -272,12 +274,12 @@ def simulate(bundle: str | Path | LoadedBundle, device: str | DeviceProfile, inp
         outputs_q[e["name"]] = raw[:, col: col + e["bytes"]].reshape((n,) + tuple(g.tensors[e["name"]].shape[1:]))
         col += e["bytes"]
     outputs = {k: dequantize(v, g.tensors[k]) for k, v in outputs_q.items()}
-    report = _report(profile, exp, fw, sizes, console, n, _macs(lb), build_s, sim_s, stack_bytes)
+    report = _report(profile, exp, fw, sizes, console, n, _macs(lb), build_s, sim_s, stack_bytes, extra_cflags)
     return SimResult(outputs, outputs_q, report)
 
 
 def _report(device: DeviceProfile, exp: Any, fw: dict[str, Any], sizes: dict[str, int], console: str, n: int,
-            macs: int, build_s: float, sim_s: float, stack_bytes: int) -> dict[str, Any]:
+            macs: int, build_s: float, sim_s: float, stack_bytes: int, extra_cflags: Sequence[str]) -> dict[str, Any]:
     calib, samples, stack_used = None, [], None
     for line in console.splitlines():
         m = CALIB_LINE.match(line.strip())
@@ -298,7 +300,7 @@ def _report(device: DeviceProfile, exp: Any, fw: dict[str, Any], sizes: dict[str
     return {
         "device": device.id, "core": device.core, "clock_mhz": device.clock_mhz,
         "emulator": f"qemu-system-arm -M {device.toolchain.emulator_machine}",
-        "cflags": [*device.toolchain.cflags, *MCU_CFLAGS], "samples": n,
+        "cflags": [*device.toolchain.cflags, *MCU_CFLAGS, *extra_cflags], "samples": n,
         "elf": sizes,
         "flash": {"used_bytes": sizes["text"] + sizes["data"], "budget_bytes": device.flash_bytes,
                   "constants_bytes": exp.pool_bytes},
