@@ -311,6 +311,17 @@ def test_sim_hanging_firmware_times_out(digits, tmp_path):
         run_firmware(fw["elf"], device, tmp_path, timeout=1.0)
 
 
+def test_sim_faulting_firmware_is_reported(digits, tmp_path):
+    path, _ = digits
+    device = mcu_device("nrf52840")
+    export_c(path, tmp_path, device)
+    main_c = tmp_path / "fault.c"
+    main_c.write_text('int main(void)\n{\n    __asm__ volatile("udf #0");\n    return 0;\n}\n')
+    fw = build_firmware(tmp_path, device, main_c)
+    with pytest.raises(FirmwareError, match=r"exited with status 70 .*the firmware faulted"):
+        run_firmware(fw["elf"], device, tmp_path, timeout=20.0)
+
+
 def test_cli_sim_json_and_timeout(digits, tmp_path):
     path, inputs = digits
     np.save(tmp_path / "x.npy", inputs["input"][:2])
