@@ -232,7 +232,7 @@ def cmd_sim(args: argparse.Namespace) -> None:
     bundle = load(args.bundle, backend="reference")
     inputs = _read_inputs(args.input, bundle)
     result = simulate(bundle._loaded, args.device, inputs, timeout=args.timeout or DEFAULT_TIMEOUT_S,
-                      stack_bytes=args.stack_bytes or DEFAULT_STACK_BYTES, build_dir=args.build_dir)
+                      stack_bytes=args.stack_bytes or DEFAULT_STACK_BYTES, build_dir=args.build_dir, profile=args.profile)
     if args.output:
         from .bundle import write_atomic
         from .npio import encode_named_arrays
@@ -248,6 +248,9 @@ def cmd_sim(args: argparse.Namespace) -> None:
              f"used {_human(ram['stack_used_bytes'])})",
              f"{ins['median']:,} instructions per sample ({r['instructions_per_mac']} per MAC); "
              f"{r['est_ms_at_1_ipc']} ms at {r['clock_mhz']} MHz if 1 instruction per cycle"]
+    if "nodes" in r:
+        top = sorted(r["nodes"], key=lambda x: -x["instructions"])[:5]
+        lines.append("most instructions: " + ", ".join(f"{x['name']} ({x['op']}) {x['instructions']:,}" for x in top))
     for name, y in result.outputs.items():
         entry: dict[str, Any] = {"shape": list(y.shape)}
         if y.ndim == 2:
@@ -319,6 +322,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--timeout", type=float, help="seconds before a firmware run counts as hung (default 60)")
     s.add_argument("--stack-bytes", type=int, help=f"stack reserve in the linker script (default {DEFAULT_STACK_BYTES})")
     s.add_argument("--build-dir", help="keep the generated project, firmware and I/O files here")
+    s.add_argument("--profile", action="store_true", help="run node by node and report each node's instructions")
     return p
 
 

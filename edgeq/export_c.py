@@ -174,6 +174,9 @@ def render_model(lb: LoadedBundle) -> tuple[dict[str, str], dict[str, Any]]:
     ranks = [len(e["shape"]) for e in inputs + outputs]
     digest = hashlib.sha256(Path(lb.path).read_bytes()).hexdigest()
     words = [str(int(w)) for w in prog.words]
+    starts = [0]
+    while starts[-1] < len(prog.words):  # record layout: [opcode, n_words, ...]
+        starts.append(starts[-1] + int(prog.words[starts[-1] + 1]))
     values = {
         "VERSION": __version__, "SOURCE": Path(lb.path).name.replace("*/", "* /"), "SHA256": digest,
         "ARENA_BYTES": prog.arena_bytes, "POOL_BYTES": pool.size, "PROGRAM_WORDS": len(words),
@@ -184,6 +187,7 @@ def render_model(lb: LoadedBundle) -> tuple[dict[str, str], dict[str, Any]]:
         "POOL_LEN": max(pool.size, 1), "POOL": _rows([_HEX[b] for b in pool.tolist()] or ["0"], 16),
         "PROGRAM_LEN": max(len(words), 1), "PROGRAM": _rows(words or ["0"], 12),
         "ARENA_LEN": max(prog.arena_bytes, 1), "INPUTS": in_rows, "OUTPUTS": out_rows,
+        "N_NODES": len(starts) - 1, "NODE_WORDS": _rows([str(w) for w in starts], 16),
     }
     files = {"model.h": _fill(_template("model.h.in"), values), "model.c": _fill(_template("model.c.in"), values)}
     figures = {"arena_bytes": prog.arena_bytes, "pool_bytes": int(pool.size), "program_words": len(words),

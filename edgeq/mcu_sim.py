@@ -44,7 +44,7 @@ __all__ = ["SimResult", "build_firmware", "elf_sizes", "run_firmware", "simulate
 # v7E-M/v8.1-M), SysTick_Handler's frame, and library leaf calls (memcpy, memset, 64-bit division).
 INTERRUPT_AND_LIBRARY_STACK = 256
 DEFAULT_TIMEOUT_S = 60.0
-CALIB_LINE = re.compile(r"^EDGEQ_(CALIB|SAMPLE|STACK|RC) (\d+) (\d+)$")
+CALIB_LINE = re.compile(r"^EDGEQ_(CALIB|SAMPLE|STACK|RC|NODE) (\d+) (\d+)$")
 _FIRMWARE_EXIT = {3: "host file I/O through semihosting failed", 70: "the firmware faulted (EDGEQ_FAULT)"}
 
 
@@ -220,38 +220,43 @@ def run_firmware(elf: Path, device: DeviceProfile, workdir: Path, timeout: float
     return out
 
 
-def _macs(lb: LoadedBundle) -> int:
-    g, total = lb.graph, 0
-    for n in lb.graph.nodes:
+def _node_macs(lb: LoadedBundle) -> list[int]:
+    """Multiply-accumulates of each node per sample (convolutions and fully connected layers)."""
+    g, macs = lb.graph, []
+    for n in g.nodes:
         if n.op == "QConv":
-            y = g.tensors[n.outputs[0]].shape
-            total += int(np.prod(g.consts[n.inputs[1]].shape)) * int(np.prod(y[2:]))
+            macs.append(int(np.prod(g.consts[n.inputs[1]].shape)) * int(np.prod(g.tensors[n.outputs[0]].shape[2:])))
         elif n.op == "QFullyConnected":
-            total += int(np.prod(g.consts[n.inputs[1]].shape))
-    return total
+            macs.append(int(np.prod(g.consts[n.inputs[1]].shape)))
+        else:
+            macs.append(0)
+    return macs
 
 
 def simulate(bundle: str | Path | LoadedBundle, device: str | DeviceProfile, inputs: dict[str, np.ndarray],
              timeout: float = DEFAULT_TIMEOUT_S, stack_bytes: int = DEFAULT_STACK_BYTES,
-             build_dir: str | Path | None = None, extra_cflags: Sequence[str] = ()) -> SimResult:
+             build_dir: str | Path | None = None, extra_cflags: Sequence[str] = (),
+             profile: bool = False) -> SimResult:
     """Run float ``inputs`` (batch first) through the bundle's firmware for ``device`` under QEMU.
 
     Outputs equal ``edgeq run``'s bit for bit (same quantization, same integer program and kernels).
     ``build_dir`` keeps the project, firmware and I/O files there; by default a temporary directory.
-    ``extra_cflags`` are added to every compile (see :func:`build_firmware`)."""
+    ``extra_cflags`` are added to every compile (see :func:`build_firmware`). ``profile`` runs the
+    samples node by node and adds each node's instruction count to the report."""
     lb = bundle if isinstance(bundle, LoadedBundle) else read_bundle(bundle)
-    profile = mcu_device(device)
-    _tools(profile)
+    dev = mcu_device(device)
+    _tools(dev)
     g = lb.graph
     n = Executor(g, "reference", lb.plan).check_inputs(inputs)
     q_in = {k: quantize(inputs[k], g.tensors[k]) for k in g.inputs}
     with tempfile.TemporaryDirectory(prefix="edgeq-sim-") as tmp:
         work = (Path(build_dir) if build_dir is not None else Path(tmp)).resolve()
         t0 = time.perf_counter()
-        exp = export_c(lb, work, profile, stack_bytes)
+        exp = export_c(lb, work, dev, stack_bytes)
         main_c = work / "sim_main.c"
-        main_c.write_text(resources.files("edgeq").joinpath("data", "mcu", "sim_main.c").read_text())
-        fw = build_firmware(work, profile, main_c, exp.arena_bytes, exp.pool_bytes, stack_bytes, extra_cflags)
+        main_c.write_text(("#define EDGEQ_SIM_PROFILE 1\n" if profile else "")
+                          + resources.files("edgeq").joinpath("data", "mcu", "sim_main.c").read_text())
+        fw = build_firmware(work, dev, main_c, exp.arena_bytes, exp.pool_bytes, stack_bytes, extra_cflags)
         need = fw["stack_static_bytes"]
         if need > stack_bytes:
             raise DoesNotFitError(f"stack reserve of {stack_bytes} bytes is below the kernels' static bound of {need} "
@@ -261,26 +266,28 @@ def simulate(bundle: str | Path | LoadedBundle, device: str | DeviceProfile, inp
         out_file = work / "output.bin"
         out_file.unlink(missing_ok=True)
         t1 = time.perf_counter()
-        console = run_firmware(fw["elf"], profile, work, timeout)
+        console = run_firmware(fw["elf"], dev, work, timeout)
         sim_s = time.perf_counter() - t1
         raw = np.fromfile(out_file, dtype=np.int8) if out_file.is_file() else np.zeros(0, np.int8)
         total = sum(e["bytes"] for e in exp.outputs)
         if raw.size != n * total:
-            raise FirmwareError(f"firmware for {profile.id} wrote {raw.size} output bytes, expected {n * total}")
-        sizes = elf_sizes(fw["elf"], profile)
+            raise FirmwareError(f"firmware for {dev.id} wrote {raw.size} output bytes, expected {n * total}")
+        sizes = elf_sizes(fw["elf"], dev)
     raw = raw.reshape(n, total)
     outputs_q, col = {}, 0
     for e in exp.outputs:
         outputs_q[e["name"]] = raw[:, col: col + e["bytes"]].reshape((n,) + tuple(g.tensors[e["name"]].shape[1:]))
         col += e["bytes"]
     outputs = {k: dequantize(v, g.tensors[k]) for k, v in outputs_q.items()}
-    report = _report(profile, exp, fw, sizes, console, n, _macs(lb), build_s, sim_s, stack_bytes, extra_cflags)
+    report = _report(dev, exp, fw, sizes, console, n, lb, build_s, sim_s, stack_bytes, extra_cflags)
     return SimResult(outputs, outputs_q, report)
 
 
 def _report(device: DeviceProfile, exp: Any, fw: dict[str, Any], sizes: dict[str, int], console: str, n: int,
-            macs: int, build_s: float, sim_s: float, stack_bytes: int, extra_cflags: Sequence[str]) -> dict[str, Any]:
+            lb: LoadedBundle, build_s: float, sim_s: float, stack_bytes: int,
+            extra_cflags: Sequence[str]) -> dict[str, Any]:
     calib, samples, stack_used = None, [], None
+    node_ticks: dict[int, list[int]] = {}
     for line in console.splitlines():
         m = CALIB_LINE.match(line.strip())
         if not m:
@@ -292,12 +299,16 @@ def _report(device: DeviceProfile, exp: Any, fw: dict[str, Any], sizes: dict[str
             samples.append(b)
         elif kind == "STACK":
             stack_used = a
+        elif kind == "NODE":
+            node_ticks.setdefault(a, []).append(b)
     if calib is None or len(samples) != n or stack_used is None:
         raise FirmwareError(f"firmware for {device.id} did not report its figures (console: {console.strip()[-200:]!r})")
     per_tick = 2 * calib[1] / calib[0]
     insns = [round(t * per_tick) for t in samples]
     median = int(statistics.median(insns))
-    return {
+    node_macs = _node_macs(lb)
+    macs = sum(node_macs)
+    report = {
         "device": device.id, "core": device.core, "clock_mhz": device.clock_mhz,
         "emulator": f"qemu-system-arm -M {device.toolchain.emulator_machine}",
         "cflags": [*device.toolchain.cflags, *MCU_CFLAGS, *extra_cflags], "samples": n,
@@ -320,3 +331,8 @@ def _report(device: DeviceProfile, exp: Any, fw: dict[str, Any], sizes: dict[str
         "compiler_warnings": fw["warnings"],
         "build_s": round(build_s, 3), "sim_wall_s": round(sim_s, 3),
     }
+    if node_ticks:
+        report["nodes"] = [{"name": node.name, "op": node.op, "macs": m,
+                            "instructions": round(statistics.median(node_ticks.get(i, [0])) * per_tick)}
+                           for i, (node, m) in enumerate(zip(lb.graph.nodes, node_macs))]
+    return report

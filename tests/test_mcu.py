@@ -272,6 +272,20 @@ def test_dsp_kernels_are_compiled_for_dsp_cores_only(digits, tmp_path):
         assert ("smlatb" in asm and "smlad" in asm) == dsp, device
 
 
+def test_sim_profile_per_node_instructions_add_up(zoo):
+    path, inputs = zoo
+    plain = simulate(path, "nrf52840", inputs)
+    prof = simulate(path, "nrf52840", inputs, profile=True)
+    for k in plain.outputs_q:
+        np.testing.assert_array_equal(prof.outputs_q[k], plain.outputs_q[k])
+    nodes, total = prof.report["nodes"], prof.report["instructions"]["median"]
+    assert [n["name"] for n in nodes] == [n.name for n in edgeq.load(path).graph.nodes]
+    assert all(n["instructions"] > 0 for n in nodes)
+    # Node by node costs only the per-node call and timer reads: within 1% of one invoke.
+    assert abs(sum(n["instructions"] for n in nodes) - total) < 0.01 * total
+    assert abs(total - plain.report["instructions"]["median"]) < 0.01 * total
+
+
 def _tiny_profile(tmp: Path, ram: int, flash: int) -> Path:
     text = resources.files("edgeq.device_profiles").joinpath("nrf52840.toml").read_text()
     text = text.replace('id = "nrf52840"', 'id = "tiny"').replace("ram_bytes = 262144", f"ram_bytes = {ram}")
