@@ -169,6 +169,28 @@ static void tap_range(int32_t o_lo, int32_t o_hi, int32_t stride, int32_t off, i
     *hi = (int32_t)end;
 }
 
+/* ---- Cortex-M DSP extension (ARMv7E-M, v8-M Main with DSP): dual 16-bit multiply-accumulates, saturating adds.
+ * EDGEQ_NO_SIMD turns these paths off too. */
+#if defined(__ARM_FEATURE_DSP) && !defined(EDGEQ_NO_SIMD)
+#define EDGEQ_ARM_DSP 1
+#include <arm_acle.h>
+
+static inline uint32_t load_u32(const void *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof v); /* one LDR: ARMv7E-M and v8-M Main allow unaligned word loads */
+    return v;
+}
+
+/* gcc folds this rotate into the extend instruction (SXTB16 rd, rm, ROR #8). */
+static inline uint32_t ror8(uint32_t v)
+{
+    return v >> 8 | v << 24;
+}
+#else
+#define EDGEQ_ARM_DSP 0
+#endif
+
 /* Everything needed to turn one output channel's accumulators into int8. */
 typedef struct {
     int32_t bias, mult, shift, y_zp, lo, hi;
@@ -298,10 +320,17 @@ static EDGEQ_ALWAYS_INLINE void requant_fast(const int32_t *restrict acc, int32_
     for (i = 0; i < n; i++) {
         int64_t v = (int64_t)acc[i] + bias;
         int32_t r;
-        if (left)
-            v *= scale;
-        v = v > INT32_MAX ? INT32_MAX : (v < INT32_MIN ? INT32_MIN : v);
-        r = (int32_t)edgeq_asr64(v * mult + ((int64_t)1 << 30), 31);
+#if EDGEQ_ARM_DSP
+        if (!left) { /* the int32 clamp of acc + bias is one saturating QADD; then one SMLAL */
+            r = (int32_t)edgeq_asr64((int64_t)__qadd(acc[i], q->bias) * q->mult + ((int64_t)1 << 30), 31);
+        } else
+#endif
+        {
+            if (left)
+                v *= scale;
+            v = v > INT32_MAX ? INT32_MAX : (v < INT32_MIN ? INT32_MIN : v);
+            r = (int32_t)edgeq_asr64(v * mult + ((int64_t)1 << 30), 31);
+        }
         r = asr32(r, right) + ((r & mask) > half + (r < 0));
         r = r < lo ? lo : r;
         y[i] = (int8_t)((r > hi ? hi : r) + y_zp);
@@ -477,28 +506,6 @@ typedef struct {
     int32_t tap[EDGEQ_MAX_TAPS]; /* offset of tap kh * KW + kw: its phase plane + row and column shift */
     int64_t per_channel;
 } tile_t;
-
-/* ---- Cortex-M DSP extension (ARMv7E-M, v8-M Main with DSP): SIMD multiply-accumulates on 32-bit words.
- * EDGEQ_NO_SIMD turns these paths off too. */
-#if defined(__ARM_FEATURE_DSP) && !defined(EDGEQ_NO_SIMD)
-#define EDGEQ_ARM_DSP 1
-#include <arm_acle.h>
-
-static inline uint32_t load_u32(const void *p)
-{
-    uint32_t v;
-    memcpy(&v, p, sizeof v); /* one LDR: ARMv7E-M and v8-M Main allow unaligned word loads */
-    return v;
-}
-
-/* gcc folds this rotate into the extend instruction (SXTB16 rd, rm, ROR #8). */
-static inline uint32_t ror8(uint32_t v)
-{
-    return v >> 8 | v << 24;
-}
-#else
-#define EDGEQ_ARM_DSP 0
-#endif
 
 #if EDGEQ_ARM_DSP
 /* The plane kernel on a Cortex-M with DSP: two output positions per 32-bit load of the int16 copy,
