@@ -36,8 +36,8 @@ from .runtimes.program import compile_program
 
 # Kernel scratch budgets for MCU builds (edgeq_kernels.h explains each). Chosen under QEMU on Cortex-M7
 # (benchmarks/RESULTS.md): the plane-kernel input tile at 8 KB and the dot path's buffers at 2/2/8 KB take
-# about 23% fewer instructions on the MobileNetV2-style net and 55% fewer on the digits CNN than
-# 2/1/1/4 KB, for 7 KB more stack.
+# 17% fewer instructions on the MobileNetV2-style net and 50% fewer on the digits CNN than 2/1/1/4 KB
+# (portable C), for 7 KB more stack.
 MCU_SCRATCH: dict[str, int] = {
     "EDGEQ_SCRATCH_BYTES": 8192,
     "EDGEQ_TILE_BYTES": 2048,
