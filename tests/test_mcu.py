@@ -80,17 +80,18 @@ def _zoo(tmp: Path, seed: int, device: str):
     return path, {"x": rng.standard_normal((5, 3, 23, 21)).astype(np.float32) * 1.5}
 
 
-@pytest.fixture(scope="module")
-def mobilenet(tmp_path_factory):
-    """benchmarks/convnets.py's MobileNetV2-style net at 3x96x96 (random weights)."""
+@pytest.fixture(scope="module", params=["off", 2])
+def mobilenet(request, tmp_path_factory):
+    """benchmarks/convnets.py's MobileNetV2-style net at 3x96x96 (random weights), layer by layer and with
+    a 2x2 patch-based first stage."""
     spec = importlib.util.spec_from_file_location("convnets", REPO / "benchmarks" / "convnets.py")
     convnets = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(convnets)
     rng = np.random.default_rng(7)
-    path = tmp_path_factory.mktemp("mnet") / "mnet.edgeq"
+    path = tmp_path_factory.mktemp("mnet") / f"mnet_{request.param}.edgeq"
     calib = rng.standard_normal((4, 3, 96, 96)).astype(np.float32)
     edgeq.convert(convnets.mobilenet_v2_like().SerializeToString(), device="nrf52840", output=path, calib=calib,
-                  progress=False)
+                  progress=False, patch=request.param)
     return path, {"input": rng.standard_normal((2, 3, 96, 96)).astype(np.float32)}
 
 
@@ -223,6 +224,8 @@ def test_sim_random_convnet_bit_exact(device, zoo):
 @pytest.mark.parametrize("device", ["nrf52840", "stm32f7"])
 def test_sim_mobilenet_bit_exact(device, mobilenet):
     path, inputs = mobilenet
+    if "_2" in path.stem:  # the patch plan really is one: windows are copied out patch by patch
+        assert "QCopyWindow" in [n.op for n in edgeq.load(path).graph.nodes]
     r = simulate(path, device, inputs)
     _assert_same_as_run(path, inputs, np.concatenate([v.reshape(2, -1) for v in r.outputs_q.values()], axis=1))
     assert r.report["ram"]["used_bytes"] <= r.report["ram"]["budget_bytes"]
