@@ -44,7 +44,7 @@ __all__ = ["SimResult", "build_firmware", "elf_sizes", "run_firmware", "simulate
 # v7E-M/v8.1-M), SysTick_Handler's frame, and library leaf calls (memcpy, memset, 64-bit division).
 INTERRUPT_AND_LIBRARY_STACK = 256
 DEFAULT_TIMEOUT_S = 60.0
-CALIB_LINE = re.compile(r"^EDGEQ_(CALIB|SAMPLE|STACK|RC|NODE) (\d+) (\d+)$")
+REPORT_LINE = re.compile(r"^EDGEQ_(CALIB|SAMPLE|STACK|RC|NODE) (\d+) (\d+)$")
 _FIRMWARE_EXIT = {3: "host file I/O through semihosting failed", 70: "the firmware faulted (EDGEQ_FAULT)"}
 
 
@@ -289,7 +289,7 @@ def _report(device: DeviceProfile, exp: Any, fw: dict[str, Any], sizes: dict[str
     calib, samples, stack_used = None, [], None
     node_ticks: dict[int, list[int]] = {}
     for line in console.splitlines():
-        m = CALIB_LINE.match(line.strip())
+        m = REPORT_LINE.match(line.strip())
         if not m:
             continue
         kind, a, b = m.group(1), int(m.group(2)), int(m.group(3))
