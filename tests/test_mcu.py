@@ -29,7 +29,7 @@ from edgeq.runtimes.executor import Executor, quantize
 from edgeq.runtimes.planner import plan_memory
 from edgeq.sample import load_sample
 from models import zoo_model
-from test_c_sanitize import _fc, _random_conv
+from test_c_sanitize import _binary, _fc, _random_conv
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -267,6 +267,19 @@ def test_sim_random_convs_bit_exact_with_and_without_dsp(seed, tmp_path):
     want = Executor(graph, "reference").run_quantized(acts)["y"]
     got = simulate(path, device, {"x": acts["x"].astype(np.float32)}).outputs_q["y"]
     assert np.array_equal(got, want), (device, graph.nodes[0].attrs, graph.tensors["x"].shape)
+
+
+@pytest.mark.parametrize("op", ["QAdd", "QMul"])
+def test_sim_two_input_model_bit_exact(op, tmp_path):
+    """Several inputs: packed back to back per sample in model order, each read into its arena slot."""
+    rng = np.random.default_rng(7)
+    graph, acts = _binary(rng, op)
+    while len(acts) != 2:
+        graph, acts = _binary(rng, op)
+    path = _single_op_bundle(graph, tmp_path / "op.edgeq")
+    want = Executor(graph, "reference").run_quantized(acts)["y"]
+    got = simulate(path, "stm32f7", {k: v.astype(np.float32) for k, v in acts.items()}).outputs_q["y"]
+    np.testing.assert_array_equal(got, want)
 
 
 def test_dsp_kernels_are_compiled_for_dsp_cores_only(digits, tmp_path):
