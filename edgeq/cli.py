@@ -114,12 +114,19 @@ def cmd_run(args: argparse.Namespace) -> None:
     backend = bundle.executor().backend_name
     outputs = bundle.run(inputs)
     ms = (time.perf_counter() - t0) * 1e3
+    data: dict[str, Any] = {"backend": backend, "latency_ms": ms}
+    lines = [f"ran {args.bundle} on backend {backend} in {ms:.2f} ms (first run, including backend start-up)"]
+    _emit(args, _outputs(args, outputs, data, lines), "\n".join(lines))
+
+
+def _outputs(args: argparse.Namespace, outputs: dict[str, np.ndarray], data: dict[str, Any],
+             lines: list[str]) -> dict[str, Any]:
+    """Write ``outputs`` to ``--output`` (atomically) and describe them in ``data`` and ``lines``."""
     if args.output:
         from .bundle import write_atomic
         from .npio import encode_named_arrays
         write_atomic(args.output, [encode_named_arrays(args.output, outputs, InputError)])
-    data: dict[str, Any] = {"backend": backend, "latency_ms": ms, "output_file": args.output, "outputs": {}}
-    lines = [f"ran {args.bundle} on backend {backend} in {ms:.2f} ms (first run, including backend start-up)"]
+    data.update(output_file=args.output, outputs={})
     for name, y in outputs.items():
         entry: dict[str, Any] = {"shape": list(y.shape)}
         if y.ndim == 2:
@@ -133,7 +140,7 @@ def cmd_run(args: argparse.Namespace) -> None:
         data["outputs"][name] = entry
     if args.output:
         lines.append(f"wrote {args.output}")
-    _emit(args, data, "\n".join(lines))
+    return data
 
 
 def cmd_inspect(args: argparse.Namespace) -> None:
@@ -233,11 +240,7 @@ def cmd_sim(args: argparse.Namespace) -> None:
     inputs = _read_inputs(args.input, bundle)
     result = simulate(bundle._loaded, args.device, inputs, timeout=args.timeout or DEFAULT_TIMEOUT_S,
                       stack_bytes=args.stack_bytes or DEFAULT_STACK_BYTES, build_dir=args.build_dir, profile=args.profile)
-    if args.output:
-        from .bundle import write_atomic
-        from .npio import encode_named_arrays
-        write_atomic(args.output, [encode_named_arrays(args.output, result.outputs, InputError)])
-    r = dict(result.report, output_file=args.output, outputs={})
+    r = dict(result.report)
     f, ram, ins = r["flash"], r["ram"], r["instructions"]
     lines = [f"ran {args.bundle} on {r['device']} ({r['core']}) under {r['emulator']}: {r['samples']} sample(s), "
              f"{r['sim_wall_s']:.2f} s",
@@ -251,18 +254,7 @@ def cmd_sim(args: argparse.Namespace) -> None:
     if "nodes" in r:
         top = sorted(r["nodes"], key=lambda x: -x["instructions"])[:5]
         lines.append("most instructions: " + ", ".join(f"{x['name']} ({x['op']}) {x['instructions']:,}" for x in top))
-    for name, y in result.outputs.items():
-        entry: dict[str, Any] = {"shape": list(y.shape)}
-        if y.ndim == 2:
-            entry["argmax"] = y.argmax(axis=1).tolist()
-            lines.append(f"output '{name}' {y.shape}: argmax per sample: {', '.join(map(str, entry['argmax'][:20]))}"
-                         + (" ..." if len(entry["argmax"]) > 20 else ""))
-        if y.size <= 4096:
-            entry["values"] = y.tolist()
-        r["outputs"][name] = entry
-    if args.output:
-        lines.append(f"wrote {args.output}")
-    _emit(args, r, "\n".join(lines))
+    _emit(args, _outputs(args, result.outputs, r, lines), "\n".join(lines))
 
 
 def _parser() -> argparse.ArgumentParser:
