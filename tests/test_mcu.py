@@ -333,26 +333,19 @@ def test_cli_sim_model_too_big_for_flash_exit_2(digits, tmp_path):
     assert not (tmp_path / "y.npy").exists()
 
 
-def test_sim_hanging_firmware_times_out(digits, tmp_path):
+@pytest.mark.parametrize("device_id, body, match, timeout", [
+    ("stm32f7", "    for (;;) {\n    }\n", r"did not finish within 1 s .*-d int,guest_errors", 1.0),
+    ("nrf52840", '    __asm__ volatile("udf #0");\n    return 0;\n', r"exited with status 70 .*the firmware faulted", 20.0),
+], ids=["hang", "fault"])
+def test_sim_bad_firmware_is_reported(digits, tmp_path, device_id, body, match, timeout):
     path, _ = digits
-    device = mcu_device("stm32f7")
+    device = mcu_device(device_id)
     export_c(path, tmp_path, device)
-    main_c = tmp_path / "hang.c"
-    main_c.write_text("int main(void)\n{\n    for (;;) {\n    }\n}\n")
+    main_c = tmp_path / "bad.c"
+    main_c.write_text("int main(void)\n{\n" + body + "}\n")
     fw = build_firmware(tmp_path, device, main_c)
-    with pytest.raises(FirmwareError, match=r"did not finish within 1 s .*-d int,guest_errors"):
-        run_firmware(fw["elf"], device, tmp_path, timeout=1.0)
-
-
-def test_sim_faulting_firmware_is_reported(digits, tmp_path):
-    path, _ = digits
-    device = mcu_device("nrf52840")
-    export_c(path, tmp_path, device)
-    main_c = tmp_path / "fault.c"
-    main_c.write_text('int main(void)\n{\n    __asm__ volatile("udf #0");\n    return 0;\n}\n')
-    fw = build_firmware(tmp_path, device, main_c)
-    with pytest.raises(FirmwareError, match=r"exited with status 70 .*the firmware faulted"):
-        run_firmware(fw["elf"], device, tmp_path, timeout=20.0)
+    with pytest.raises(FirmwareError, match=match):
+        run_firmware(fw["elf"], device, tmp_path, timeout=timeout)
 
 
 def test_cli_sim_json_and_timeout(digits, tmp_path):
