@@ -37,6 +37,7 @@ from .devices import DeviceProfile
 from .errors import DoesNotFitError, FirmwareError, ToolchainError
 from .export_c import (DEFAULT_STACK_BYTES, INSTALL_HINT, MCU_CFLAGS, MCU_LDFLAGS, MCU_LIBS, export_c, mcu_device)
 from .runtimes.executor import Executor, dequantize, quantize
+from .runtimes.registry import node_macs
 
 __all__ = ["SimResult", "build_firmware", "elf_sizes", "run_firmware", "simulate", "stack_bound"]
 
@@ -220,19 +221,6 @@ def run_firmware(elf: Path, device: DeviceProfile, workdir: Path, timeout: float
     return out
 
 
-def _node_macs(lb: LoadedBundle) -> list[int]:
-    """Multiply-accumulates of each node per sample (convolutions and fully connected layers)."""
-    g, macs = lb.graph, []
-    for n in g.nodes:
-        if n.op == "QConv":
-            macs.append(int(np.prod(g.consts[n.inputs[1]].shape)) * int(np.prod(g.tensors[n.outputs[0]].shape[2:])))
-        elif n.op == "QFullyConnected":
-            macs.append(int(np.prod(g.consts[n.inputs[1]].shape)))
-        else:
-            macs.append(0)
-    return macs
-
-
 def simulate(bundle: str | Path | LoadedBundle, device: str | DeviceProfile, inputs: dict[str, np.ndarray],
              timeout: float = DEFAULT_TIMEOUT_S, stack_bytes: int = DEFAULT_STACK_BYTES,
              build_dir: str | Path | None = None, extra_cflags: Sequence[str] = (),
@@ -306,8 +294,8 @@ def _report(device: DeviceProfile, exp: Any, fw: dict[str, Any], sizes: dict[str
     per_tick = 2 * calib[1] / calib[0]
     insns = [round(t * per_tick) for t in samples]
     median = int(statistics.median(insns))
-    node_macs = _node_macs(lb)
-    macs = sum(node_macs)
+    macs_per_node = [node_macs(nd, lb.graph) for nd in lb.graph.nodes]
+    macs = sum(macs_per_node)
     report = {
         "device": device.id, "core": device.core, "clock_mhz": device.clock_mhz,
         "emulator": f"qemu-system-arm -M {device.toolchain.emulator_machine}",
@@ -334,5 +322,5 @@ def _report(device: DeviceProfile, exp: Any, fw: dict[str, Any], sizes: dict[str
     if node_ticks:
         report["nodes"] = [{"name": node.name, "op": node.op, "macs": m,
                             "instructions": round(statistics.median(node_ticks.get(i, [0])) * per_tick)}
-                           for i, (node, m) in enumerate(zip(lb.graph.nodes, node_macs))]
+                           for i, (node, m) in enumerate(zip(lb.graph.nodes, macs_per_node))]
     return report

@@ -229,14 +229,17 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
 ]}
 
 
+def node_macs(node: Node, graph: Graph) -> int:
+    """Multiply-accumulates of one node per sample (convolutions and fully connected layers; else 0)."""
+    if node.op == "QConv":
+        _, cg, kh, kw = graph.tensors[node.inputs[1]].shape
+        return graph.tensors[node.outputs[0]].sample_nbytes * cg * kh * kw  # int8: bytes == elements
+    if node.op == "QFullyConnected":
+        oc, k = graph.tensors[node.inputs[1]].shape
+        return oc * k
+    return 0
+
+
 def graph_macs(graph: Graph) -> int:
-    """Multiply-accumulates of one inference (per sample): convolutions and fully connected layers."""
-    total = 0
-    for n in graph.nodes:
-        if n.op == "QConv":
-            _, cg, kh, kw = graph.tensors[n.inputs[1]].shape
-            total += graph.tensors[n.outputs[0]].sample_nbytes * cg * kh * kw  # int8: bytes == elements
-        elif n.op == "QFullyConnected":
-            oc, k = graph.tensors[n.inputs[1]].shape
-            total += oc * k
-    return total
+    """Multiply-accumulates of one inference (per sample)."""
+    return sum(node_macs(n, graph) for n in graph.nodes)
