@@ -2,7 +2,8 @@
 
 Every activation is a box: horizontally the steps during which it is live (from the op that writes it
 to the last op that reads it), vertically its bytes in the arena. Patch-based stages show as many
-small boxes at the start; in-place ops as boxes that continue where their input ended.
+small boxes at the start; in-place ops as boxes that continue where their input ended. A patched bundle
+gets a second panel: the input window each patch reads (its share plus the halo) over the input image.
 """
 
 from __future__ import annotations
@@ -30,7 +31,12 @@ def plot_memory(graph: Graph, plan: MemoryPlan, path: str | Path, title: str = "
     import io
 
     producer = {n.outputs[0]: n.op for n in graph.nodes}
-    fig, ax = plt.subplots(figsize=(11, 5.5), dpi=110)
+    crops = [n.attrs for n in graph.nodes if n.op == "QCopyWindow" and n.inputs[0] == graph.inputs[0]]
+    if crops:
+        fig, (ax, px) = plt.subplots(1, 2, figsize=(15, 5.5), dpi=110, gridspec_kw={"width_ratios": [3, 1]})
+        _patches_panel(px, graph, crops, Rectangle)
+    else:
+        fig, ax = plt.subplots(figsize=(11, 5.5), dpi=110)
     for name, (first, last) in lifetimes(graph).items():
         size = graph.tensors[name].sample_nbytes
         op = producer.get(name, "input")
@@ -51,3 +57,16 @@ def plot_memory(graph: Graph, plan: MemoryPlan, path: str | Path, title: str = "
     fig.savefig(buf, format="png")
     plt.close(fig)
     write_atomic(path, [buf.getvalue()])
+
+
+def _patches_panel(ax, graph: Graph, crops: list[dict], rectangle) -> None:
+    """The input image with the window every patch reads (overlaps are the recomputed halos)."""
+    _, _, h, w = graph.tensors[graph.inputs[0]].shape
+    ax.add_patch(rectangle((0, 0), w, h, facecolor="#eeeeee", edgecolor="black"))
+    for i, a in enumerate(crops):
+        (y, x), (ph, pw) = a["src"], a["size"]
+        ax.add_patch(rectangle((x, y), pw, ph, fill=False, linewidth=1.2, edgecolor=f"C{i % 10}"))
+    ax.set_xlim(-1, w + 1)
+    ax.set_ylim(h + 1, -1)
+    ax.set_aspect("equal")
+    ax.set_title(f"{len(crops)} patches: input windows with halos ({h}x{w})")
