@@ -143,7 +143,8 @@ class CDecoder:
 
 
 def matvec(m: Matrix, xq: np.ndarray, xs: np.ndarray, build: CBackend | None = None) -> np.ndarray:
-    """One C mat-vec (quantized tokens xq [n, cols] with scales xs [n]); for tests against llm_formats.matvec."""
+    """One C mat-vec (quantized tokens xq [n, cols] with block scales xs [n, cols / 32]); for tests against
+    llm_formats.matvec."""
     b = build or backend()
     b.ensure_available()
     ffi, lib = b._loaded()
@@ -167,7 +168,7 @@ def quantize(x: np.ndarray, build: CBackend | None = None) -> tuple[np.ndarray, 
     ffi, lib = b._loaded()
     x = np.ascontiguousarray(x, np.float32)
     n, cols = x.shape
-    xq, xs = np.empty((n, cols), np.int8), np.empty(n, np.float32)
+    xq, xs = np.empty((n, cols), np.int8), np.empty((n, cols // 32), np.float32)
     xsum = np.empty((n, max(cols // 32, 1)), np.int32)
     lib.edgeq_llm_quantize(ffi.from_buffer("float[]", x), n, cols, ffi.from_buffer("int8_t[]", xq),
                            ffi.from_buffer("float[]", xs), ffi.from_buffer("int32_t[]", xsum))

@@ -21,17 +21,21 @@ Packed arrays (row-major; docs/llm-formats.md gives the byte layout): ``q`` the 
 else uint8), ``d`` float16 ``[rows, groups * planes]`` (plane-minor), ``m`` float16 ``[rows, groups]``
 (lut formats only).
 
-Activations are quantized per token to int8 (:func:`quantize_act`). The mat-vec (:func:`matvec`) is
-defined so that optimized kernels can reproduce it bit for bit: exact integer dot products per group and
-plane, then float32 arithmetic in this fixed order (no fused multiply-add)::
+Activations are quantized to int8 in blocks of 32 along the row, each block with its own float32 scale
+(:func:`quantize_act`). The mat-vec (:func:`matvec`) is defined so that optimized kernels can reproduce
+it bit for bit: exact integer dot products per 32-block and plane, then float32 arithmetic in this fixed
+order (no fused multiply-add)::
 
-    acc = 0
-    for each group g in order:
-        t = d_0 * float(dot_0)
-        t = t + d_p * float(dot_p)          for p = 1 .. planes-1
-        t = t + m * float(sum of x_q over g)  (formats with an offset)
-        acc = acc + t
-    y = acc * x_scale
+    acc[0..15] = 0
+    for each 32-block b in order (g = the weight group holding b):
+        t = d_0[g] * float(dot_0[b])
+        t = t + d_p[g] * float(dot_p[b])          for p = 1 .. planes-1
+        t = t + m[g] * float(sum of x_q over b)   (formats with an offset)
+        acc[b % 16] = acc[b % 16] + t * x_scale[b]
+    y = halving sum of acc: a[i] + a[i+8], then + [i+4], then + [i+2], then a[0] + a[1]
+
+Sixteen lanes match one AVX-512 register (four NEON registers); the halving order is how a vector is
+folded.
 
 This module needs only NumPy: the converter packs with it and the runtime checks against it.
 """
@@ -236,8 +240,9 @@ def pack(w: np.ndarray, fmt_name: str, tensor: str = "weight") -> dict[str, np.n
         raise ModelError(f"tensor '{tensor}': expected a matrix, got shape {w.shape}")
     r, c = w.shape
     g = fmt.group_size(c)
-    if c % g:
-        raise ModelError(f"tensor '{tensor}': {c} columns are not a multiple of the {fmt.name} group size {g}")
+    if c % g or c % 32:
+        raise ModelError(f"tensor '{tensor}': {c} columns are not a multiple of the {fmt.name} group size "
+                         f"{g} and of 32")
     if not np.isfinite(w).all():
         raise ModelError(f"tensor '{tensor}' has NaN or infinite weights")
     wg = w.astype(np.float64).reshape(r * (c // g), g)
@@ -275,47 +280,58 @@ def unpack(packed: dict[str, np.ndarray], fmt_name: str) -> np.ndarray:
 
 # ---- activations and the reference mat-vec -------------------------------------------------------
 
-def quantize_act(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-token absmax int8: ``x[..., n]`` float32 -> (``q`` int8 in [-127, 127], ``scale`` float32 [...]).
+BLOCK = 32  # activation block: one int8 scale per 32 values of a token
+LANES = 16  # float accumulators of the mat-vec
 
-    ``scale = amax / 127`` and ``q = rint(x * (127 / amax))`` (ties to even), both float32; an all-zero
-    token gets scale 0 and q 0; NaN quantizes to 0.
+
+def quantize_act(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Blockwise absmax int8: ``x[..., n]`` float32 -> (``q`` int8 in [-127, 127], ``scale`` float32
+    [..., n / 32]).
+
+    Per block of 32: ``scale = amax / 127`` and ``q = rint(x * (127 / amax))`` (ties to even), both in
+    float32; an all-zero block gets scale 0 and q 0; a block holding NaN is treated as all zero.
     """
     x = x.astype(F32, copy=False)
-    amax = np.abs(x).max(-1)
+    xb = x.reshape(x.shape[:-1] + (-1, BLOCK))
+    amax = np.abs(xb).max(-1)
     amax = np.where(np.isnan(amax), F32(0), amax).astype(F32)
     ok = amax > 0
     inv = np.where(ok, F32(127) / np.where(ok, amax, F32(1)), F32(0)).astype(F32)
-    v = x * inv[..., None]
+    v = xb * inv[..., None]
     v = np.where(np.isnan(v), F32(0), np.clip(v, F32(-127), F32(127)))
-    return np.rint(v).astype(np.int8), (amax / F32(127)).astype(F32)
+    return np.rint(v).astype(np.int8).reshape(x.shape), (amax / F32(127)).astype(F32)
+
+
+def halving_sum(acc: np.ndarray) -> np.ndarray:
+    """Fold the last axis (16 lanes) in halves: [i] + [i+8], [i] + [i+4], [i] + [i+2], [0] + [1]."""
+    while acc.shape[-1] > 1:
+        h = acc.shape[-1] // 2
+        acc = acc[..., :h] + acc[..., h:]
+    return acc[..., 0]
 
 
 def matvec(packed: dict[str, np.ndarray], fmt_name: str, xq: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """Reference ``y[t, r] = sum_c W[r, c] x[t, c]`` for int8 tokens ``xq[t, cols]`` with scales ``xs[t]``.
-
-    Integer dot products per group and plane, float32 combination in the order of the module docstring.
-    """
+    """Reference ``y[t, r] = sum_c W[r, c] x[t, c]`` for int8 tokens ``xq[t, cols]`` with block scales
+    ``xs[t, cols / 32]``: integer dots per 32-block and plane, float32 in the module docstring's order."""
     fmt = get_format(fmt_name)
     v = plane_values(packed, fmt_name).astype(np.int64)
     planes, r, c = v.shape
     g = fmt.group_size(c)
-    ng = c // g
-    d = packed["d"].astype(F32).reshape(r, ng, planes)
-    m = packed["m"].astype(F32).reshape(r, ng) if fmt.offset else None
-    xg = xq.astype(np.int64).reshape(len(xq), ng, g)
-    vg = v.reshape(planes, r, ng, g)
-    dots = np.einsum("prgj,tgj->ptrg", vg, xg)  # exact in int64; |dot| < 2**31 for any cols < 133k
-    sums = xg.sum(-1)  # [t, ng]
-    acc = np.zeros((len(xq), r), F32)
-    for gi in range(ng):
-        t = d[None, :, gi, 0] * dots[0, :, :, gi].astype(F32)
+    nb, per = c // BLOCK, g // BLOCK
+    d = packed["d"].astype(F32).reshape(r, c // g, planes)
+    m = packed["m"].astype(F32).reshape(r, c // g) if fmt.offset else None
+    xb = xq.astype(np.int64).reshape(len(xq), nb, BLOCK)
+    dots = np.einsum("prbj,tbj->ptrb", v.reshape(planes, r, nb, BLOCK), xb)  # exact in int64
+    sums = xb.sum(-1).astype(F32)  # [t, nb]
+    acc = np.zeros((len(xq), r, LANES), F32)
+    for b in range(nb):
+        t = d[None, :, b // per, 0] * dots[0, :, :, b].astype(F32)
         for p in range(1, planes):
-            t = t + d[None, :, gi, p] * dots[p, :, :, gi].astype(F32)
+            t = t + d[None, :, b // per, p] * dots[p, :, :, b].astype(F32)
         if m is not None:
-            t = t + m[None, :, gi] * sums[:, gi:gi + 1].astype(F32)
-        acc = acc + t
-    return acc * xs.astype(F32)[:, None]
+            t = t + m[None, :, b // per] * sums[:, b:b + 1]
+        acc[:, :, b % LANES] = acc[:, :, b % LANES] + t * xs[:, b:b + 1].astype(F32)
+    return halving_sum(acc)
 
 
 def packed_nbytes(packed: dict[str, np.ndarray]) -> int:

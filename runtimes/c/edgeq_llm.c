@@ -8,7 +8,7 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__) || defined(__AVX2__)
+#if defined(__AVX512BW__) || defined(__AVX2__) || defined(__F16C__)
 #include <immintrin.h>
 #endif
 #if defined(__ARM_NEON)
@@ -62,39 +62,85 @@ static float h2f(uint16_t h)
     return f;
 }
 
-/* ---- integer dot product of int8 vectors (n a multiple of 32); xsum = sum of x ------------------- */
+/* ---- integer dot products per 32-block: out[j] = sum_i v[32j+i] x[32j+i] for j < nblk <= 16, 0 beyond;
+   xsum[j] = sum_i x[32j+i] (used by the VNNI path's sign correction) ---------------------------------- */
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__)
 #define SIMD_NAME "avx512vnni"
-static int32_t dot_i8(const int8_t *a, const int8_t *x, int n, int32_t xsum)
+static __m512i block_dots_v(const int8_t *v, const int8_t *x, const int32_t *xsum, int nblk)
 {
-    /* vpdpbusd multiplies unsigned by signed bytes: a + 128 (a xor 0x80) times x, minus 128 * sum(x). */
+    /* vpdpbusd multiplies unsigned by signed bytes: (v + 128) * x, corrected by 128 * sum(x) below. Each
+       register holds two blocks as 8 partial sums each; three rounds of unpack/shuffle + add fold the
+       eight registers into one vector of 16 block sums (in a permuted order, undone by one permute). */
     const __m512i flip = _mm512_set1_epi8((char)0x80);
-    __m512i acc = _mm512_setzero_si512();
-    int i = 0;
-    for (; i + 64 <= n; i += 64)
-        acc = _mm512_dpbusd_epi32(acc, _mm512_xor_si512(_mm512_loadu_si512(a + i), flip), _mm512_loadu_si512(x + i));
-    if (i < n) {
-        __mmask64 k = ((__mmask64)1 << (n - i)) - 1; /* n - i == 32 */
-        acc = _mm512_dpbusd_epi32(acc, _mm512_xor_si512(_mm512_maskz_loadu_epi8(k, a + i), flip),
-                                  _mm512_maskz_loadu_epi8(k, x + i));
+    const __m512i order = _mm512_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7, 8, 12, 9, 13, 10, 14, 11, 15);
+    __m512i s[8], t[4], u[2], r;
+    int k;
+    for (k = 0; k < 8; k++) {
+        int left = nblk - 2 * k;
+        __m512i a, b;
+        if (left >= 2) {
+            a = _mm512_loadu_si512(v + 64 * k);
+            b = _mm512_loadu_si512(x + 64 * k);
+        } else if (left == 1) {
+            a = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(v + 64 * k)));
+            b = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(x + 64 * k)));
+        } else {
+            a = b = _mm512_setzero_si512();
+        }
+        s[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(a, flip), b);
     }
-    return _mm512_reduce_add_epi32(acc) - 128 * xsum;
+    for (k = 0; k < 4; k++)
+        t[k] = _mm512_add_epi32(_mm512_unpacklo_epi32(s[2 * k], s[2 * k + 1]),
+                                _mm512_unpackhi_epi32(s[2 * k], s[2 * k + 1]));
+    for (k = 0; k < 2; k++)
+        u[k] = _mm512_add_epi32(_mm512_unpacklo_epi64(t[2 * k], t[2 * k + 1]),
+                                _mm512_unpackhi_epi64(t[2 * k], t[2 * k + 1]));
+    r = _mm512_add_epi32(_mm512_shuffle_i32x4(u[0], u[1], 0x88), _mm512_shuffle_i32x4(u[0], u[1], 0xdd));
+    r = _mm512_permutexvar_epi32(order, r);
+    r = _mm512_sub_epi32(r, _mm512_slli_epi32(_mm512_maskz_loadu_epi32((__mmask16)((1u << nblk) - 1), xsum), 7));
+    return _mm512_maskz_mov_epi32((__mmask16)((1u << nblk) - 1), r);
 }
-#elif defined(__AVX2__)
-#define SIMD_NAME "avx2"
-static int32_t dot_i8(const int8_t *a, const int8_t *x, int n, int32_t xsum)
+
+/* One row times one token, llm_formats.matvec's order with the 16 lanes in one register. */
+static float row_dot(const fmt_info *f, int cols, const int8_t *v, const float *ds, const float *ms, int nbpad,
+                     const int8_t *x, const float *xs, const int32_t *xsum)
 {
-    __m256i acc = _mm256_setzero_si256();
-    __m128i s;
-    int i;
-    (void)xsum;
-    for (i = 0; i < n; i += 16) {
-        __m256i a16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(a + i)));
-        __m256i x16 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x + i)));
-        acc = _mm256_add_epi32(acc, _mm256_madd_epi16(a16, x16));
+    int nb = cols / 32, c0, p;
+    __m512 acc = _mm512_setzero_ps();
+    __m256 h;
+    __m128 q;
+    for (c0 = 0; c0 < nb; c0 += 16) {
+        int nblk = nb - c0 < 16 ? nb - c0 : 16;
+        __mmask16 k = (__mmask16)((1u << nblk) - 1);
+        __m512 t = _mm512_mul_ps(_mm512_loadu_ps(ds + c0),
+                                 _mm512_cvtepi32_ps(block_dots_v(v + c0 * 32, x + c0 * 32, xsum + c0, nblk)));
+        for (p = 1; p < f->planes; p++)
+            t = _mm512_add_ps(t, _mm512_mul_ps(_mm512_loadu_ps(ds + p * nbpad + c0),
+                                               _mm512_cvtepi32_ps(block_dots_v(v + (size_t)p * cols + c0 * 32,
+                                                                               x + c0 * 32, xsum + c0, nblk))));
+        if (f->offset)
+            t = _mm512_add_ps(t, _mm512_mul_ps(_mm512_loadu_ps(ms + c0),
+                                               _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(k, xsum + c0))));
+        acc = _mm512_mask_add_ps(acc, k, acc, _mm512_mul_ps(t, _mm512_maskz_loadu_ps(k, xs + c0)));
     }
-    s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
+    h = _mm256_add_ps(_mm512_castps512_ps256(acc), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1)));
+    q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
+    q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
+    return _mm_cvtss_f32(q);
+}
+#else
+#if defined(__AVX2__)
+#define SIMD_NAME "avx2"
+static int32_t dot32(const int8_t *a, const int8_t *x)
+{
+    __m256i lo = _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)a)),
+                                   _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)x)));
+    __m256i hi = _mm256_madd_epi16(_mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(a + 16))),
+                                   _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(x + 16))));
+    __m256i acc = _mm256_add_epi32(lo, hi);
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(acc), _mm256_extracti128_si256(acc, 1));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
     s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
     return _mm_cvtsi128_si32(s);
@@ -105,36 +151,49 @@ static int32_t dot_i8(const int8_t *a, const int8_t *x, int n, int32_t xsum)
 #else
 #define SIMD_NAME "neon"
 #endif
-static int32_t dot_i8(const int8_t *a, const int8_t *x, int n, int32_t xsum)
+static int32_t dot32(const int8_t *a, const int8_t *x)
 {
-    int32x4_t acc = vdupq_n_s32(0);
-    int i;
-    (void)xsum;
-    for (i = 0; i < n; i += 16) {
-        int8x16_t va = vld1q_s8(a + i), vx = vld1q_s8(x + i);
+    int8x16_t a0 = vld1q_s8(a), a1 = vld1q_s8(a + 16), x0 = vld1q_s8(x), x1 = vld1q_s8(x + 16);
 #if defined(__ARM_FEATURE_DOTPROD)
-        acc = vdotq_s32(acc, va, vx);
+    return vaddvq_s32(vdotq_s32(vdotq_s32(vdupq_n_s32(0), a0, x0), a1, x1));
 #else
-        /* |a|, |x| <= 127: two products fit int16 */
-        int16x8_t p = vmull_s8(vget_low_s8(va), vget_low_s8(vx));
-        p = vmlal_s8(p, vget_high_s8(va), vget_high_s8(vx));
-        acc = vpadalq_s16(acc, p);
+    /* |a|, |x| <= 127: two products fit int16 */
+    int16x8_t p = vmlal_s8(vmull_s8(vget_low_s8(a0), vget_low_s8(x0)), vget_high_s8(a0), vget_high_s8(x0));
+    int16x8_t q = vmlal_s8(vmull_s8(vget_low_s8(a1), vget_low_s8(x1)), vget_high_s8(a1), vget_high_s8(x1));
+    return vaddvq_s32(vpadalq_s16(vpaddlq_s16(p), q));
 #endif
-    }
-    return vaddvq_s32(acc);
 }
 #else
 #define SIMD_NAME "scalar"
-static int32_t dot_i8(const int8_t *a, const int8_t *x, int n, int32_t xsum)
+static int32_t dot32(const int8_t *a, const int8_t *x)
 {
     int32_t s = 0;
     int i;
-    (void)xsum;
-    for (i = 0; i < n; i++)
+    for (i = 0; i < 32; i++)
         s += (int32_t)a[i] * x[i];
     return s;
 }
 #endif
+static void block_dots(const int8_t *v, const int8_t *x, const int32_t *xsum, int nblk, int32_t *out)
+{
+    int j;
+    (void)xsum;
+    for (j = 0; j < 16; j++)
+        out[j] = j < nblk ? dot32(v + 32 * j, x + 32 * j) : 0;
+}
+#endif
+
+/* float16 -> float32 of n values (exact on every path). */
+static void h2f_n(const uint16_t *h, int n, float *out)
+{
+    int i = 0;
+#if defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+#endif
+    for (; i < n; i++)
+        out[i] = h2f(h[i]);
+}
 
 /* ---- unpacking one row into plane values v[p * cols + j] (llm_formats._unpack_*) ---------------- */
 
@@ -201,60 +260,90 @@ static const int8_t *row_values(const edgeq_llm_mat *w, const fmt_info *f, int32
 
 void edgeq_llm_quantize(const float *x, int32_t n, int32_t cols, int8_t *xq, float *xs, int32_t *xsum)
 {
-    int32_t t, i;
-    for (t = 0; t < n; t++) {
-        const float *xt = x + (size_t)t * cols;
-        int8_t *qt = xq + (size_t)t * cols;
+    int32_t b, i, nb = cols / 32;
+    for (b = 0; b < n * nb; b++) {
+        const float *xb = x + (size_t)b * 32;
+        int8_t *qb = xq + (size_t)b * 32;
         float amax = 0.0f, inv;
         int nan = 0;
-        for (i = 0; i < cols; i++) {
-            float a = fabsf(xt[i]);
+        int32_t s = 0;
+        for (i = 0; i < 32; i++) {
+            float a = fabsf(xb[i]);
             nan |= a != a;
             amax = a > amax ? a : amax;
         }
         if (nan)
             amax = 0.0f;
         inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        xs[t] = amax / 127.0f;
-        for (i = 0; i < cols; i++) {
-            float v = xt[i] * inv;
+        xs[b] = amax / 127.0f;
+        for (i = 0; i < 32; i++) {
+            float v = xb[i] * inv;
             v = v != v ? 0.0f : (v < -127.0f ? -127.0f : (v > 127.0f ? 127.0f : v));
-            qt[i] = (int8_t)rintf(v);
+            qb[i] = (int8_t)rintf(v);
+            s += qb[i];
         }
-        for (i = 0; i < cols / 32; i++) {
-            int32_t s = 0, j;
-            for (j = 0; j < 32; j++)
-                s += qt[32 * i + j];
-            xsum[(size_t)t * (cols / 32) + i] = s;
-        }
+        xsum[b] = s;
     }
 }
 
 /* ---- the mat-vec --------------------------------------------------------------------------- */
 
-static float row_dot(const edgeq_llm_mat *w, const fmt_info *f, int32_t r, const int8_t *v, const int8_t *x,
-                     const int32_t *xsum32)
+/* Per-block float scales of one row: ds[p * nbpad + b] = d_p of block b's group, ms[b] = m (lut formats);
+   zero past the row's nb blocks so the 16-block chunks can run whole. */
+static void row_scales(const edgeq_llm_mat *w, const fmt_info *f, int32_t r, int nbpad, float *ds, float *ms)
 {
-    int cols = w->cols, g_size = f->group ? f->group : cols, ng = cols / g_size, per = g_size / 32;
-    const uint16_t *d = w->d + (size_t)r * ng * f->planes;
-    const uint16_t *m = f->offset ? w->m + (size_t)r * ng : 0;
-    float acc = 0.0f;
-    int g, p, j;
-    for (g = 0; g < ng; g++) {
-        int32_t sx = 0;
-        float t;
-        for (j = 0; j < per; j++)
-            sx += xsum32[g * per + j];
-        t = h2f(d[g * f->planes]) * (float)dot_i8(v + g * g_size, x + g * g_size, g_size, sx);
-        for (p = 1; p < f->planes; p++)
-            t = t + h2f(d[g * f->planes + p]) * (float)dot_i8(v + (size_t)p * cols + g * g_size, x + g * g_size,
-                                                             g_size, sx);
-        if (m)
-            t = t + h2f(m[g]) * (float)sx;
-        acc = acc + t;
+    int cols = w->cols, per = (f->group ? f->group : cols) / 32, nb = cols / 32, ng = nb / per, b, g, p;
+    float tmp[MAX_PLANES * EDGEQ_LLM_MAX_COLS / 32];
+    h2f_n(w->d + (size_t)r * ng * f->planes, ng * f->planes, tmp);
+    for (p = 0; p < f->planes; p++) {
+        float *o = ds + p * nbpad;
+        for (g = 0; g < ng; g++)
+            for (b = 0; b < per; b++)
+                *o++ = tmp[g * f->planes + p];
+        for (b = nb; b < nbpad; b++)
+            *o++ = 0.0f;
     }
-    return acc;
+    if (f->offset) {
+        h2f_n(w->m + (size_t)r * ng, ng, tmp);
+        for (g = 0; g < ng; g++)
+            for (b = 0; b < per; b++)
+                ms[g * per + b] = tmp[g];
+        for (b = nb; b < nbpad; b++)
+            ms[b] = 0.0f;
+    }
 }
+
+#if !(defined(__AVX512VNNI__) && defined(__AVX512BW__))
+/* One row times one token (llm_formats.matvec): 16-block chunks, lane j of acc takes block 16c + j. */
+static float row_dot(const fmt_info *f, int cols, const int8_t *v, const float *ds, const float *ms, int nbpad,
+                     const int8_t *x, const float *xs, const int32_t *xsum)
+{
+    int nb = cols / 32, c0, j, p;
+    float acc[16] = {0};
+    for (c0 = 0; c0 < nb; c0 += 16) {
+        int nblk = nb - c0 < 16 ? nb - c0 : 16;
+        int32_t dots[16];
+        float t[16];
+        block_dots(v + c0 * 32, x + c0 * 32, xsum + c0, nblk, dots);
+        for (j = 0; j < 16; j++)
+            t[j] = ds[c0 + j] * (float)dots[j];
+        for (p = 1; p < f->planes; p++) {
+            block_dots(v + (size_t)p * cols + c0 * 32, x + c0 * 32, xsum + c0, nblk, dots);
+            for (j = 0; j < 16; j++)
+                t[j] = t[j] + ds[p * nbpad + c0 + j] * (float)dots[j];
+        }
+        if (f->offset)
+            for (j = 0; j < nblk; j++)
+                t[j] = t[j] + ms[c0 + j] * (float)xsum[c0 + j];
+        for (j = 0; j < nblk; j++)
+            acc[j] = acc[j] + t[j] * xs[c0 + j];
+    }
+    for (j = 8; j >= 1; j /= 2)
+        for (p = 0; p < j; p++)
+            acc[p] = acc[p] + acc[p + j];
+    return acc[0];
+}
+#endif
 
 static int mat_ok(const edgeq_llm_mat *w, int32_t rows, int32_t cols)
 {
@@ -274,11 +363,15 @@ int edgeq_llm_matvec(const edgeq_llm_mat *w, const int8_t *xq, const float *xs, 
 #pragma omp parallel for schedule(static)
     for (r = 0; r < w->rows; r++) {
         int8_t buf[MAX_PLANES * EDGEQ_LLM_MAX_COLS];
+        float ds[MAX_PLANES * (EDGEQ_LLM_MAX_COLS / 32 + 16)], ms[EDGEQ_LLM_MAX_COLS / 32 + 16];
+        int nbpad = (w->cols / 32 + 15) / 16 * 16;
         const int8_t *v = row_values(w, f, r, buf);
         int32_t t;
-        for (t = 0; t < n; t++)
-            y[(size_t)t * w->rows + r] = row_dot(w, f, r, v, xq + (size_t)t * w->cols,
-                                                 xsum + (size_t)t * (w->cols / 32)) * xs[t];
+        row_scales(w, f, r, nbpad, ds, ms);
+        for (t = 0; t < n; t++) {
+            size_t xo = (size_t)t * (w->cols / 32);
+            y[(size_t)t * w->rows + r] = row_dot(f, w->cols, v, ds, ms, nbpad, xq + xo * 32, xs + xo, xsum + xo);
+        }
     }
     return EDGEQ_LLM_OK;
 }
@@ -357,7 +450,7 @@ static int64_t layout(const edgeq_llm_model *m, int32_t nb, float *base, work_t 
     sizes[2] = sizes[5] = nb * qd;
     sizes[3] = sizes[4] = nb * kvd;
     sizes[6] = sizes[7] = (int64_t)nb * m->ffn_dim;
-    sizes[9] = nb;
+    sizes[9] = (int64_t)nb * (max3(m->dim, m->ffn_dim, (int64_t)m->n_heads * m->head_dim) / 32);
     sizes[10] = (int64_t)m->n_heads * 9 * m->ctx; /* per head: 8 score lanes + the scores */
     for (i = 0; i < 11; i++) {
         p[i] = base ? base + off : 0;
