@@ -57,6 +57,9 @@ def cmd_convert(args: argparse.Namespace) -> None:
     from .converters.pipeline import convert
     if args.model is not None and not Path(args.model).is_file():
         raise InputError(f"model file '{args.model}' does not exist")
+    if args.model is not None and args.model.lower().endswith(".gguf"):
+        from .llm_cli import cmd_convert_gguf
+        return cmd_convert_gguf(args)
     result = convert(args.model, device=args.device, output=args.output, scheme=args.scheme, calib=args.calib,
                      calib_method=args.calib_method, input_shapes=_input_shapes(args.input_shape),
                      progress=not args.json and not args.quiet)
@@ -125,7 +128,11 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def cmd_inspect(args: argparse.Namespace) -> None:
     from .api import load
-    s = load(args.bundle, backend="reference").summary()
+    from .llm_cli import cmd_inspect as llm_inspect, is_llm
+    bundle = load(args.bundle, backend="reference")
+    if is_llm(bundle):
+        return llm_inspect(args, bundle)
+    s = bundle.summary()
     lines = [f"{s['path']}: device {s['device']}, scheme {s['scheme']}, made by edgeq {s['producer']['version']} "
              f"from {s['source']['format']} {s['source']['sha256'][:12]}"]
     for kind in ("inputs", "outputs"):
@@ -143,7 +150,10 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from .api import load
+    from .llm_cli import cmd_bench as llm_bench, is_llm
     bundle = load(args.bundle, backend=args.backend)
+    if is_llm(bundle):
+        return llm_bench(args, bundle)
     rng = np.random.default_rng(0)
     inputs = {}
     for name in bundle.inputs:
@@ -170,7 +180,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
                       f"first run (load + compile) {first:.1f} ms")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    if args.format == "gguf":
+        from .llm_cli import cmd_export_gguf
+        return cmd_export_gguf(args)
+
+
 def _parser() -> argparse.ArgumentParser:
+    from . import llm_cli
     from .runtimes.executor import BACKENDS
     p = argparse.ArgumentParser(prog="edgeq", description="Trained model + target device -> verified on-device bundle.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -183,7 +200,8 @@ def _parser() -> argparse.ArgumentParser:
 
     add("devices", cmd_devices, "list the device profiles")
     c = add("convert", cmd_convert, "convert a model into a .edgeq bundle for a device")
-    c.add_argument("model", nargs="?", help="ONNX model (default: the embedded digits sample CNN)")
+    c.add_argument("model", nargs="?", help="ONNX model, or a llama-architecture GGUF LLM (default: the embedded "
+                                            "digits sample CNN)")
     c.add_argument("--device", required=True, help="device profile id (see `edgeq devices`)")
     c.add_argument("-o", "--output", help="output bundle path (default: <model>.<device>.edgeq)")
     c.add_argument("--scheme", help="quantization scheme (default: the device's)")
@@ -192,6 +210,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--input-shape", action="append", default=[], help="fix a dynamic input shape, e.g. x=1x3x224x224")
     c.add_argument("--report", help="also write the conversion report as JSON to this file")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    llm_cli.add_convert_args(c)
     r = add("run", cmd_run, "run a bundle on inputs")
     r.add_argument("bundle")
     r.add_argument("--input", required=True, help=".npy (one input) or .npz keyed by input name; float32")
@@ -208,6 +227,12 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, default=1)
     b.add_argument("--runs", type=int, default=200)
     b.add_argument("--warmup", type=int, default=20)
+    llm_cli.add_bench_args(b)
+    e = add("export", cmd_export, "export a bundle for another runtime (gguf: LLM bundles for llama.cpp)")
+    e.add_argument("bundle")
+    e.add_argument("--format", choices=["gguf"], required=True)
+    e.add_argument("-o", "--output", required=True)
+    llm_cli.add_commands(add)
     return p
 
 

@@ -14,11 +14,18 @@ from typing import Any
 from .errors import EdgeqError
 
 
+_LOG_SINK: Any = None  # keeps the ctypes callback alive
+
+
 def _llama_cpp() -> Any:
+    global _LOG_SINK
     try:
         import llama_cpp
     except ImportError:
         raise EdgeqError("text in and out of an LLM bundle needs llama-cpp-python: pip install 'edgeq[llm]'") from None
+    if _LOG_SINK is None:  # llama.cpp logs context details to stderr even with verbose=False
+        _LOG_SINK = llama_cpp.llama_log_callback(lambda level, text, user_data: None)
+        llama_cpp.llama_log_set(_LOG_SINK, None)
     return llama_cpp
 
 
