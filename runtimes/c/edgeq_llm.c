@@ -65,8 +65,9 @@ static float h2f(uint16_t h)
 /* ---- integer dot products per 32-block: out[j] = sum_i v[32j+i] x[32j+i] for j < nblk <= 16, 0 beyond;
    xsum[j] = sum_i x[32j+i] (used by the VNNI path's sign correction) ---------------------------------- */
 
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define SIMD_NAME "avx512vnni"
+#define SCALES_IN_REGISTERS 1
 static __m512i block_dots_v(const int8_t *v, const int8_t *x, const int32_t *xsum, int nblk)
 {
     /* vpdpbusd multiplies unsigned by signed bytes: (v + 128) * x, corrected by 128 * sum(x) below. Each
@@ -102,25 +103,45 @@ static __m512i block_dots_v(const int8_t *v, const int8_t *x, const int32_t *xsu
     return _mm512_maskz_mov_epi32((__mmask16)((1u << nblk) - 1), r);
 }
 
-/* One row times one token, llm_formats.matvec's order with the 16 lanes in one register. */
-static float row_dot(const fmt_info *f, int cols, const int8_t *v, const float *ds, const float *ms, int nbpad,
-                     const int8_t *x, const float *xs, const int32_t *xsum)
+/* Scales of blocks c0 .. c0+15 for plane p: h[((c0 + j) / per) * stride + p], straight from the float16
+   row (per is 1 or 2 blocks per group, or the row is one group). */
+static __m512 scale_vec(const uint16_t *h, int stride, int p, int per, int ng, int c0)
 {
-    int nb = cols / 32, c0, p;
+    const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    int g0 = c0 / per, n = (ng - g0) * stride;
+    __m512i idx;
+    __m512 lo, hi;
+    if (ng == 1)
+        return _mm512_set1_ps(h2f(h[p]));
+    n = n > 32 ? 32 : n;
+    idx = _mm512_add_epi32(_mm512_mullo_epi32(per == 1 ? iota : _mm512_srli_epi32(iota, 1), _mm512_set1_epi32(stride)),
+                           _mm512_set1_epi32(p));
+    lo = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16((__mmask16)(n >= 16 ? 0xffffu : (1u << n) - 1), h + g0 * stride));
+    hi = n > 16 ? _mm512_cvtph_ps(_mm256_maskz_loadu_epi16((__mmask16)((1u << (n - 16)) - 1), h + g0 * stride + 16))
+                : _mm512_setzero_ps();
+    return _mm512_permutex2var_ps(lo, idx, hi);
+}
+
+/* One row times one token, llm_formats.matvec's order with the 16 lanes in one register. */
+static float row_dot(const fmt_info *f, int cols, const int8_t *v, const uint16_t *drow, const uint16_t *mrow,
+                     const float *ds, const float *ms, int nbpad, const int8_t *x, const float *xs, const int32_t *xsum)
+{
+    int nb = cols / 32, per = (f->group ? f->group : cols) / 32, ng = nb / per, c0, p;
     __m512 acc = _mm512_setzero_ps();
     __m256 h;
     __m128 q;
+    (void)ds, (void)ms, (void)nbpad;
     for (c0 = 0; c0 < nb; c0 += 16) {
         int nblk = nb - c0 < 16 ? nb - c0 : 16;
         __mmask16 k = (__mmask16)((1u << nblk) - 1);
-        __m512 t = _mm512_mul_ps(_mm512_loadu_ps(ds + c0),
+        __m512 t = _mm512_mul_ps(scale_vec(drow, f->planes, 0, per, ng, c0),
                                  _mm512_cvtepi32_ps(block_dots_v(v + c0 * 32, x + c0 * 32, xsum + c0, nblk)));
         for (p = 1; p < f->planes; p++)
-            t = _mm512_add_ps(t, _mm512_mul_ps(_mm512_loadu_ps(ds + p * nbpad + c0),
+            t = _mm512_add_ps(t, _mm512_mul_ps(scale_vec(drow, f->planes, p, per, ng, c0),
                                                _mm512_cvtepi32_ps(block_dots_v(v + (size_t)p * cols + c0 * 32,
                                                                                x + c0 * 32, xsum + c0, nblk))));
-        if (f->offset)
-            t = _mm512_add_ps(t, _mm512_mul_ps(_mm512_loadu_ps(ms + c0),
+        if (mrow)
+            t = _mm512_add_ps(t, _mm512_mul_ps(scale_vec(mrow, 1, 0, per, ng, c0),
                                                _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(k, xsum + c0))));
         acc = _mm512_mask_add_ps(acc, k, acc, _mm512_mul_ps(t, _mm512_maskz_loadu_ps(k, xs + c0)));
     }
@@ -197,6 +218,55 @@ static void h2f_n(const uint16_t *h, int n, float *out)
 
 /* ---- unpacking one row into plane values v[p * cols + j] (llm_formats._unpack_*) ---------------- */
 
+/* The unpackers write 16 (int4), 64 (trits) or 64 (bits) values per step; the AVX-512 versions do one
+   step in a few instructions, the portable ones are loops the compiler vectorizes. */
+#ifdef SCALES_IN_REGISTERS
+static void unpack_int4(const uint8_t *q, int cols, int8_t *v)
+{
+    const __m512i eight = _mm512_set1_epi8(8), low = _mm512_set1_epi8(15);
+    int g = 0;
+    for (; g + 64 <= cols; g += 64, q += 32) {
+        /* two groups: lanes [lo nibbles g0, hi nibbles g0, lo g1, hi g1] */
+        __m512i b = _mm512_broadcast_i64x4(_mm256_loadu_si256((const __m256i *)q));
+        __m512i z = _mm512_mask_srli_epi16(b, 0xffff0000u, b, 4); /* upper 256 bits: the high nibbles */
+        z = _mm512_shuffle_i64x2(z, z, 0xd8);                     /* [lo0, hi0, lo1, hi1] */
+        _mm512_storeu_si512(v + g, _mm512_sub_epi8(_mm512_and_si512(z, low), eight));
+    }
+    for (; g < cols; g += 32, q += 16) {
+        int j;
+        for (j = 0; j < 16; j++) {
+            v[g + j] = (int8_t)((q[j] & 15) - 8);
+            v[g + 16 + j] = (int8_t)((q[j] >> 4) - 8);
+        }
+    }
+}
+
+static void unpack_trits(const uint8_t *q, int cols, int planes, int8_t *v)
+{
+    const __m512i shifts = _mm512_setr_epi64(0, 0, 0x0002000200020002ll, 0x0002000200020002ll, 0x0004000400040004ll,
+                                             0x0004000400040004ll, 0x0006000600060006ll, 0x0006000600060006ll);
+    const __m512i three = _mm512_set1_epi8(3), one = _mm512_set1_epi8(1);
+    int g, p;
+    for (g = 0; g < cols; g += 64)
+        for (p = 0; p < planes; p++, q += 16) {
+            __m512i b = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)q));
+            __m512i t = _mm512_and_si512(_mm512_srlv_epi16(b, shifts), three);
+            _mm512_storeu_si512(v + (size_t)p * cols + g, _mm512_sub_epi8(t, one));
+        }
+}
+
+static void unpack_bits(const uint8_t *q, int cols, int planes, int8_t *v)
+{
+    const __m512i one = _mm512_set1_epi8(1);
+    int g, p;
+    for (g = 0; g < cols; g += 64)
+        for (p = 0; p < planes; p++, q += 8) {
+            uint64_t m;
+            memcpy(&m, q, 8);
+            _mm512_storeu_si512(v + (size_t)p * cols + g, _mm512_maskz_mov_epi8((__mmask64)m, one));
+        }
+}
+#else
 static void unpack_int4(const uint8_t *q, int cols, int8_t *v)
 {
     int g, j;
@@ -209,30 +279,29 @@ static void unpack_int4(const uint8_t *q, int cols, int8_t *v)
 
 static void unpack_trits(const uint8_t *q, int cols, int planes, int8_t *v)
 {
-    int g, p, j;
+    int g, p, j, k;
     for (g = 0; g < cols; g += 64)
         for (p = 0; p < planes; p++, q += 16) {
             int8_t *o = v + (size_t)p * cols + g;
-            for (j = 0; j < 16; j++) {
-                o[j] = (int8_t)((q[j] & 3) - 1);
-                o[16 + j] = (int8_t)(((q[j] >> 2) & 3) - 1);
-                o[32 + j] = (int8_t)(((q[j] >> 4) & 3) - 1);
-                o[48 + j] = (int8_t)((q[j] >> 6) - 1);
-            }
+            for (k = 0; k < 4; k++)
+                for (j = 0; j < 16; j++)
+                    o[16 * k + j] = (int8_t)(((q[j] >> (2 * k)) & 3) - 1);
         }
 }
 
 static void unpack_bits(const uint8_t *q, int cols, int planes, int8_t *v)
 {
-    int g, p, j, b;
+    int g, p, j;
     for (g = 0; g < cols; g += 64)
         for (p = 0; p < planes; p++, q += 8) {
             int8_t *o = v + (size_t)p * cols + g;
-            for (j = 0; j < 8; j++)
-                for (b = 0; b < 8; b++)
-                    o[8 * j + b] = (int8_t)((q[j] >> b) & 1);
+            uint64_t m;
+            memcpy(&m, q, 8); /* element j is bit j (little-endian bytes) */
+            for (j = 0; j < 64; j++)
+                o[j] = (int8_t)((m >> j) & 1);
         }
 }
+#endif
 
 /* The row's plane values: int8 rows are used in place, other formats are unpacked into buf. */
 static const int8_t *row_values(const edgeq_llm_mat *w, const fmt_info *f, int32_t r, int8_t *buf)
@@ -288,6 +357,7 @@ void edgeq_llm_quantize(const float *x, int32_t n, int32_t cols, int8_t *xq, flo
 
 /* ---- the mat-vec --------------------------------------------------------------------------- */
 
+#ifndef SCALES_IN_REGISTERS
 /* Per-block float scales of one row: ds[p * nbpad + b] = d_p of block b's group, ms[b] = m (lut formats);
    zero past the row's nb blocks so the 16-block chunks can run whole. */
 static void row_scales(const edgeq_llm_mat *w, const fmt_info *f, int32_t r, int nbpad, float *ds, float *ms)
@@ -312,13 +382,15 @@ static void row_scales(const edgeq_llm_mat *w, const fmt_info *f, int32_t r, int
             ms[b] = 0.0f;
     }
 }
+#endif
 
-#if !(defined(__AVX512VNNI__) && defined(__AVX512BW__))
+#ifndef SCALES_IN_REGISTERS
 /* One row times one token (llm_formats.matvec): 16-block chunks, lane j of acc takes block 16c + j. */
-static float row_dot(const fmt_info *f, int cols, const int8_t *v, const float *ds, const float *ms, int nbpad,
-                     const int8_t *x, const float *xs, const int32_t *xsum)
+static float row_dot(const fmt_info *f, int cols, const int8_t *v, const uint16_t *drow, const uint16_t *mrow,
+                     const float *ds, const float *ms, int nbpad, const int8_t *x, const float *xs, const int32_t *xsum)
 {
     int nb = cols / 32, c0, j, p;
+    (void)drow, (void)mrow;
     float acc[16] = {0};
     for (c0 = 0; c0 < nb; c0 += 16) {
         int nblk = nb - c0 < 16 ? nb - c0 : 16;
@@ -364,13 +436,17 @@ int edgeq_llm_matvec(const edgeq_llm_mat *w, const int8_t *xq, const float *xs, 
     for (r = 0; r < w->rows; r++) {
         int8_t buf[MAX_PLANES * EDGEQ_LLM_MAX_COLS];
         float ds[MAX_PLANES * (EDGEQ_LLM_MAX_COLS / 32 + 16)], ms[EDGEQ_LLM_MAX_COLS / 32 + 16];
-        int nbpad = (w->cols / 32 + 15) / 16 * 16;
+        int nbpad = (w->cols / 32 + 15) / 16 * 16, ng = w->cols / (f->group ? f->group : w->cols);
+        const uint16_t *drow = w->d + (size_t)r * ng * f->planes, *mrow = f->offset ? w->m + (size_t)r * ng : 0;
         const int8_t *v = row_values(w, f, r, buf);
         int32_t t;
+#ifndef SCALES_IN_REGISTERS
         row_scales(w, f, r, nbpad, ds, ms);
+#endif
         for (t = 0; t < n; t++) {
             size_t xo = (size_t)t * (w->cols / 32);
-            y[(size_t)t * w->rows + r] = row_dot(f, w->cols, v, ds, ms, nbpad, xq + xo * 32, xs + xo, xsum + xo);
+            y[(size_t)t * w->rows + r] = row_dot(f, w->cols, v, drow, mrow, ds, ms, nbpad, xq + xo * 32, xs + xo,
+                                                 xsum + xo);
         }
     }
     return EDGEQ_LLM_OK;
