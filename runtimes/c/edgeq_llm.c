@@ -204,6 +204,7 @@ static void block_dots(const int8_t *v, const int8_t *x, const int32_t *xsum, in
 }
 #endif
 
+#ifndef SCALES_IN_REGISTERS
 /* float16 -> float32 of n values (exact on every path). */
 static void h2f_n(const uint16_t *h, int n, float *out)
 {
@@ -215,6 +216,7 @@ static void h2f_n(const uint16_t *h, int n, float *out)
     for (; i < n; i++)
         out[i] = h2f(h[i]);
 }
+#endif
 
 /* ---- unpacking one row into plane values v[p * cols + j] (llm_formats._unpack_*) ---------------- */
 
