@@ -1,7 +1,8 @@
 """GGUF -> LLM bundle: stream every tensor through its weight format, write the ``kind: llm`` container.
 
-Layer matrices get the chosen scheme; the embedding (and the output head, tied or not) stay int8, since
-the head is read every token and is the most sensitive matrix. The report gives per-tensor relative
+Layer matrices get the chosen scheme (lut3 and lut2 keep attn_v and ffn_down at more bits, see MIXES); the
+embedding (and the output head, tied or not) stay int8, since the head is read every token and is the
+most sensitive matrix. The report gives per-tensor relative
 weight error, bits per weight, bytes read per token and the device's predicted decode speed
 (bandwidth / bytes per token).
 """
@@ -27,6 +28,17 @@ SCHEMES = ("int8", "int4", "ternary", "ptqtp", "lut2", "lut3")
 # Schemes that destroy a model not trained for them (REFERENCE.md section 5): warn and measure.
 RISKY = ("ternary", "ptqtp", "lut2")
 HEAD_FORMAT = "int8"
+# Like llama.cpp's *_M mixes: the matrices quantization hurts most (the value projection and the
+# feed-forward output) get more bits in the lowest-bit LUT schemes.
+MIXES: dict[str, dict[str, str]] = {"lut3": {"attn_v": "int4", "ffn_down": "int4"},
+                                    "lut2": {"attn_v": "int4", "ffn_down": "lut3"}}
+
+
+def tensor_format(name: str, scheme: str) -> str:
+    """The weight format of tensor ``name`` under ``scheme`` (embedding/head int8, the mixes above)."""
+    if name in ("token_embd", "output"):
+        return HEAD_FORMAT
+    return MIXES.get(scheme, {}).get(name.rsplit(".", 1)[-1], scheme)
 
 
 @dataclass
@@ -63,7 +75,7 @@ def convert_gguf(model: str | Path, device: str = "rpi5", scheme: str | None = N
     names = list(g.matrix_names())
     with Progress(f"converting to {scheme}", len(names), enabled=progress) as bar:
         for name in names:
-            fmt = HEAD_FORMAT if name in ("token_embd", "output") else scheme
+            fmt = tensor_format(name, scheme)
             w = g.load(name)  # one float tensor alive at a time
             arrays = llm_formats.pack(w, fmt, tensor=name + ".weight")
             m = Matrix(fmt, w.shape[0], w.shape[1], arrays)

@@ -51,7 +51,9 @@ def test_convert_every_scheme_and_backends_agree(tiny, tmp_path):
         res = convert_gguf(tiny, "rpi5", scheme, tmp_path / f"{scheme}.edgeq", progress=False)
         b = edgeq.load(res.path)
         assert b.scheme == scheme and b.config.vocab == 49152
-        assert {m.fmt for k, m in b.weights.mats.items() if k.startswith("blk.")} == {scheme}
+        from edgeq.converters.llm_convert import tensor_format
+        assert all(m.fmt == tensor_format(k, scheme) for k, m in b.weights.mats.items())
+        assert b.weights.mats["blk.1.attn_q"].fmt == scheme
         assert (res.report["warning"] is not None) == (scheme in ("ternary", "ptqtp", "lut2"))
         want = b.session("reference", ctx=8).feed(toks, all_logits=True)
         for backend in ("c", "numba"):
