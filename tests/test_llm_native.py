@@ -1,6 +1,6 @@
 """The LLM C kernels outside the host extension: the AArch64 NEON paths cross-compiled and run under
-qemu-aarch64 (Cortex-A76 with dotprod, and plain ARMv8 NEON), the portable scalar path, and the
-AVX-512 path under AddressSanitizer + UBSan. Each runs tests/llm_driver.c on random models in every
+qemu-aarch64 (Cortex-A76 with dotprod, and plain ARMv8 NEON), the portable scalar and the AVX2 paths, and
+the AVX-512 path under AddressSanitizer + UBSan. Each runs tests/llm_driver.c on random models in every
 weight format and must reproduce the NumPy reference decoder's logits bit for bit."""
 
 from __future__ import annotations
@@ -84,9 +84,12 @@ def test_aarch64_under_qemu_bit_exact(tmp_path, march, simd):
     _run_all(["qemu-aarch64", "-cpu", "cortex-a76", "-L", SYSROOT, str(exe)], simd)
 
 
-def test_portable_scalar_path_bit_exact(tmp_path):
-    exe = _build("gcc", ["-O2", "-mno-avx", "-mno-f16c", "-Wno-unknown-pragmas"], tmp_path / "driver")  # no OpenMP
-    _run_all([str(exe)], "scalar")
+@pytest.mark.parametrize("flags,simd", [(["-mno-avx", "-mno-f16c"], "scalar"), (["-mavx2", "-mf16c"], "avx2")])
+def test_x86_scalar_and_avx2_paths_bit_exact(tmp_path, flags, simd):
+    if simd == "avx2" and " avx2" not in Path("/proc/cpuinfo").read_text():
+        pytest.fail("this test needs an x86 CPU with AVX2")
+    exe = _build("gcc", ["-O2", *flags, "-Wno-unknown-pragmas"], tmp_path / "driver")  # no OpenMP: 1 thread
+    _run_all([str(exe)], simd)
 
 
 def test_native_simd_under_sanitizers_bit_exact(tmp_path):
