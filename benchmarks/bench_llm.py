@@ -3,7 +3,7 @@
 For each pair (edgeq scheme, llama.cpp type of the same or higher bits): perplexity on pydoc_data.topics
 (512-token windows, second half scored: the peer script's method, shared/peers/llama_cpp_smollm2.py),
 then decode and prefill speed at 1 and 2 threads, interleaved round by round (every engine runs once per
-round), medians over the rounds. Decode = 128 greedy tokens after "The history of the" (prompt included,
+round), medians over the rounds, OMP_WAIT_POLICY=passive for both (they share libgomp). Decode = 128 greedy tokens after "The history of the" (prompt included,
 as in the peer script); prefill = one 512-token batch. llama.cpp types other than the source Q4_1 are made
 with llama.cpp's own quantizer.
 
@@ -15,6 +15,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # idle BLAS threads would spin on the same cores
+# Both engines use libgomp (llama.cpp's CPU backend is built with OpenMP): sleeping waits for both, as the
+# edgeq CLI does; spinning barriers collapse on a 2-core machine shared with other work.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 import argparse  # noqa: E402
 import ctypes  # noqa: E402

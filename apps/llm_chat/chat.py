@@ -15,9 +15,11 @@ import os
 import sys
 from pathlib import Path
 
-import edgeq
-from edgeq.converters.llm_convert import convert_gguf
-from edgeq.llm_text import Tokenizer
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")  # see edgeq/llm_cli.py: robust on shared cores
+
+import edgeq  # noqa: E402
+from edgeq.converters.llm_convert import convert_gguf  # noqa: E402
+from edgeq.llm_text import Tokenizer  # noqa: E402
 
 
 def smollm2() -> str:

@@ -67,7 +67,7 @@ static float h2f(uint16_t h)
 
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define SIMD_NAME "avx512vnni"
-#define SCALES_IN_REGISTERS 1
+#define AVX512_PATH 1
 static __m512i block_dots_v(const int8_t *v, const int8_t *x, const int32_t *xsum, int nblk)
 {
     /* vpdpbusd multiplies unsigned by signed bytes: (v + 128) * x, corrected by 128 * sum(x) below. Each
@@ -87,7 +87,8 @@ static __m512i block_dots_v(const int8_t *v, const int8_t *x, const int32_t *xsu
             a = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(v + 64 * k)));
             b = _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(x + 64 * k)));
         } else {
-            a = b = _mm512_setzero_si512();
+            s[k] = _mm512_setzero_si512();
+            continue;
         }
         s[k] = _mm512_dpbusd_epi32(_mm512_setzero_si512(), _mm512_xor_si512(a, flip), b);
     }
@@ -103,8 +104,8 @@ static __m512i block_dots_v(const int8_t *v, const int8_t *x, const int32_t *xsu
     return _mm512_maskz_mov_epi32((__mmask16)((1u << nblk) - 1), r);
 }
 
-/* Scales of blocks c0 .. c0+15 for plane p: h[((c0 + j) / per) * stride + p], straight from the float16
-   row (per is 1 or 2 blocks per group, or the row is one group). */
+/* Scales of blocks c0 .. c0+15 for plane p: h[((c0 + j) / per) * stride + p] from the float16 row (per
+   is 1 or 2 blocks per group, or the row is one group). */
 static __m512 scale_vec(const uint16_t *h, int stride, int p, int per, int ng, int c0)
 {
     const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
@@ -122,26 +123,38 @@ static __m512 scale_vec(const uint16_t *h, int stride, int p, int per, int ng, i
     return _mm512_permutex2var_ps(lo, idx, hi);
 }
 
-/* One row times one token, llm_formats.matvec's order with the 16 lanes in one register. */
-static float row_dot(const fmt_info *f, int cols, const int8_t *v, const uint16_t *drow, const uint16_t *mrow,
-                     const float *ds, const float *ms, int nbpad, const int8_t *x, const float *xs, const int32_t *xsum)
+/* Expanded scales of one row (ds[p * nbpad + b], ms[b]), converted once and reused by every token. */
+static void row_scales(const edgeq_llm_mat *w, const fmt_info *f, int32_t r, int nbpad, float *ds, float *ms)
 {
-    int nb = cols / 32, per = (f->group ? f->group : cols) / 32, ng = nb / per, c0, p;
+    int nb = w->cols / 32, per = (f->group ? f->group : w->cols) / 32, ng = nb / per, c0, p;
+    const uint16_t *drow = w->d + (size_t)r * ng * f->planes, *mrow = f->offset ? w->m + (size_t)r * ng : 0;
+    for (c0 = 0; c0 < nbpad; c0 += 16) {
+        for (p = 0; p < f->planes; p++)
+            _mm512_storeu_ps(ds + p * nbpad + c0, scale_vec(drow, f->planes, p, per, ng, c0));
+        if (mrow)
+            _mm512_storeu_ps(ms + c0, scale_vec(mrow, 1, 0, per, ng, c0));
+    }
+}
+
+/* One row times one token, llm_formats.matvec's order with the 16 lanes in one register. */
+static float row_dot(const fmt_info *f, int cols, const int8_t *v, const float *ds, const float *ms, int nbpad,
+                     const int8_t *x, const float *xs, const int32_t *xsum)
+{
+    int nb = cols / 32, c0, p;
     __m512 acc = _mm512_setzero_ps();
     __m256 h;
     __m128 q;
-    (void)ds, (void)ms, (void)nbpad;
     for (c0 = 0; c0 < nb; c0 += 16) {
         int nblk = nb - c0 < 16 ? nb - c0 : 16;
         __mmask16 k = (__mmask16)((1u << nblk) - 1);
-        __m512 t = _mm512_mul_ps(scale_vec(drow, f->planes, 0, per, ng, c0),
+        __m512 t = _mm512_mul_ps(_mm512_loadu_ps(ds + c0),
                                  _mm512_cvtepi32_ps(block_dots_v(v + c0 * 32, x + c0 * 32, xsum + c0, nblk)));
         for (p = 1; p < f->planes; p++)
-            t = _mm512_add_ps(t, _mm512_mul_ps(scale_vec(drow, f->planes, p, per, ng, c0),
+            t = _mm512_add_ps(t, _mm512_mul_ps(_mm512_loadu_ps(ds + p * nbpad + c0),
                                                _mm512_cvtepi32_ps(block_dots_v(v + (size_t)p * cols + c0 * 32,
                                                                                x + c0 * 32, xsum + c0, nblk))));
-        if (mrow)
-            t = _mm512_add_ps(t, _mm512_mul_ps(scale_vec(mrow, 1, 0, per, ng, c0),
+        if (f->offset)
+            t = _mm512_add_ps(t, _mm512_mul_ps(_mm512_loadu_ps(ms + c0),
                                                _mm512_cvtepi32_ps(_mm512_maskz_loadu_epi32(k, xsum + c0))));
         acc = _mm512_mask_add_ps(acc, k, acc, _mm512_mul_ps(t, _mm512_maskz_loadu_ps(k, xs + c0)));
     }
@@ -204,7 +217,7 @@ static void block_dots(const int8_t *v, const int8_t *x, const int32_t *xsum, in
 }
 #endif
 
-#ifndef SCALES_IN_REGISTERS
+#ifndef AVX512_PATH
 /* float16 -> float32 of n values (exact on every path). */
 static void h2f_n(const uint16_t *h, int n, float *out)
 {
@@ -222,7 +235,7 @@ static void h2f_n(const uint16_t *h, int n, float *out)
 
 /* The unpackers write 16 (int4), 64 (trits) or 64 (bits) values per step; the AVX-512 versions do one
    step in a few instructions, the portable ones are loops the compiler vectorizes. */
-#ifdef SCALES_IN_REGISTERS
+#ifdef AVX512_PATH
 static void unpack_int4(const uint8_t *q, int cols, int8_t *v)
 {
     const __m512i eight = _mm512_set1_epi8(8), low = _mm512_set1_epi8(15);
@@ -359,7 +372,7 @@ void edgeq_llm_quantize(const float *x, int32_t n, int32_t cols, int8_t *xq, flo
 
 /* ---- the mat-vec --------------------------------------------------------------------------- */
 
-#ifndef SCALES_IN_REGISTERS
+#ifndef AVX512_PATH
 /* Per-block float scales of one row: ds[p * nbpad + b] = d_p of block b's group, ms[b] = m (lut formats);
    zero past the row's nb blocks so the 16-block chunks can run whole. */
 static void row_scales(const edgeq_llm_mat *w, const fmt_info *f, int32_t r, int nbpad, float *ds, float *ms)
@@ -386,13 +399,12 @@ static void row_scales(const edgeq_llm_mat *w, const fmt_info *f, int32_t r, int
 }
 #endif
 
-#ifndef SCALES_IN_REGISTERS
+#ifndef AVX512_PATH
 /* One row times one token (llm_formats.matvec): 16-block chunks, lane j of acc takes block 16c + j. */
-static float row_dot(const fmt_info *f, int cols, const int8_t *v, const uint16_t *drow, const uint16_t *mrow,
-                     const float *ds, const float *ms, int nbpad, const int8_t *x, const float *xs, const int32_t *xsum)
+static float row_dot(const fmt_info *f, int cols, const int8_t *v, const float *ds, const float *ms, int nbpad,
+                     const int8_t *x, const float *xs, const int32_t *xsum)
 {
     int nb = cols / 32, c0, j, p;
-    (void)drow, (void)mrow;
     float acc[16] = {0};
     for (c0 = 0; c0 < nb; c0 += 16) {
         int nblk = nb - c0 < 16 ? nb - c0 : 16;
@@ -438,17 +450,13 @@ int edgeq_llm_matvec(const edgeq_llm_mat *w, const int8_t *xq, const float *xs, 
     for (r = 0; r < w->rows; r++) {
         int8_t buf[MAX_PLANES * EDGEQ_LLM_MAX_COLS];
         float ds[MAX_PLANES * (EDGEQ_LLM_MAX_COLS / 32 + 16)], ms[EDGEQ_LLM_MAX_COLS / 32 + 16];
-        int nbpad = (w->cols / 32 + 15) / 16 * 16, ng = w->cols / (f->group ? f->group : w->cols);
-        const uint16_t *drow = w->d + (size_t)r * ng * f->planes, *mrow = f->offset ? w->m + (size_t)r * ng : 0;
+        int nbpad = (w->cols / 32 + 15) / 16 * 16;
         const int8_t *v = row_values(w, f, r, buf);
         int32_t t;
-#ifndef SCALES_IN_REGISTERS
         row_scales(w, f, r, nbpad, ds, ms);
-#endif
         for (t = 0; t < n; t++) {
             size_t xo = (size_t)t * (w->cols / 32);
-            y[(size_t)t * w->rows + r] = row_dot(f, w->cols, v, drow, mrow, ds, ms, nbpad, xq + xo * 32, xs + xo,
-                                                 xsum + xo);
+            y[(size_t)t * w->rows + r] = row_dot(f, w->cols, v, ds, ms, nbpad, xq + xo * 32, xs + xo, xsum + xo);
         }
     }
     return EDGEQ_LLM_OK;
