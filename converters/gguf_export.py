@@ -21,7 +21,7 @@ from edgeq.errors import EdgeqError
 from edgeq.progress import Progress
 from edgeq.runtimes import llm_formats
 from edgeq.runtimes.llm_reference import Matrix
-from .gguf_import import _gguf
+from .gguf_import import require_gguf
 
 TERNARY_TYPES = ("TQ2_0", "TQ1_0")
 
@@ -45,7 +45,7 @@ def tensor_type(m: Matrix, ternary_type: str = "TQ2_0") -> str:
 
 def export_gguf(bundle: Any, output: str | Path, ternary_type: str = "TQ2_0", progress: bool = True) -> dict[str, Any]:
     """Write ``bundle`` (an ``edgeq.llm.LLMBundle``) as a llama-architecture GGUF; returns a small report."""
-    gguf = _gguf()
+    gguf = require_gguf()
     if ternary_type not in TERNARY_TYPES:
         raise EdgeqError(f"ternary type must be one of {', '.join(TERNARY_TYPES)}")
     out = Path(output)

@@ -17,12 +17,13 @@ from typing import Any, Iterator
 import numpy as np
 
 from edgeq.errors import ModelError
-from edgeq.runtimes.llm_reference import LAYER_MATS, LLMConfig, Matrix, matrix_shapes
+from edgeq.runtimes.llm_reference import LAYER_MATS, LLMConfig, matrix_shapes
 
 SUPPORTED_ARCHS = ("llama",)
 
 
-def _gguf():
+def require_gguf() -> Any:
+    """The ``gguf`` module, or a ModelError saying how to install it."""
     try:
         import gguf
     except ImportError:
@@ -34,7 +35,7 @@ class GGUFModel:
     """An opened, checked GGUF file: its config, metadata and tensors (not yet dequantized)."""
 
     def __init__(self, path: str | Path):
-        gguf = _gguf()
+        gguf = require_gguf()
         self.path = Path(path)
         if not self.path.is_file():
             raise ModelError(f"model file '{path}' does not exist")
@@ -113,7 +114,7 @@ class GGUFModel:
 
     def load(self, name: str) -> np.ndarray:
         """One tensor dequantized to float32 in (rows, cols) order."""
-        gguf = _gguf()
+        gguf = require_gguf()
         t = self.tensors[name]
         try:
             a = gguf.quants.dequantize(t.data, t.tensor_type)
@@ -128,7 +129,7 @@ class GGUFModel:
     def tokenizer_gguf(self) -> bytes:
         """A vocab-only GGUF: every metadata key of this file, no tensors (what llama_cpp's vocab_only
         load needs for tokenizing and the chat template)."""
-        gguf = _gguf()
+        gguf = require_gguf()
         fd, tmp = tempfile.mkstemp(suffix=".gguf")
         os.close(fd)
         try:

@@ -16,7 +16,7 @@ import numpy as np
 from .bundle import Container
 from .errors import BackendError, BundleError, InputError
 from .runtimes import llm_formats
-from .runtimes.llm_reference import LAYER_MATS, LLMConfig, LLMWeights, Matrix, ReferenceDecoder, matrix_shapes
+from .runtimes.llm_reference import LLMConfig, LLMWeights, Matrix, ReferenceDecoder, matrix_shapes
 
 BACKENDS = ("auto", "reference", "numba", "c")
 DEFAULT_CTX = 2048  # KV cache positions allocated unless asked otherwise (the model may allow more)
@@ -267,4 +267,4 @@ def copy_bandwidth(nbytes: int = 1 << 27, repeats: int = 5) -> float:
     return 2 * src.nbytes / float(np.median(times))
 
 
-__all__ = ["BACKENDS", "LLMBundle", "Session", "copy_bandwidth", "parse_weights", "sample", "LAYER_MATS"]
+__all__ = ["BACKENDS", "LLMBundle", "Session", "copy_bandwidth", "parse_weights", "sample"]

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import EdgeqError, InputError
+from .errors import InputError
 
 EVAL_CTX, EVAL_WINDOWS = 256, 2  # the perplexity check `convert` runs for risky schemes
 
@@ -320,5 +320,5 @@ def cmd_inspect(args: argparse.Namespace, bundle: Any) -> None:
     _emit(args, s, "\n".join(lines))
 
 
-__all__ = ["EdgeqError", "add_bench_args", "add_commands", "add_convert_args", "bench", "cmd_convert_gguf",
+__all__ = ["add_bench_args", "add_commands", "add_convert_args", "bench", "cmd_convert_gguf",
            "is_llm"]

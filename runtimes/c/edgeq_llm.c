@@ -68,7 +68,10 @@ static float h2f(uint16_t h)
 #if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define SIMD_NAME "avx512vnni"
 #define AVX512_PATH 1
-static __m512i block_dots_v(const int8_t *v, const int8_t *x, const int32_t *xsum, int nblk)
+#if defined(__GNUC__)
+__attribute__((always_inline))
+#endif
+static inline __m512i block_dots_v(const int8_t *v, const int8_t *x, const int32_t *xsum, int nblk)
 {
     /* vpdpbusd multiplies unsigned by signed bytes: (v + 128) * x, corrected by 128 * sum(x) below. Each
        register holds two blocks as 8 partial sums each; three rounds of unpack/shuffle + add fold the
