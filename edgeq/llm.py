@@ -152,10 +152,10 @@ class Session:
         the context is full)."""
         rng = np.random.default_rng(seed)
         logits = self.feed(prompt)
-        for _ in range(max_tokens):
+        for i in range(max_tokens):
             tok = sample(logits, temperature, top_p, rng)
             yield tok
-            if tok in stop or self.pos >= self.ctx:
+            if tok in stop or self.pos >= self.ctx or i == max_tokens - 1:
                 return
             logits = self.feed([tok])
 

@@ -208,8 +208,7 @@ def cmd_chat(args: argparse.Namespace) -> None:
             if t not in stops and not args.json:
                 sys.stdout.write(pieces.add(t))
                 sys.stdout.flush()
-        cached = ids + reply[:-1] if reply and reply[-1] in stops else ids + reply
-        cached = cached[:session.pos]
+        cached = (ids + reply)[:session.pos]  # the last reply token was sampled but never run
         text = tok.decode([t for t in reply if t not in stops])
         messages.append({"role": "assistant", "content": text})
         if args.json:
