@@ -297,7 +297,8 @@ def quantize_act(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     amax = np.where(np.isnan(amax), F32(0), amax).astype(F32)
     ok = amax > 0
     inv = np.where(ok, F32(127) / np.where(ok, amax, F32(1)), F32(0)).astype(F32)
-    v = xb * inv[..., None]
+    with np.errstate(invalid="ignore"):  # inf * 0 = NaN is expected here and quantizes to 0
+        v = xb * inv[..., None]
     v = np.where(np.isnan(v), F32(0), np.clip(v, F32(-127), F32(127)))
     return np.rint(v).astype(np.int8).reshape(x.shape), (amax / F32(127)).astype(F32)
 
