@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from .bundle import LoadedBundle, read_bundle
+from .bundle import LoadedBundle, graph_bundle, read_container
 from .errors import InputError
 from .runtimes.executor import Executor
 from .runtimes.planner import MemoryPlan
@@ -111,6 +111,13 @@ class Bundle:
         }
 
 
-def load(path: str | Path, backend: str = "auto") -> Bundle:
-    """Map and validate a bundle file; ``backend`` is the default for :meth:`Bundle.run`."""
-    return Bundle(read_bundle(path), backend)
+def load(path: str | Path, backend: str = "auto") -> Any:
+    """Map and validate a bundle file; ``backend`` is the default for :meth:`Bundle.run`.
+
+    Returns a :class:`Bundle` for op-graph bundles and an :class:`edgeq.llm.LLMBundle` for LLM bundles.
+    """
+    container = read_container(path)
+    if container.kind == "llm":
+        from .llm import LLMBundle
+        return LLMBundle(container, backend)
+    return Bundle(graph_bundle(container), backend)

@@ -12,6 +12,7 @@ import mmap
 import os
 import struct
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ FORMAT_VERSION = 1
 HEADER = struct.Struct("<8sIIQQQQ32s")  # magic, version, header size, manifest off/len, data off/len, sha256
 HEADER_SIZE = 128
 DTYPES = ("int8", "uint8", "int32", "int64", "float32")
+BLOB_DTYPES = DTYPES + ("float16",)  # float16: the scales of LLM weight formats (graph tensors never use it)
 MAX_ELEMENTS = 1 << 31
 
 
@@ -57,30 +59,34 @@ def write_atomic(path: str | Path, chunks: list[bytes]) -> None:
         raise
 
 
-def encode_bundle(graph: Graph, plan: MemoryPlan, meta: dict[str, Any]) -> list[bytes]:
-    """Serialize a quantized graph, its memory plan and metadata into the bundle's byte chunks."""
-    pool, offsets = pack_consts(graph.consts)
+def encode_container(manifest: dict[str, Any], consts: dict[str, np.ndarray]) -> list[bytes]:
+    """Serialize a manifest and its constant arrays into the container's byte chunks (header, manifest,
+    padding, blob pool); adds ``format_version`` and the ``blobs`` table (offset, size, dtype, shape, sha256)."""
+    pool, offsets = pack_consts(consts)
     blobs = {}
     for name, off in offsets.items():
-        arr = graph.consts[name]
+        arr = consts[name]
         raw = pool[off: off + arr.nbytes].tobytes()
         blobs[name] = {"offset": off, "nbytes": arr.nbytes, "dtype": arr.dtype.name, "shape": list(arr.shape),
                        "sha256": hashlib.sha256(raw).hexdigest()}
-    manifest = {
-        **meta,
-        "format_version": FORMAT_VERSION,
-        "graph": {"inputs": graph.inputs, "outputs": graph.outputs, "dynamic_batch": graph.dynamic_batch,
-                  "nodes": [n.to_dict() for n in graph.nodes],
-                  "tensors": [t.to_dict() for t in graph.tensors.values()]},
-        "plan": {"offsets": plan.offsets, "arena_bytes": plan.arena_bytes, "strategy": plan.strategy,
-                 "candidates": plan.candidates},
-        "blobs": blobs,
-    }
+    manifest = {**manifest, "format_version": FORMAT_VERSION, "blobs": blobs}
     body = json.dumps(manifest, sort_keys=True, separators=(",", ":")).encode()
     data_off = _align(HEADER_SIZE + len(body))
     header = HEADER.pack(MAGIC, FORMAT_VERSION, HEADER_SIZE, HEADER_SIZE, len(body), data_off, pool.size,
                          hashlib.sha256(body).digest())
     return [header.ljust(HEADER_SIZE, b"\0"), body, b"\0" * (data_off - HEADER_SIZE - len(body)), pool.tobytes()]
+
+
+def encode_bundle(graph: Graph, plan: MemoryPlan, meta: dict[str, Any]) -> list[bytes]:
+    """Serialize a quantized graph, its memory plan and metadata into the bundle's byte chunks."""
+    return encode_container({
+        **meta,
+        "graph": {"inputs": graph.inputs, "outputs": graph.outputs, "dynamic_batch": graph.dynamic_batch,
+                  "nodes": [n.to_dict() for n in graph.nodes],
+                  "tensors": [t.to_dict() for t in graph.tensors.values()]},
+        "plan": {"offsets": plan.offsets, "arena_bytes": plan.arena_bytes, "strategy": plan.strategy,
+                 "candidates": plan.candidates},
+    }, graph.consts)
 
 
 def write_bundle(path: str | Path, graph: Graph, plan: MemoryPlan, meta: dict[str, Any]) -> int:
@@ -103,8 +109,24 @@ def _fail(path: Path, msg: str) -> BundleError:
     return BundleError(f"bad bundle '{path}': {msg}")
 
 
-def read_bundle(path: str | Path) -> LoadedBundle:
-    """Map and validate a bundle: header, manifest checksum, blob bounds/dtypes/checksums, graph shapes."""
+@dataclass
+class Container:
+    """A mapped, validated container: the manifest and every blob as a read-only view of the file."""
+
+    manifest: dict[str, Any]
+    blobs: dict[str, np.ndarray]
+    offsets: dict[str, int]
+    pool: np.ndarray
+    path: Path
+
+    @property
+    def kind(self) -> str:
+        """``"graph"`` (integer op graph, the default) or ``"llm"`` (edgeq.llm)."""
+        return str(self.manifest.get("kind", "graph"))
+
+
+def read_container(path: str | Path) -> Container:
+    """Map and validate the container: header, manifest checksum, blob bounds/dtypes/checksums."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -132,12 +154,32 @@ def read_bundle(path: str | Path) -> LoadedBundle:
         raise _fail(path, "manifest is not valid JSON") from None
     pool = np.frombuffer(mm, dtype=np.uint8, count=d_len, offset=d_off)
     try:
-        graph, plan, offsets = _decode(manifest, pool, path)
+        if not isinstance(manifest, dict):
+            raise TypeError("manifest is not an object")
+        blobs, offsets = _decode_blobs(manifest, pool, path)
     except BundleError:
         raise
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise _fail(path, f"malformed manifest ({type(e).__name__}: {e})") from None
-    return LoadedBundle(manifest, graph, plan, pool, offsets, path)
+    return Container(manifest, blobs, offsets, pool, path)
+
+
+def read_bundle(path: str | Path) -> LoadedBundle:
+    """Map and validate a graph bundle: the container, then the graph's ops, arena and shapes."""
+    return graph_bundle(read_container(path))
+
+
+def graph_bundle(c: Container) -> LoadedBundle:
+    """The op graph of a validated container (BundleError if it holds another kind or is inconsistent)."""
+    if c.kind != "graph":
+        raise _fail(c.path, f"it holds a {c.kind!r} model, not an op graph (load it with edgeq.load)")
+    try:
+        graph, plan = _decode(c.manifest, c.blobs, c.path)
+    except BundleError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise _fail(c.path, f"malformed manifest ({type(e).__name__}: {e})") from None
+    return LoadedBundle(c.manifest, graph, plan, c.pool, c.offsets, c.path)
 
 
 def _check_int(v: Any, what: str, path: Path, lo: int = -(1 << 31), hi: int = (1 << 31) - 1) -> int:
@@ -146,12 +188,12 @@ def _check_int(v: Any, what: str, path: Path, lo: int = -(1 << 31), hi: int = (1
     return v
 
 
-def _decode(manifest: dict[str, Any], pool: np.ndarray, path: Path) -> tuple[Graph, MemoryPlan, dict[str, int]]:
+def _decode_blobs(manifest: dict[str, Any], pool: np.ndarray, path: Path) -> tuple[dict[str, np.ndarray], dict[str, int]]:
     consts, offsets = {}, {}
     for name, b in manifest["blobs"].items():
         off = _check_int(b["offset"], f"blob '{name}' offset", path, 0, pool.size)
         nbytes = _check_int(b["nbytes"], f"blob '{name}' size", path, 0, pool.size)
-        if b["dtype"] not in DTYPES:
+        if b["dtype"] not in BLOB_DTYPES:
             raise _fail(path, f"blob '{name}' has unsupported dtype {b['dtype']!r}")
         shape = [_check_int(d, f"blob '{name}' shape", path, 0) for d in b["shape"]]
         dtype = np.dtype(b["dtype"])
@@ -164,6 +206,10 @@ def _decode(manifest: dict[str, Any], pool: np.ndarray, path: Path) -> tuple[Gra
             raise _fail(path, f"blob '{name}' checksum mismatch (corrupted data)")
         consts[name] = raw.view(dtype).reshape(shape)
         offsets[name] = off
+    return consts, offsets
+
+
+def _decode(manifest: dict[str, Any], consts: dict[str, np.ndarray], path: Path) -> tuple[Graph, MemoryPlan]:
     gm = manifest["graph"]
     tensors = {}
     for t in gm["tensors"]:
@@ -178,7 +224,7 @@ def _decode(manifest: dict[str, Any], pool: np.ndarray, path: Path) -> tuple[Gra
     plan = MemoryPlan({k: int(v) for k, v in pm["offsets"].items()}, int(pm["arena_bytes"]), str(pm["strategy"]),
                       {str(k): int(v) for k, v in pm.get("candidates", {}).items()})
     _validate_graph(graph, plan, path)
-    return graph, plan, offsets
+    return graph, plan
 
 
 def _validate_graph(g: Graph, plan: MemoryPlan, path: Path) -> None:

@@ -65,6 +65,9 @@ def cmd_convert(args: argparse.Namespace) -> None:
     from .converters.pipeline import convert
     if args.model is not None and not Path(args.model).is_file():
         raise InputError(f"model file '{args.model}' does not exist")
+    if args.model is not None and args.model.lower().endswith(".gguf"):
+        from .llm_cli import cmd_convert_gguf
+        return cmd_convert_gguf(args)
     result = convert(args.model, device=args.device, output=args.output, scheme=args.scheme, calib=args.calib,
                      calib_method=args.calib_method, input_shapes=_input_shapes(args.input_shape),
                      progress=not args.json and not args.quiet, patch=_patch_mode(args.patch))
@@ -145,7 +148,10 @@ def _outputs(args: argparse.Namespace, outputs: dict[str, np.ndarray], data: dic
 
 def cmd_inspect(args: argparse.Namespace) -> None:
     from .api import load
+    from .llm_cli import cmd_inspect as llm_inspect, is_llm
     bundle = load(args.bundle, backend="reference")
+    if is_llm(bundle):
+        return llm_inspect(args, bundle)
     s = bundle.summary()
     if args.plot:
         from .plots import plot_memory
@@ -181,7 +187,10 @@ def cmd_inspect(args: argparse.Namespace) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from .api import load
+    from .llm_cli import cmd_bench as llm_bench, is_llm
     bundle = load(args.bundle, backend=args.backend)
+    if is_llm(bundle):
+        return llm_bench(args, bundle)
     rng = np.random.default_rng(0)
     inputs = {}
     for name in bundle.inputs:
@@ -208,19 +217,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
                       f"first run (load + compile) {first:.1f} ms")
 
 
-def _export_c(args: argparse.Namespace) -> dict[str, Any]:
+def _export_c(args: argparse.Namespace) -> None:
     from .export_c import DEFAULT_STACK_BYTES, export_c
-    return export_c(args.bundle, args.output, args.device, args.stack_bytes or DEFAULT_STACK_BYTES).to_dict()
-
-
-# One entry per export format: name -> function(args) returning the JSON report.
-EXPORT_FORMATS = {"c": _export_c}
-
-
-def cmd_export(args: argparse.Namespace) -> None:
-    if args.format not in EXPORT_FORMATS:
-        raise InputError(f"unknown export format '{args.format}'; choose one of {', '.join(EXPORT_FORMATS)}")
-    r = EXPORT_FORMATS[args.format](args)
+    r = export_c(args.bundle, args.output, args.device, args.stack_bytes or DEFAULT_STACK_BYTES).to_dict()
     lines = [f"wrote {len(r['files'])} files to {r['directory']}: {', '.join(r['files'])}",
              f"arena {_human(r['arena_bytes'])} (static), constants {_human(r['pool_bytes'])} (const), "
              f"program {r['program_words']} words"]
@@ -228,6 +227,21 @@ def cmd_export(args: argparse.Namespace) -> None:
         lines.append(f"firmware files for {r['device']}: link.ld, device.mk, edgeq_board.c/.h; stack reserve "
                      f"{_human(r['stack_bytes'])} (see apps/mcu_firmware/)")
     _emit(args, r, "\n".join(lines))
+
+
+def _export_gguf(args: argparse.Namespace) -> None:
+    from .llm_cli import cmd_export_gguf
+    cmd_export_gguf(args)
+
+
+# One entry per export format: name -> function(args) that writes the export and prints its report.
+EXPORT_FORMATS = {"c": _export_c, "gguf": _export_gguf}
+
+
+def cmd_export(args: argparse.Namespace) -> None:
+    if args.format not in EXPORT_FORMATS:
+        raise InputError(f"unknown export format '{args.format}'; choose one of {', '.join(EXPORT_FORMATS)}")
+    EXPORT_FORMATS[args.format](args)
 
 
 def cmd_sim(args: argparse.Namespace) -> None:
@@ -258,6 +272,7 @@ def cmd_sim(args: argparse.Namespace) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from . import llm_cli
     from .export_c import DEFAULT_STACK_BYTES
     from .runtimes.executor import BACKENDS
     p = argparse.ArgumentParser(prog="edgeq", description="Trained model + target device -> verified on-device bundle.")
@@ -271,7 +286,8 @@ def _parser() -> argparse.ArgumentParser:
 
     add("devices", cmd_devices, "list the device profiles")
     c = add("convert", cmd_convert, "convert a model into a .edgeq bundle for a device")
-    c.add_argument("model", nargs="?", help="ONNX model (default: the embedded digits sample CNN)")
+    c.add_argument("model", nargs="?", help="ONNX model, or a llama-architecture GGUF LLM (default: the embedded "
+                                            "digits sample CNN)")
     c.add_argument("--device", required=True, help="device profile id (see `edgeq devices`)")
     c.add_argument("-o", "--output", help="output bundle path (default: <model>.<device>.edgeq)")
     c.add_argument("--scheme", help="quantization scheme (default: the device's)")
@@ -282,6 +298,7 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--patch", default="auto",
                    help="patch-based inference of the first stage: auto (when needed to fit the device), off, or N (NxN)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    llm_cli.add_convert_args(c)
     r = add("run", cmd_run, "run a bundle on inputs")
     r.add_argument("bundle")
     r.add_argument("--input", required=True, help=".npy (one input) or .npz keyed by input name; float32")
@@ -299,10 +316,11 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, default=1)
     b.add_argument("--runs", type=int, default=200)
     b.add_argument("--warmup", type=int, default=20)
-    e = add("export", cmd_export, "export a bundle as source code for a device (C99 project for microcontrollers)")
+    llm_cli.add_bench_args(b)
+    e = add("export", cmd_export, "export a bundle: c (a C99 project for microcontrollers) or gguf (LLM bundles, for llama.cpp)")
     e.add_argument("bundle")
-    e.add_argument("--format", default="c", help="export format: c (default)")
-    e.add_argument("-o", "--output", required=True, help="output directory")
+    e.add_argument("--format", default="c", help="export format: c (default) or gguf")
+    e.add_argument("-o", "--output", required=True, help="output directory (c) or file (gguf)")
     e.add_argument("--device", help="also write firmware files (linker script, board support, device.mk) for this "
                                     "MCU profile id or profile .toml path")
     e.add_argument("--stack-bytes", type=int, help=f"stack reserve in the linker script (default {DEFAULT_STACK_BYTES})")
@@ -315,6 +333,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--stack-bytes", type=int, help=f"stack reserve in the linker script (default {DEFAULT_STACK_BYTES})")
     s.add_argument("--build-dir", help="keep the generated project, firmware and I/O files here")
     s.add_argument("--profile", action="store_true", help="run node by node and report each node's instructions")
+    llm_cli.add_commands(add)
     return p
 
 

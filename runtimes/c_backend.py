@@ -39,10 +39,10 @@ import numpy as np
 from edgeq.errors import BackendError
 from .backend_args import need, need_program
 
-def _cdef(header: bytes) -> str:
-    """The declarations cffi binds: the header's "Programs" section (one source for C and Python)."""
+def _cdef(header: bytes, marker: str = "/* ---- Programs") -> str:
+    """The declarations cffi binds: the header's section from ``marker`` on (one source for C and Python)."""
     text = header.decode()
-    start = text.index("/* ---- Programs")
+    start = text.index(marker)
     return text[start: text.index("#ifdef __cplusplus", start)]
 
 DEFAULT_FLAGS = ("-O3", "-std=c99", "-march=native", "-fopenmp")
@@ -145,7 +145,8 @@ class CBackend:
     """
 
     def __init__(self, flags: tuple[str, ...] | None = None, directory: Path | None = None,
-                 tag: str = "c", probe: bool | None = None):
+                 tag: str = "c", probe: bool | None = None, sources: tuple[str, str] = SOURCES,
+                 cdef_marker: str = "/* ---- Programs"):
         env_flags = os.environ.get("EDGEQ_CFLAGS")
         if flags is None:
             flags = tuple(shlex.split(env_flags)) if env_flags is not None else DEFAULT_FLAGS
@@ -154,6 +155,7 @@ class CBackend:
         self.probe = bool(probe) if probe is not None else True
         self.directory = directory
         self.tag = tag
+        self.sources, self.cdef_marker = sources, cdef_marker  # (C file, header), as in SOURCES
         self.flags_used: tuple[str, ...] | None = None
         self.library_path: Path | None = None
         self._lib: Any = None
@@ -204,7 +206,7 @@ class CBackend:
         if cc is None:
             raise BackendError(_NO_COMPILER)
         with _source_dir() as src:
-            sources = {name: (src / name).read_bytes() for name in SOURCES}
+            sources = {name: (src / name).read_bytes() for name in self.sources}
             key = self._key(cc, sources)
             module = f"_edgeq_{self.tag}_{key}"
             root = Path(self.directory) if self.directory is not None else cache_root() / "c"
@@ -226,14 +228,15 @@ class CBackend:
                 try:
                     flags = self._choose_flags(cc, tmp)
                     ffi = cffi.FFI()
-                    ffi.cdef(_cdef(sources["edgeq_kernels.h"]))
-                    ffi.set_source(module, '#include "edgeq_kernels.h"')
+                    c_file, header = self.sources
+                    ffi.cdef(_cdef(sources[header], self.cdef_marker))
+                    ffi.set_source(module, f'#include "{header}"')
                     wrapper = tmp / f"{module}.c"
                     with contextlib.redirect_stdout(io.StringIO()):  # cffi announces the file it writes
                         ffi.emit_c_code(str(wrapper))
                     out = tmp / lib_path.name
                     cmd = [*cc, *flags, *_link_flags(), "-I", sysconfig.get_paths()["include"], "-I", str(src),
-                           str(wrapper), str(src / "edgeq_kernels.c"), "-o", str(out), "-lm"]
+                           str(wrapper), str(src / c_file), "-o", str(out), "-lm"]
                     result = _run(cmd, tmp)
                     if result.returncode != 0:
                         raise BackendError(f"C backend unavailable: {Path(cc[0]).name} failed: "

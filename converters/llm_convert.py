@@ -1,0 +1,123 @@
+"""GGUF -> LLM bundle: stream every tensor through its weight format, write the ``kind: llm`` container.
+
+Layer matrices get the chosen scheme (lut3 and lut2 keep attn_v and ffn_down at more bits, see MIXES); the
+embedding (and the output head, tied or not) stay int8, since the head is read every token and is the
+most sensitive matrix. The report gives per-tensor relative
+weight error, bits per weight, bytes read per token and the device's predicted decode speed
+(bandwidth / bytes per token).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from edgeq import __version__
+from edgeq.bundle import encode_container, write_atomic
+from edgeq.devices import get_device
+from edgeq.errors import EdgeqError
+from edgeq.progress import Progress
+from edgeq.runtimes import llm_formats
+from edgeq.runtimes.llm_reference import LLMWeights, Matrix
+from .gguf_import import GGUFModel
+
+SCHEMES = ("int8", "int4", "ternary", "ptqtp", "lut2", "lut3")
+# Schemes that destroy a model not trained for them (REFERENCE.md section 5): warn and measure.
+RISKY = ("ternary", "ptqtp", "lut2")
+HEAD_FORMAT = "int8"
+# Like llama.cpp's *_M mixes: the matrices quantization hurts most (the value projection and the
+# feed-forward output) get more bits in the lowest-bit LUT schemes.
+MIXES: dict[str, dict[str, str]] = {"lut3": {"attn_v": "int4", "ffn_down": "int4"},
+                                    "lut2": {"attn_v": "int4", "ffn_down": "lut3"}}
+
+
+def tensor_format(name: str, scheme: str) -> str:
+    """The weight format of tensor ``name`` under ``scheme`` (embedding/head int8, the mixes above)."""
+    if name in ("token_embd", "output"):
+        return HEAD_FORMAT
+    return MIXES.get(scheme, {}).get(name.rsplit(".", 1)[-1], scheme)
+
+
+@dataclass
+class LLMConversion:
+    """Where the bundle went and the conversion report (JSON-able)."""
+
+    path: Path
+    report: dict[str, Any]
+
+
+def _rel_err(w: np.ndarray, m: Matrix) -> float:
+    wd = llm_formats.unpack(m.arrays, m.fmt)
+    return float(np.sqrt(np.mean((wd - w) ** 2) / max(float(np.mean(w.astype(np.float64) ** 2)), 1e-30)))
+
+
+def convert_gguf(model: str | Path, device: str = "rpi5", scheme: str | None = None,
+                 output: str | Path | None = None, progress: bool = True) -> LLMConversion:
+    """Convert a Llama-architecture GGUF into an LLM bundle for ``device`` with weight ``scheme``."""
+    profile = get_device(device)
+    scheme = scheme or profile.default_scheme
+    if scheme not in SCHEMES:
+        raise EdgeqError(f"unknown LLM scheme {scheme!r} (choose from {', '.join(SCHEMES)})")
+    if scheme not in profile.schemes:
+        raise EdgeqError(f"device '{profile.id}' does not support scheme '{scheme}' "
+                         f"(supports: {', '.join(profile.schemes)})")
+    g = GGUFModel(model)
+    out = Path(output) if output else Path(g.path).with_suffix(f".{profile.id}.{scheme}.edgeq")
+    if out.parent and not out.parent.exists():
+        raise EdgeqError(f"output directory '{out.parent}' does not exist")
+    consts: dict[str, np.ndarray] = {}
+    specs: dict[str, Any] = {}
+    mats: dict[str, Matrix] = {}
+    errors: dict[str, float] = {}
+    names = list(g.matrix_names())
+    with Progress(f"converting to {scheme}", len(names), enabled=progress) as bar:
+        for name in names:
+            fmt = tensor_format(name, scheme)
+            w = g.load(name)  # one float tensor alive at a time
+            arrays = llm_formats.pack(w, fmt, tensor=name + ".weight")
+            m = Matrix(fmt, w.shape[0], w.shape[1], arrays)
+            errors[name] = round(_rel_err(w, m), 5)
+            del w
+            mats[name] = m
+            specs[name] = {"format": fmt, "rows": m.rows, "cols": m.cols}
+            consts.update({f"{name}.{k}": v for k, v in arrays.items()})
+            bar.advance()
+    norms = {n: g.load(n).astype(np.float32) for n in g.norm_names()}
+    consts.update(norms)
+    tok_blob = np.frombuffer(g.tokenizer_gguf(), dtype=np.uint8)
+    consts["tokenizer.gguf"] = tok_blob
+    weights = LLMWeights(g.config, mats, norms)
+    bpt = weights.bytes_per_token()
+    layer_params = sum(m.rows * m.cols for k, m in mats.items() if k.startswith("blk."))
+    layer_bytes = sum(llm_formats.packed_nbytes(m.arrays) for k, m in mats.items() if k.startswith("blk."))
+    worst = sorted(errors, key=errors.get, reverse=True)[:5]
+    bw = profile.mem_bandwidth_bytes_per_s
+    report = {
+        "output": str(out), "device": profile.id, "scheme": scheme, "head_format": HEAD_FORMAT,
+        "source": {"format": "gguf", "name": g.path.name},
+        "config": g.config.to_dict(),
+        "layer_bits_per_weight": round(8 * layer_bytes / layer_params, 4),
+        "weights_bytes": sum(llm_formats.packed_nbytes(m.arrays) for m in mats.values()),
+        "bytes_per_token": bpt,
+        "predicted_decode_tokens_per_s": round(bw / bpt, 1) if bw else None,
+        "mean_relative_weight_error": round(float(np.mean([errors[k] for k in errors if k.startswith("blk.")])), 5),
+        "worst_tensors": {k: errors[k] for k in worst},
+        "warning": (f"the {scheme} scheme applied after training (a model not trained for it) usually "
+                    f"destroys its quality: check the perplexity" if scheme in RISKY else None),
+    }
+    manifest = {
+        "kind": "llm", "device": profile.to_dict(), "scheme": scheme,
+        "producer": {"name": "edgeq", "version": __version__},
+        "source": {"format": "gguf", "sha256": g.sha256(), "name": g.path.name},
+        "config": g.config.to_dict(), "tensors": specs,
+        "tokenizer": {"blob": "tokenizer.gguf", **g.tokenizer_info()},
+        "report": {k: report[k] for k in ("layer_bits_per_weight", "bytes_per_token", "mean_relative_weight_error",
+                                          "worst_tensors", "warning")},
+    }
+    chunks = encode_container(manifest, consts)
+    write_atomic(out, chunks)
+    report["bundle_bytes"] = sum(len(c) for c in chunks)
+    return LLMConversion(out, report)

@@ -1,0 +1,340 @@
+"""The one table of LLM weight formats (ggml ``type_traits`` style) and their NumPy reference arithmetic.
+
+Every weight matrix ``W[rows, cols]`` (``y = W @ x``) is cut along ``cols`` into groups of ``group``
+weights. A format stores, per group, ``planes`` integer planes ``v_p`` and one float16 scale ``d_p`` per
+plane, plus (lut formats) a float16 offset ``m``:
+
+    w[j] = d_0 * v_0[j] + d_1 * v_1[j] + ... + m
+
+=======  ======  =====  ===========  ======================================================
+format   group   planes  plane values  meaning
+=======  ======  =====  ===========  ======================================================
+int8     row     1       -127..127   per-row absmax scale (also the embedding / output head)
+int4     32      1       -8..7       groupwise symmetric, scale searched for least error
+ternary  64      1       -1, 0, 1    BitNet b1.58: d = mean |w| of the group
+ptqtp    64      2       -1, 0, 1    two ternary trit-planes with their own scales (PTQTP)
+lut2     64      2       0, 1        bit planes with free per-plane scales + offset (ELUTQ/HLQ)
+lut3     64      3       0, 1        the same with three planes
+=======  ======  =====  ===========  ======================================================
+
+Packed arrays (row-major; docs/llm-formats.md gives the byte layout): ``q`` the codes (int8 for int8,
+else uint8), ``d`` float16 ``[rows, groups * planes]`` (plane-minor), ``m`` float16 ``[rows, groups]``
+(lut formats only).
+
+Activations are quantized to int8 in blocks of 32 along the row, each block with its own float32 scale
+(:func:`quantize_act`). The mat-vec (:func:`matvec`) is defined so that optimized kernels can reproduce
+it bit for bit: exact integer dot products per 32-block and plane, then float32 arithmetic in this fixed
+order (no fused multiply-add)::
+
+    acc[0..15] = 0
+    for each 32-block b in order (g = the weight group holding b):
+        t = d_0[g] * float(dot_0[b])
+        t = t + d_p[g] * float(dot_p[b])          for p = 1 .. planes-1
+        t = t + m[g] * float(sum of x_q over b)   (formats with an offset)
+        acc[b % 16] = acc[b % 16] + t * x_scale[b]
+    y = halving sum of acc: a[i] + a[i+8], then + [i+4], then + [i+2], then a[0] + a[1]
+
+Sixteen lanes match one AVX-512 register (four NEON registers); the halving order is how a vector is
+folded.
+
+This module needs only NumPy: the converter packs with it and the runtime checks against it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from edgeq.errors import ModelError
+
+F32 = np.float32
+
+
+@dataclass(frozen=True)
+class WeightFormat:
+    """One row of the format table."""
+
+    name: str
+    code: int           # the id the C kernels switch on (runtimes/c/edgeq_llm.h EDGEQ_LLM_FMT_*)
+    group: int          # weights per group; 0 means one group per row
+    planes: int
+    vmin: int           # range of a plane value
+    vmax: int
+    offset: bool        # a per-group float offset m
+    bits: int           # stored bits per weight of the codes (scales excluded)
+    pack_codes: Callable[[np.ndarray, int], np.ndarray]
+    unpack_codes: Callable[[np.ndarray, int, int], np.ndarray]
+
+    def group_size(self, cols: int) -> int:
+        """Weights per group for a matrix with ``cols`` columns."""
+        return cols if self.group == 0 else self.group
+
+    def bits_per_weight(self, cols: int) -> float:
+        """Stored bits per weight including scales and offsets (float16 each)."""
+        g = self.group_size(cols)
+        return self.bits + 16.0 * (self.planes + int(self.offset)) / g
+
+
+# ---- code packing: values [planes, rows, cols] int8 <-> the packed q array ----------------------------
+
+def _pack_int8(v: np.ndarray, g: int) -> np.ndarray:
+    return np.ascontiguousarray(v[0], dtype=np.int8)
+
+
+def _unpack_int8(q: np.ndarray, g: int, planes: int) -> np.ndarray:
+    return q.astype(np.int8)[None]
+
+
+def _pack_int4(v: np.ndarray, g: int) -> np.ndarray:
+    # Q4_0 order: byte j of a 32-group holds element j (low nibble) and j + 16 (high nibble), code v + 8.
+    r, c = v.shape[1:]
+    u = (v[0].astype(np.int16) + 8).astype(np.uint8).reshape(r, c // 32, 2, 16)
+    return (u[:, :, 0] | (u[:, :, 1] << 4)).reshape(r, c // 2)
+
+
+def _unpack_int4(q: np.ndarray, g: int, planes: int) -> np.ndarray:
+    r = q.shape[0]
+    b = q.reshape(r, -1, 1, 16)
+    u = np.concatenate([b & 15, b >> 4], axis=2)
+    return (u.astype(np.int8) - 8).reshape(1, r, -1)
+
+
+def _pack_trits(v: np.ndarray, g: int) -> np.ndarray:
+    # Per plane and 64-group, 16 bytes: byte j holds elements j, j+16, j+32, j+48 at bits 0, 2, 4, 6 (code v + 1).
+    p, r, c = v.shape
+    u = (v.astype(np.int16) + 1).astype(np.uint8).reshape(p, r, c // 64, 4, 16)
+    b = u[:, :, :, 0] | (u[:, :, :, 1] << 2) | (u[:, :, :, 2] << 4) | (u[:, :, :, 3] << 6)  # [p, r, G, 16]
+    return np.ascontiguousarray(b.transpose(1, 2, 0, 3)).reshape(r, -1)
+
+
+def _unpack_trits(q: np.ndarray, g: int, planes: int) -> np.ndarray:
+    r = q.shape[0]
+    b = q.reshape(r, -1, planes, 1, 16)
+    u = np.concatenate([(b >> s) & 3 for s in (0, 2, 4, 6)], axis=3)  # [r, G, p, 4, 16]
+    return (u.astype(np.int8) - 1).transpose(2, 0, 1, 3, 4).reshape(planes, r, -1)
+
+
+def _pack_bits(v: np.ndarray, g: int) -> np.ndarray:
+    # Per 64-group, plane after plane, 8 bytes each: element j is bit j % 8 of byte j // 8.
+    p, r, c = v.shape
+    bits = np.packbits(v.astype(np.uint8).reshape(p, r, c // 64, 64), axis=-1, bitorder="little")
+    return np.ascontiguousarray(bits.transpose(1, 2, 0, 3)).reshape(r, -1)
+
+
+def _unpack_bits(q: np.ndarray, g: int, planes: int) -> np.ndarray:
+    r = q.shape[0]
+    bits = np.unpackbits(q.reshape(r, -1, planes, 8), axis=-1, bitorder="little")  # [r, G, p, 64]
+    return bits.astype(np.int8).transpose(2, 0, 1, 3).reshape(planes, r, -1)
+
+
+FORMATS: dict[str, WeightFormat] = {f.name: f for f in (
+    WeightFormat("int8", 1, 0, 1, -127, 127, False, 8, _pack_int8, _unpack_int8),
+    WeightFormat("int4", 2, 32, 1, -8, 7, False, 4, _pack_int4, _unpack_int4),
+    WeightFormat("ternary", 3, 64, 1, -1, 1, False, 2, _pack_trits, _unpack_trits),
+    WeightFormat("ptqtp", 4, 64, 2, -1, 1, False, 4, _pack_trits, _unpack_trits),
+    WeightFormat("lut2", 5, 64, 2, 0, 1, True, 2, _pack_bits, _unpack_bits),
+    WeightFormat("lut3", 6, 64, 3, 0, 1, True, 3, _pack_bits, _unpack_bits),
+)}
+FORMAT_BY_CODE = {f.code: f for f in FORMATS.values()}
+
+
+def get_format(name: str) -> WeightFormat:
+    """The table row for ``name``; ModelError listing the known formats otherwise."""
+    if name not in FORMATS:
+        raise ModelError(f"unknown weight format {name!r} (known: {', '.join(FORMATS)})")
+    return FORMATS[name]
+
+
+# ---- fitting: float weights -> plane values, scales, offsets ------------------------------------------
+
+def _f16(a: np.ndarray) -> np.ndarray:
+    """Round to float16 (finite), back in float32: the scales the kernels will see."""
+    return np.clip(a, -65504, 65504).astype(np.float16).astype(F32)
+
+
+def _safe_div(w: np.ndarray, d: np.ndarray) -> np.ndarray:
+    return np.where(d != 0, w / np.where(d != 0, d, 1), 0)
+
+
+def _combos(fmt: WeightFormat) -> np.ndarray:
+    """Every tuple of plane values, [n_combos, planes]."""
+    vals = np.arange(fmt.vmin, fmt.vmax + 1)
+    return np.stack(np.meshgrid(*[vals] * fmt.planes, indexing="ij"), -1).reshape(-1, fmt.planes).astype(F32)
+
+
+def _best_codes(wg: np.ndarray, d: np.ndarray, m: np.ndarray, combos: np.ndarray) -> np.ndarray:
+    """Per weight, the combination of plane values closest to it under scales d [n, P] and offset m [n]."""
+    levels = combos @ d.T.astype(np.float64)  # [K, n]
+    levels = levels.T[:, None, :] + m[:, None, None]  # [n, 1, K]
+    idx = np.abs(wg[:, :, None] - levels).argmin(-1)  # [n, g]
+    return combos[idx]  # [n, g, P]
+
+
+def _least_squares(wg: np.ndarray, v: np.ndarray, offset: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Scales (and offset) minimising the group's squared error for fixed plane values v [n, g, P]."""
+    cols = [v[..., p] for p in range(v.shape[-1])] + ([np.ones_like(wg)] if offset else [])
+    a = np.stack(cols, -1).astype(np.float64)  # [n, g, k]
+    ata = np.einsum("ngi,ngj->nij", a, a)
+    ridge = 1e-9 * (np.trace(ata, axis1=1, axis2=2)[:, None, None] + 1e-30) * np.eye(a.shape[-1])
+    sol = np.linalg.solve(ata + ridge, np.einsum("ngi,ng->ni", a, wg)[..., None])[..., 0]
+    return (sol[:, :-1], sol[:, -1]) if offset else (sol, np.zeros(len(wg)))
+
+
+def _fit_groups(wg: np.ndarray, fmt: WeightFormat) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """wg [n, g] float64 -> values [n, g, P] int8, scales [n, P] and offsets [n] (float16-representable)."""
+    n = len(wg)
+    amax = np.abs(wg).max(1)
+    if fmt.name == "int8":
+        d = _f16(amax / 127)[:, None]
+        return np.clip(np.rint(_safe_div(wg, d)), -127, 127).astype(np.int8)[..., None], d, np.zeros(n, F32)
+    if fmt.name == "int4":
+        # Candidate scales around the Q4_0 choice (signed max / -8); keep the one with least error.
+        signed_max = wg[np.arange(n), np.abs(wg).argmax(1)]
+        best, best_err = None, None
+        for f in (1.0, 0.95, 0.9, 0.85, 0.8, -16 / 14, -1.0):
+            d = _f16(signed_max / -8 * f)[:, None]
+            v = np.clip(np.rint(_safe_div(wg, d)), -8, 7)
+            err = ((v * d - wg) ** 2).sum(1)
+            if best is None:
+                best, best_err = (v, d), err
+            else:
+                better = err < best_err
+                best = (np.where(better[:, None], v, best[0]), np.where(better[:, None], d, best[1]))
+                best_err = np.minimum(err, best_err)
+        return best[0].astype(np.int8)[..., None], best[1], np.zeros(n, F32)
+    if fmt.name == "ternary":
+        d = _f16(np.abs(wg).mean(1))[:, None]
+        return np.clip(np.rint(_safe_div(wg, d)), -1, 1).astype(np.int8)[..., None], d, np.zeros(n, F32)
+    # ptqtp / lut: alternate least-squares scales and nearest-level codes (PTQTP, HLQ).
+    combos = _combos(fmt)
+    if fmt.name == "ptqtp":
+        d1 = np.abs(wg).mean(1)
+        t1 = np.clip(np.rint(_safe_div(wg, d1[:, None])), -1, 1)
+        r = wg - t1 * d1[:, None]
+        d2 = np.abs(r).mean(1)
+        d = np.stack([d1, d2], 1)
+        m = np.zeros(n)
+    else:
+        lo, hi = wg.min(1), wg.max(1)
+        step = (hi - lo) / (2 ** fmt.planes - 1)
+        d = step[:, None] * 2.0 ** np.arange(fmt.planes)
+        m = lo
+    for _ in range(4):
+        v = _best_codes(wg, d, m, combos)
+        d, m = _least_squares(wg, v, fmt.offset)
+    d, m = _f16(d), _f16(m)
+    v = _best_codes(wg, d, m, combos)
+    return v.astype(np.int8), d, m.astype(F32)
+
+
+def pack(w: np.ndarray, fmt_name: str, tensor: str = "weight") -> dict[str, np.ndarray]:
+    """Quantize a float matrix ``w[rows, cols]`` into format ``fmt_name``: ``{"q", "d"[, "m"]}``.
+
+    Raises ModelError (naming ``tensor``) when ``cols`` is not a multiple of the group size or the
+    weights are not finite.
+    """
+    fmt = get_format(fmt_name)
+    if w.ndim != 2:
+        raise ModelError(f"tensor '{tensor}': expected a matrix, got shape {w.shape}")
+    r, c = w.shape
+    g = fmt.group_size(c)
+    if c % g or c % 32:
+        raise ModelError(f"tensor '{tensor}': {c} columns are not a multiple of the {fmt.name} group size "
+                         f"{g} and of 32")
+    if not np.isfinite(w).all():
+        raise ModelError(f"tensor '{tensor}' has NaN or infinite weights")
+    wg = w.astype(np.float64).reshape(r * (c // g), g)
+    v, d, m = _fit_groups(wg, fmt)
+    values = v.reshape(r, c // g, g, fmt.planes).transpose(3, 0, 1, 2).reshape(fmt.planes, r, c)
+    out = {"q": fmt.pack_codes(values, g), "d": d.astype(np.float16).reshape(r, -1)}
+    if fmt.offset:
+        out["m"] = m.astype(np.float16).reshape(r, -1)
+    return out
+
+
+def plane_values(packed: dict[str, np.ndarray], fmt_name: str) -> np.ndarray:
+    """The integer plane values ``[planes, rows, cols]`` int8 of a packed matrix."""
+    fmt = get_format(fmt_name)
+    q = packed["q"]
+    cols = q.shape[1] * 8 // fmt.bits
+    return fmt.unpack_codes(q, fmt.group_size(cols), fmt.planes)
+
+
+def unpack(packed: dict[str, np.ndarray], fmt_name: str) -> np.ndarray:
+    """Dequantize to float32 ``[rows, cols]``: ``w = d_0 v_0 (+ d_p v_p ...) (+ m)`` in that order."""
+    fmt = get_format(fmt_name)
+    v = plane_values(packed, fmt_name)
+    _, r, c = v.shape
+    g = fmt.group_size(c)
+    d = packed["d"].astype(F32).reshape(r, c // g, 1, fmt.planes)
+    vg = v.reshape(fmt.planes, r, c // g, g).astype(F32)
+    w = d[..., 0] * vg[0]
+    for p in range(1, fmt.planes):
+        w = w + d[..., p] * vg[p]
+    if fmt.offset:
+        w = w + packed["m"].astype(F32).reshape(r, c // g, 1)
+    return w.reshape(r, c)
+
+
+# ---- activations and the reference mat-vec -------------------------------------------------------
+
+BLOCK = 32  # activation block: one int8 scale per 32 values of a token
+LANES = 16  # float accumulators of the mat-vec
+
+
+def quantize_act(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Blockwise absmax int8: ``x[..., n]`` float32 -> (``q`` int8 in [-127, 127], ``scale`` float32
+    [..., n / 32]).
+
+    Per block of 32: ``scale = amax / 127`` and ``q = rint(x * (127 / amax))`` (ties to even), both in
+    float32; an all-zero block gets scale 0 and q 0; a block holding NaN is treated as all zero.
+    """
+    x = x.astype(F32, copy=False)
+    xb = x.reshape(x.shape[:-1] + (-1, BLOCK))
+    amax = np.abs(xb).max(-1)
+    amax = np.where(np.isnan(amax), F32(0), amax).astype(F32)
+    ok = amax > 0
+    inv = np.where(ok, F32(127) / np.where(ok, amax, F32(1)), F32(0)).astype(F32)
+    with np.errstate(invalid="ignore"):  # inf * 0 = NaN is expected here and quantizes to 0
+        v = xb * inv[..., None]
+    v = np.where(np.isnan(v), F32(0), np.clip(v, F32(-127), F32(127)))
+    return np.rint(v).astype(np.int8).reshape(x.shape), (amax / F32(127)).astype(F32)
+
+
+def halving_sum(acc: np.ndarray) -> np.ndarray:
+    """Fold the last axis (16 lanes) in halves: [i] + [i+8], [i] + [i+4], [i] + [i+2], [0] + [1]."""
+    while acc.shape[-1] > 1:
+        h = acc.shape[-1] // 2
+        acc = acc[..., :h] + acc[..., h:]
+    return acc[..., 0]
+
+
+def matvec(packed: dict[str, np.ndarray], fmt_name: str, xq: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Reference ``y[t, r] = sum_c W[r, c] x[t, c]`` for int8 tokens ``xq[t, cols]`` with block scales
+    ``xs[t, cols / 32]``: integer dots per 32-block and plane, float32 in the module docstring's order."""
+    fmt = get_format(fmt_name)
+    v = plane_values(packed, fmt_name).astype(np.int64)
+    planes, r, c = v.shape
+    g = fmt.group_size(c)
+    nb, per = c // BLOCK, g // BLOCK
+    d = packed["d"].astype(F32).reshape(r, c // g, planes)
+    m = packed["m"].astype(F32).reshape(r, c // g) if fmt.offset else None
+    xb = xq.astype(np.int64).reshape(len(xq), nb, BLOCK)
+    dots = np.einsum("prbj,tbj->ptrb", v.reshape(planes, r, nb, BLOCK), xb)  # exact in int64
+    sums = xb.sum(-1).astype(F32)  # [t, nb]
+    acc = np.zeros((len(xq), r, LANES), F32)
+    for b in range(nb):
+        t = d[None, :, b // per, 0] * dots[0, :, :, b].astype(F32)
+        for p in range(1, planes):
+            t = t + d[None, :, b // per, p] * dots[p, :, :, b].astype(F32)
+        if m is not None:
+            t = t + m[None, :, b // per] * sums[:, b:b + 1]
+        acc[:, :, b % LANES] = acc[:, :, b % LANES] + t * xs[:, b:b + 1].astype(F32)
+    return halving_sum(acc)
+
+
+def packed_nbytes(packed: dict[str, np.ndarray]) -> int:
+    """Bytes a kernel reads for one pass over the matrix (codes, scales, offsets)."""
+    return int(sum(a.nbytes for a in packed.values()))

@@ -1,0 +1,159 @@
+"""LLM weight formats and kernels: packing round trips, and the C and Numba mat-vecs / quantizer / whole
+decoder bit-identical to the NumPy reference over random shapes, formats and values."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, assume, given, settings, strategies as st
+
+from edgeq.errors import InputError, ModelError
+from edgeq.runtimes import llm_c, llm_formats, llm_numba
+from edgeq.runtimes.llm_reference import LLMConfig, Matrix, ReferenceDecoder, dot8, exp_f32
+from llm_util import packed_weights, tiny_config
+
+FORMATS = list(llm_formats.FORMATS)
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _weights(rng: np.random.Generator, rows: int, cols: int) -> np.ndarray:
+    w = rng.standard_normal((rows, cols)).astype(np.float32) * rng.choice([1e-3, 0.05, 3.0])
+    w[rng.random(w.shape) < 0.02] *= 20  # outliers
+    if rows > 1:
+        w[0] = 0  # an all-zero row: zero scales must not divide by zero
+    return w
+
+
+def _acts(rng: np.random.Generator, n: int, cols: int) -> np.ndarray:
+    x = rng.standard_normal((n, cols)).astype(np.float32) * rng.choice([1e-4, 1.0, 100.0])
+    x[0, rng.integers(cols)] = 500.0
+    if n > 1:
+        x[1] = 0
+    return x
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_pack_layout_round_trip_and_error(fmt):
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((32, 192)).astype(np.float32) * 0.05
+    p = llm_formats.pack(w, fmt)
+    f = llm_formats.FORMATS[fmt]
+    v = llm_formats.plane_values(p, fmt)
+    assert v.shape == (f.planes, 32, 192) and v.min() >= f.vmin and v.max() <= f.vmax
+    assert np.array_equal(f.pack_codes(v, f.group_size(192)), p["q"])  # codes survive a round trip
+    assert llm_formats.packed_nbytes(p) * 8 / w.size == pytest.approx(f.bits_per_weight(192))
+    rel = np.sqrt(np.mean((llm_formats.unpack(p, fmt) - w) ** 2) / np.mean(w ** 2))
+    # Expected relative error of each format on Gaussian weights (bits decide the bound).
+    assert rel < {"int8": 0.01, "int4": 0.1, "ternary": 0.55, "ptqtp": 0.25, "lut2": 0.36, "lut3": 0.2}[fmt]
+
+
+def test_fitted_scales_beat_plain_rounding():
+    """lut2's least-squares plane scales must do better than uniform min/max 2-bit quantization."""
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((16, 256)).astype(np.float32)
+    g = w.reshape(-1, 64)
+    lo, hi = g.min(1, keepdims=True), g.max(1, keepdims=True)
+    s = (hi - lo) / 3
+    uniform = np.rint((g - lo) / s) * s + lo
+    err_uniform = np.mean((uniform - g) ** 2)
+    err_lut2 = np.mean((llm_formats.unpack(llm_formats.pack(w, "lut2"), "lut2") - w) ** 2)
+    assert err_lut2 < 0.9 * err_uniform
+
+
+def test_pack_rejects_bad_matrices():
+    with pytest.raises(ModelError, match="blk.0.attn_q.*multiple"):
+        llm_formats.pack(np.zeros((4, 48), np.float32), "ternary", "blk.0.attn_q")
+    with pytest.raises(ModelError, match="NaN"):
+        llm_formats.pack(np.full((4, 64), np.nan, np.float32), "int8", "w")
+    with pytest.raises(ModelError, match="unknown weight format"):
+        llm_formats.pack(np.zeros((4, 64), np.float32), "int3")
+
+
+def test_exp_f32_accuracy():
+    x = np.linspace(-80, 80, 20001, dtype=np.float32)
+    rel = np.abs(exp_f32(x).astype(np.float64) / np.exp(x.astype(np.float64)) - 1)
+    assert rel.max() < 1e-6
+
+
+def test_dot8_order_is_the_documented_one():
+    a = np.array([1e8, 1, -1e8, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0], np.float32)
+    b = np.ones(16, np.float32)
+    # lanes: l0 = 1e8 + 1 -> 1e8 (float32), l1 = 1, l2 = -1e8, l3 = 1 -> ((1e8 + 1) + (-1e8 + 1)) = 0
+    assert dot8(a, b) == np.float32(0.0)
+
+
+@SETTINGS
+@given(fmt=st.sampled_from(FORMATS), rows=st.integers(1, 40), blocks=st.integers(1, 40), n=st.integers(1, 5),
+       seed=st.integers(0, 2**31 - 1))
+def test_matvec_c_and_numba_bit_exact(fmt, rows, blocks, n, seed):
+    """Any number of 32-blocks (the 16-block chunks' tails included) the format's group size allows."""
+    rng = np.random.default_rng(seed)
+    group = llm_formats.FORMATS[fmt].group or 32
+    cols = 32 * blocks // group * group or group
+    m = Matrix(fmt, rows, cols, llm_formats.pack(_weights(rng, rows, cols), fmt))
+    xq, xs = llm_formats.quantize_act(_acts(rng, n, cols))
+    want = llm_formats.matvec(m.arrays, fmt, xq, xs)
+    for got in (llm_c.matvec(m, xq, xs), llm_numba.matvec(m, xq, xs)):
+        assert got.dtype == np.float32 and got.shape == want.shape
+        assert np.array_equal(got.view(np.int32), want.view(np.int32))
+
+
+@SETTINGS
+@given(n=st.integers(1, 4), cols=st.sampled_from([32, 64, 96, 576]), seed=st.integers(0, 2**31 - 1))
+def test_quantize_c_bit_exact(n, cols, seed):
+    rng = np.random.default_rng(seed)
+    x = _acts(rng, n, cols)
+    x[rng.random(x.shape) < 0.01] = np.float32(np.inf) if seed % 3 == 0 else np.float32(np.nan)
+    want_q, want_s = llm_formats.quantize_act(x)
+    got_q, got_s = llm_c.quantize(x)
+    assert np.array_equal(got_q, want_q)
+    assert np.array_equal(got_s.view(np.int32), want_s.view(np.int32))
+
+
+def test_matvec_float_combination_matches_dequantized_product():
+    """The integer path computes W x: compare with the float product of the dequantized operands."""
+    rng = np.random.default_rng(3)
+    for fmt in FORMATS:
+        w = _weights(rng, 24, 128)
+        p = llm_formats.pack(w, fmt)
+        xq, xs = llm_formats.quantize_act(_acts(rng, 3, 128))
+        y = llm_formats.matvec(p, fmt, xq, xs)
+        ref = (xq * np.repeat(xs, 32, axis=1)).astype(np.float64) @ llm_formats.unpack(p, fmt).T.astype(np.float64)
+        assert np.allclose(y, ref, rtol=1e-4, atol=1e-4 * np.abs(ref).max())
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scheme=st.sampled_from(FORMATS), layers=st.integers(1, 2), heads=st.sampled_from([(2, 1), (4, 2), (4, 4), (8, 2)]),
+       dim=st.sampled_from([32, 64, 128]), ffn=st.sampled_from([64, 96, 128]), batch=st.integers(1, 5),
+       seed=st.integers(0, 2**31 - 1))
+def test_c_decoder_bit_exact(scheme, layers, heads, dim, ffn, batch, seed):
+    nh, nkv = heads
+    group = llm_formats.FORMATS[scheme].group or 32
+    assume(dim % group == 0 and ffn % group == 0 and (dim // nh) % 8 == 0)
+    c = LLMConfig(n_layers=layers, dim=dim, n_heads=nh, n_kv_heads=nkv, head_dim=dim // nh, ffn_dim=ffn,
+                  vocab=40, ctx=16, eps=1e-5, rope_base=10000.0)
+    w = packed_weights(c, scheme, seed)
+    toks = np.random.default_rng(seed).integers(0, 40, size=9)
+    want = ReferenceDecoder(w).forward(toks, 0)
+    dec = llm_c.CDecoder(w, max_batch=batch)
+    got = np.concatenate([dec.forward(toks[:4], 0), dec.forward(toks[4:], 4)])  # prefill, then continue
+    assert np.array_equal(got.view(np.int32), want.view(np.int32))
+    last = dec.forward(toks, 0, all_logits=False)
+    assert np.array_equal(last[0].view(np.int32), want[-1].view(np.int32))
+
+
+def test_numba_decoder_bit_exact():
+    from edgeq.llm import numba_decoder
+    w = packed_weights(tiny_config(n_layers=1), "lut3", 5)
+    toks = [3, 1, 4, 1, 5]
+    assert np.array_equal(numba_decoder(w).forward(toks, 0), ReferenceDecoder(w).forward(toks, 0))
+
+
+def test_c_decoder_rejects_bad_tokens_and_positions():
+    w = packed_weights(tiny_config(n_layers=1, ctx=8), "int4")
+    dec = llm_c.CDecoder(w, max_batch=4)
+    with pytest.raises(InputError, match="context length"):
+        dec.forward(np.arange(9) % 10, 0)
+    from edgeq.errors import BackendError
+    with pytest.raises(BackendError, match="vocabulary"):
+        dec.forward([1, 96], 0)
