@@ -21,7 +21,7 @@ from edgeq.errors import EdgeqError
 from edgeq.progress import Progress
 from edgeq.runtimes import llm_formats
 from edgeq.runtimes.llm_reference import Matrix
-from .gguf_import import require_gguf
+from .gguf_import import copy_field, require_gguf
 
 TERNARY_TYPES = ("TQ2_0", "TQ1_0")
 
@@ -41,6 +41,20 @@ def tensor_type(m: Matrix, ternary_type: str = "TQ2_0") -> str:
     if m.fmt == "ternary" and m.cols % 256 == 0:
         return ternary_type
     return "Q8_0"
+
+
+def add_llama_config(writer: Any, c: Any) -> None:
+    """Write the llama.* hyper-parameters of config ``c`` (an LLMConfig) into a gguf.GGUFWriter."""
+    writer.add_block_count(c.n_layers)
+    writer.add_context_length(c.ctx)
+    writer.add_embedding_length(c.dim)
+    writer.add_feed_forward_length(c.ffn_dim)
+    writer.add_head_count(c.n_heads)
+    writer.add_head_count_kv(c.n_kv_heads)
+    writer.add_rope_freq_base(c.rope_base)
+    writer.add_layer_norm_rms_eps(c.eps)
+    writer.add_rope_dimension_count(c.head_dim)
+    writer.add_vocab_size(c.vocab)
 
 
 def export_gguf(bundle: Any, output: str | Path, ternary_type: str = "TQ2_0", progress: bool = True) -> dict[str, Any]:
@@ -64,18 +78,8 @@ def export_gguf(bundle: Any, output: str | Path, ternary_type: str = "TQ2_0", pr
         for key, f in reader.fields.items():
             if key.startswith(("GGUF.", "llama.")) or key in ("general.architecture", "general.file_type"):
                 continue
-            vt = f.types[0]
-            w.add_key_value(key, f.contents(), vt, sub_type=f.types[-1] if vt == gguf.GGUFValueType.ARRAY else None)
-        w.add_block_count(c.n_layers)
-        w.add_context_length(c.ctx)
-        w.add_embedding_length(c.dim)
-        w.add_feed_forward_length(c.ffn_dim)
-        w.add_head_count(c.n_heads)
-        w.add_head_count_kv(c.n_kv_heads)
-        w.add_rope_freq_base(c.rope_base)
-        w.add_layer_norm_rms_eps(c.eps)
-        w.add_rope_dimension_count(c.head_dim)
-        w.add_vocab_size(c.vocab)
+            copy_field(w, key, f)
+        add_llama_config(w, c)
         mats = bundle.weights.mats
         with Progress("exporting to GGUF", len(mats), enabled=progress) as bar:
             for name, m in mats.items():

@@ -22,6 +22,13 @@ from edgeq.runtimes.llm_reference import LAYER_MATS, LLMConfig, matrix_shapes
 SUPPORTED_ARCHS = ("llama",)
 
 
+def copy_field(writer: Any, key: str, field: Any) -> None:
+    """Copy one metadata field of a gguf.GGUFReader into a gguf.GGUFWriter, arrays with their item type."""
+    gguf = require_gguf()
+    vt = field.types[0]
+    writer.add_key_value(key, field.contents(), vt, sub_type=field.types[-1] if vt == gguf.GGUFValueType.ARRAY else None)
+
+
 def require_gguf() -> Any:
     """The ``gguf`` module, or a ModelError saying how to install it."""
     try:
@@ -137,9 +144,7 @@ class GGUFModel:
             for key, f in self.fields.items():
                 if key.startswith("GGUF.") or key == "general.architecture":
                     continue
-                vt = f.types[0]
-                sub = f.types[-1] if vt == gguf.GGUFValueType.ARRAY else None
-                w.add_key_value(key, f.contents(), vt, sub_type=sub)
+                copy_field(w, key, f)
             w.write_header_to_file()
             w.write_kv_data_to_file()
             w.write_tensors_to_file()

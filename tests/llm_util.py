@@ -56,6 +56,8 @@ def write_tiny_gguf(path: Path, c: LLMConfig | None = None, seed: int = 0, token
     """A random llama GGUF. ``tokenizer_from`` copies tokenizer.* metadata from another GGUF (its vocab
     size then sets the config's); ``drop``/``bad_shape`` damage one tensor for the bad-input tests."""
     import gguf
+    from edgeq.converters.gguf_export import add_llama_config
+    from edgeq.converters.gguf_import import copy_field
     fields = {}
     if tokenizer_from:
         r = gguf.GGUFReader(tokenizer_from)
@@ -64,19 +66,9 @@ def write_tiny_gguf(path: Path, c: LLMConfig | None = None, seed: int = 0, token
         c = tiny_config(vocab=vocab) if c is None else LLMConfig(**{**c.to_dict(), "vocab": vocab})
     c = c or tiny_config()
     w = gguf.GGUFWriter(str(path), arch)
-    w.add_block_count(c.n_layers)
-    w.add_context_length(c.ctx)
-    w.add_embedding_length(c.dim)
-    w.add_feed_forward_length(c.ffn_dim)
-    w.add_head_count(c.n_heads)
-    w.add_head_count_kv(c.n_kv_heads)
-    w.add_rope_freq_base(c.rope_base)
-    w.add_layer_norm_rms_eps(c.eps)
-    w.add_rope_dimension_count(c.head_dim)
-    w.add_vocab_size(c.vocab)
+    add_llama_config(w, c)
     for k, f in fields.items():
-        vt = f.types[0]
-        w.add_key_value(k, f.contents(), vt, sub_type=f.types[-1] if vt == gguf.GGUFValueType.ARRAY else None)
+        copy_field(w, k, f)
     if not fields:
         w.add_tokenizer_model("gpt2")
         w.add_token_list([f"t{i}" for i in range(c.vocab)])
