@@ -167,7 +167,6 @@ def test_chat_perplexity_bench_inspect_json(tiny_int4, tmp_path):
 
 def test_export_gguf_runs_in_llama_cpp_with_the_same_perplexity(tiny_int4, tmp_path):
     import gguf
-    import llama_cpp
     from edgeq.llm_cli import builtin_text
     from edgeq.llm_text import Tokenizer
     out = tmp_path / "tiny.gguf"
@@ -182,19 +181,9 @@ def test_export_gguf_runs_in_llama_cpp_with_the_same_perplexity(tiny_int4, tmp_p
     ctx = 128
     ids = Tokenizer(b).encode(builtin_text(), add_bos=False)
     ours = b.session("c", ctx=ctx).perplexity(ids, ctx, 2)["perplexity"]
-    llm = llama_cpp.Llama(model_path=str(out), n_ctx=ctx, n_batch=ctx, n_threads=1, logits_all=True, verbose=False)
-    nll, n = 0.0, 0
-    for s in range(0, 2 * ctx, ctx):
-        chunk = ids[s:s + ctx]
-        llm.reset()
-        llm.eval(chunk)
-        lg = np.array(llm.scores[:ctx], dtype=np.float64)
-        lp = lg - lg.max(1, keepdims=True)
-        lp -= np.log(np.exp(lp).sum(1, keepdims=True))
-        idx = np.arange(ctx // 2 - 1, ctx - 1)
-        nll -= lp[idx, np.array(chunk)[idx + 1]].sum()
-        n += idx.size
-    theirs = math.exp(nll / n)
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_llm import llama_ppl  # the peer's perplexity, measured as the benchmark measures it
+    theirs = llama_ppl(str(out), ids, ctx, windows=2)
     assert abs(ours / theirs - 1) < 0.02, (ours, theirs)
 
 
