@@ -20,10 +20,9 @@ METHODS = ("minmax", "percentile", "mse")
 SAMPLE_CAP = 1 << 16  # values kept per tensor for percentile/mse; enough for stable estimates
 
 
-def load_calibration(path: str | Path, graph: Graph) -> dict[str, np.ndarray]:
-    """Read a .npy (single-input models: N samples) or .npz (keyed by input name) and check it."""
-    data = read_named_arrays(path, graph.inputs, CalibrationError, "calibration")
-    return check_calibration(data, graph)
+def load_calibration(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a .npy (N samples of the only input, keyed "") or .npz (keyed by input name)."""
+    return read_named_arrays(path, [""], CalibrationError, "calibration")
 
 
 def check_calibration(data: dict[str, np.ndarray], graph: Graph) -> dict[str, np.ndarray]:

@@ -49,16 +49,29 @@ def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
     return 10 * np.log10(max(signal, 1e-30) / noise)
 
 
-def _calibration(calib: Any, graph: Graph, sample: Any) -> dict[str, np.ndarray]:
+def _raw_calibration(calib: Any) -> dict[str, np.ndarray] | None:
+    """The calibration arrays before the model is imported (their shapes fix dynamic input dimensions);
+    key "" stands for the only input."""
     if calib is None:
-        if sample is None:
-            raise CalibrationError("calibration data is required: pass --calib FILE.npy|FILE.npz")
-        return check_calibration({graph.inputs[0]: sample.calib}, graph)
+        return None
     if isinstance(calib, (str, Path)):
-        return load_calibration(calib, graph)
+        return load_calibration(calib)
     if isinstance(calib, np.ndarray):
-        calib = {graph.inputs[0]: calib}
-    return check_calibration(dict(calib), graph)
+        return {"": calib}
+    return dict(calib)
+
+
+def _calibration(raw: dict[str, np.ndarray] | None, graph: Graph, sample: Any) -> dict[str, np.ndarray]:
+    if raw is None:
+        if sample is None:
+            raise CalibrationError("calibration data is required: pass --calib FILE.npy|FILE.npz|DIR")
+        return check_calibration({graph.inputs[0]: sample.calib}, graph)
+    if "" in raw:
+        if len(graph.inputs) != 1:
+            raise CalibrationError(f"model has {len(graph.inputs)} inputs; give the calibration data as .npz keyed "
+                                   f"by input name ({', '.join(graph.inputs)})")
+        raw = {graph.inputs[0]: raw[""]}
+    return check_calibration(raw, graph)
 
 
 def _report(fg: Graph, qg: Graph, calib: dict[str, np.ndarray], device: DeviceProfile, plan: PatchPlan,
@@ -108,7 +121,9 @@ def _plan(qg: Graph, profile: DeviceProfile, patch: str | int) -> PatchPlan:
     mcu = profile.device_class == "mcu"
     # The firmware's stack (kernel scratch included) shares the RAM with the arena.
     budget = profile.ram_bytes - DEFAULT_STACK_BYTES if mcu else None
-    plan = plan_patches(qg, patch, budget, inplace_depthwise=mcu)
+    # Patches trade MACs for memory; a CPU with no activation budget only gets them on request.
+    mode = "off" if patch == "auto" and profile.budget_activation_bytes is None and not mcu else patch
+    plan = plan_patches(qg, mode, budget, inplace_depthwise=mcu)
     if budget is not None and plan.memory.arena_bytes > budget:
         how = f"{plan.n}x{plan.n} patches" if plan.n else "layer by layer"
         hint = "" if patch == "auto" else "; try --patch auto"
@@ -140,9 +155,11 @@ def convert(model: str | Path | bytes | None = None, device: str = "host", outpu
         from edgeq.sample import load_sample
         sample = load_sample()
         model = sample.model_path
-    fg, digest = import_onnx(model, input_shapes)
+    raw = _raw_calibration(calib)
+    data_shapes = {k: tuple(np.shape(v)[1:]) for k, v in raw.items() if np.ndim(v) >= 1} if raw else None
+    fg, digest = import_onnx(model, input_shapes, data_shapes)
     run_passes(fg)
-    data = _calibration(calib, fg, sample)
+    data = _calibration(raw, fg, sample)
     method = calib_method or profile.calibration
     ranges = collect_ranges(fg, data, method, progress=progress)
     qg = quantize_graph(fg, ranges)

@@ -45,18 +45,40 @@ def _nearest(x: float, mode: str) -> int:
     raise ValueError(f"unknown nearest mode '{mode}'")
 
 
-def resize_table(in_size: int, out_size: int, mode: str, coord: str, nearest_mode: str = "round_prefer_floor",
-                 scale: float | None = None) -> np.ndarray:
-    """int32 [out_size, 3] rows (i0, i1, w1) for one axis; ``scale`` defaults to out_size / in_size."""
+def resize_taps(in_size: int, out_size: int, mode: str, coord: str, nearest_mode: str = "round_prefer_floor",
+                scale: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per output position of one axis: input positions i0, i1 and the float weight of i1."""
     scale = scale or out_size / in_size
-    rows = np.zeros((out_size, 3), dtype=np.int32)
+    i0 = np.zeros(out_size, dtype=np.int64)
+    i1 = np.zeros(out_size, dtype=np.int64)
+    w1 = np.zeros(out_size, dtype=np.float64)
     for o in range(out_size):
         x = source_coordinate(o, in_size, out_size, coord, scale)
         if mode == "nearest":
-            i = min(max(_nearest(x, nearest_mode), 0), in_size - 1)
-            rows[o] = (i, i, 0)
+            i0[o] = i1[o] = min(max(_nearest(x, nearest_mode), 0), in_size - 1)
             continue
         x = min(max(x, 0.0), in_size - 1.0)
-        i0 = int(math.floor(x))
-        rows[o] = (i0, min(i0 + 1, in_size - 1), int(round((x - i0) * RESIZE_ONE)))
-    return rows
+        i0[o] = int(math.floor(x))
+        i1[o] = min(i0[o] + 1, in_size - 1)
+        w1[o] = x - i0[o]
+    return i0, i1, w1
+
+
+def resize_table(in_size: int, out_size: int, mode: str, coord: str, nearest_mode: str = "round_prefer_floor",
+                 scale: float | None = None) -> np.ndarray:
+    """int32 [out_size, 3] rows (i0, i1, w1) for one axis; ``scale`` defaults to out_size / in_size."""
+    i0, i1, w1 = resize_taps(in_size, out_size, mode, coord, nearest_mode, scale)
+    return np.stack([i0, i1, np.round(w1 * RESIZE_ONE)], axis=1).astype(np.int32)
+
+
+def resize_float(x: np.ndarray, *, mode: str, coord: str, nearest_mode: str, size: list[int],
+                 scales: list[float]) -> np.ndarray:
+    """The float Resize of an NCHW tensor along H and W (the model's own arithmetic)."""
+    out = x.astype(np.float32)
+    for axis, (n_out, scale) in zip((2, 3), zip(size, scales)):
+        i0, i1, w1 = resize_taps(out.shape[axis], n_out, mode, coord, nearest_mode, scale)
+        shape = [1] * out.ndim
+        shape[axis] = n_out
+        w = w1.reshape(shape).astype(np.float32)
+        out = np.take(out, i0, axis=axis) * (1 - w) + np.take(out, i1, axis=axis) * w
+    return out.astype(np.float32)
