@@ -75,17 +75,24 @@ def rec_lines(n: int, seed: int = 0, width: int = REC_WIDTH, max_words: int = 3)
 def det_page(seed: int = 0, size: int = 640) -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
     """A page of random text lines (float32 [3, size, size], ImageNet-normalised) and the line boxes
     (x0, y0, x1, y1)."""
+    image, boxes, _ = render_page(seed, size)
+    return det_input(image), boxes
+
+
+def render_page(seed: int = 0, size: int = 640) -> tuple[np.ndarray, list[tuple[int, int, int, int]], list[str]]:
+    """A grey uint8 page of random text lines, their boxes (x0, y0, x1, y1) and their texts."""
     rng, vocab = random.Random(seed), words()
     img = Image.new("L", (size, size), color=rng.randint(200, 255))
     draw = ImageDraw.Draw(img)
-    boxes = []
+    boxes, texts = [], []
     for y in range(max(4, size // 32), size - size // 16, max(12, size * 3 // 40)):
         font = ImageFont.load_default(size=rng.randint(max(8, size // 36), max(9, size // 21)))
         text = " ".join(rng.choice(vocab) for _ in range(rng.randint(2, 6)))
         x = rng.randint(2, max(3, size // 10))
         draw.text((x, y), text, fill=rng.randint(0, 60), font=font)
         boxes.append(tuple(int(v) for v in draw.textbbox((x, y), text, font=font)))
-    return det_input(np.asarray(img)), boxes
+        texts.append(text)
+    return np.asarray(img), boxes, texts
 
 
 def det_input(image: np.ndarray) -> np.ndarray:
