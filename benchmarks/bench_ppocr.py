@@ -43,6 +43,8 @@ def _session(path: str, threads: int) -> ort.InferenceSession:
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
+    # Idle intra-op threads otherwise spin after every run and starve the next contender on 2 cores.
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
 
 

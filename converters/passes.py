@@ -2,7 +2,8 @@
 fold constants -> batch-moving transpose+slice rewritten -> infer shapes -> float casts dropped ->
 LayerNorm and Swish patterns -> constant Sub/Div as Add/Mul -> HardSwish patterns -> scales and bias Adds
 folded into weights -> fold BatchNorm (then scales and biases again) -> fuse clamp activations -> unary
-chains as one table -> drop dead nodes.
+chains as one table -> non-overlapping ConvTranspose as 1x1 Conv + pixel shuffle -> large sequence Linear
+layers as 1x1 Conv -> drop dead nodes.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from .float_ops import ACTIVATIONS, FLOAT_OPS, run_float
 
 FUSABLE_PRODUCERS = ("Conv", "ConvTranspose", "FullyConnected", "Add")
 WEIGHTED = ("Conv", "ConvTranspose", "FullyConnected")
+SEQUENCE_CONV_MIN_MACS = 1 << 20  # smaller sequence Linear layers stay one QMatMul
 CLAMP_ACTIVATIONS = ("Relu", "Clip")
 
 
@@ -369,6 +371,74 @@ def fuse_unary_chains(g: Graph) -> None:
         i += 1
 
 
+def pixel_shuffle_conv_transpose(g: Graph) -> None:
+    """ConvTranspose whose kernel equals its stride (no overlap, no padding: the usual 2x upsampler) is a
+    1x1 Conv with OC*KH*KW outputs followed by a depth-to-space permutation: the fast pointwise kernels do
+    the arithmetic and the permutation is a reshape/transpose (an integer gather)."""
+    changed = False
+    for ct in [n for n in g.nodes if n.op == "ConvTranspose"]:
+        a = ct.attrs
+        w = g.consts[ct.inputs[1]]
+        oc, c, kh, kw = w.shape
+        # (The input's recorded shape may be a placeholder left by an earlier rewrite; the output's is not.)
+        n, (oh, ow) = g.tensors[ct.outputs[0]].shape[0], a["out"]
+        h, wd = oh // kh, ow // kw
+        if a["group"] != 1 or list(a["strides"]) != [kh, kw] or any(a["pads"]) or a["dilations"] != [1, 1] \
+                or oh % kh or ow % kw:
+            continue
+        b = g.consts[ct.inputs[2]] if len(ct.inputs) > 2 and ct.inputs[2] else np.zeros(oc, np.float32)
+        wname = g.add_const(g.unique_name(ct.name + "_w1x1"),
+                            np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(oc * kh * kw, c, 1, 1)))
+        bname = g.add_const(g.unique_name(ct.name + "_b1x1"), np.repeat(b, kh * kw).astype(np.float32))
+        conv_out, split, moved = (g.unique_name(ct.name + s) for s in ("_taps", "_split", "_moved"))
+        conv_attrs = dict(strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=1)
+        if "act" in a:
+            conv_attrs["act"] = a["act"]
+        new = [Node("Conv", ct.name, [ct.inputs[0], wname, bname], [conv_out], conv_attrs),
+               Node("Reshape", ct.name + "_split", [conv_out], [split], {"shape": [n, oc, kh, kw, h, wd]}),
+               Node("Transpose", ct.name + "_shuffle", [split], [moved], {"perm": [0, 1, 4, 2, 5, 3]}),
+               Node("Reshape", ct.name + "_merge", [moved], list(ct.outputs), {"shape": [n, oc, h * kh, wd * kw]})]
+        for node in new:
+            for o in node.outputs:
+                g.tensors[o] = Tensor(o, (), "float32")
+        i = g.nodes.index(ct)
+        g.nodes[i: i + 1] = new
+        changed = True
+    if changed:
+        infer_shapes(g)
+
+
+def sequence_linear_as_conv(g: Graph) -> None:
+    """A Linear layer over a sequence [N, T, K] runs as a 1x1 convolution over T pixels between two
+    transposes: the pointwise kernels (VNNI, blocked, threaded) do the arithmetic; the transposes are
+    cheap gathers next to T * K * OC multiply-accumulates."""
+    changed = False
+    for fc in [n for n in g.nodes if n.op == "FullyConnected" and len(g.tensors[n.inputs[0]].shape) == 3]:
+        n, t, k = g.tensors[fc.inputs[0]].shape
+        w = g.consts[fc.inputs[1]]
+        oc = w.shape[0]
+        if t * k * oc < SEQUENCE_CONV_MIN_MACS:
+            continue
+        names = [g.unique_name(fc.name + s) for s in ("_kt", "_k1t", "_o1t", "_ot")]
+        wname = g.add_const(g.unique_name(fc.name + "_w1x1"), np.ascontiguousarray(w.reshape(oc, k, 1, 1)))
+        conv_in = [names[1], wname] + fc.inputs[2:3]
+        attrs = dict(strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=1)
+        if "act" in fc.attrs:
+            attrs["act"] = fc.attrs["act"]
+        new = [Node("Transpose", fc.name + "_in", [fc.inputs[0]], [names[0]], {"perm": [0, 2, 1]}),
+               Node("Reshape", fc.name + "_4d", [names[0]], [names[1]], {"shape": [n, k, 1, t]}),
+               Node("Conv", fc.name, conv_in, [names[2]], attrs),
+               Node("Reshape", fc.name + "_3d", [names[2]], [names[3]], {"shape": [n, oc, t]}),
+               Node("Transpose", fc.name + "_out", [names[3]], list(fc.outputs), {"perm": [0, 2, 1]})]
+        for node in new[:-1]:
+            g.tensors[node.outputs[0]] = Tensor(node.outputs[0], (), "float32")
+        i = g.nodes.index(fc)
+        g.nodes[i: i + 1] = new
+        changed = True
+    if changed:
+        infer_shapes(g)
+
+
 def run_passes(g: Graph) -> Graph:
     """The standard float pipeline; returns the same graph, rewritten."""
     fold_constants(g)
@@ -386,5 +456,7 @@ def run_passes(g: Graph) -> Graph:
     fold_bias_adds(g)
     fuse_activations(g)
     fuse_unary_chains(g)
+    pixel_shuffle_conv_transpose(g)
+    sequence_linear_as_conv(g)
     g.prune()
     return g

@@ -1108,11 +1108,19 @@ def matmul(a, b, bias, mult, shift, lut, y, batch, M, K, N, b_bs, b_sk, b_sn, a_
         for m in range(M):
             arow = (t * M + m) * K
             acc[:] = 0
-            for k in range(K):
-                av = np.int32(a[arow + k]) - np.int32(a_zp)
-                bk = t * b_bs + k * b_sk
+            if b_sk == 1:  # weights [N, K]: one contiguous dot product per column
                 for n in range(N):
-                    acc[n] += av * (np.int32(b[bk + n * b_sn]) - np.int32(b_zp))
+                    bn = t * b_bs + n * b_sn
+                    s = np.int32(0)
+                    for k in range(K):
+                        s += (np.int32(a[arow + k]) - np.int32(a_zp)) * (np.int32(b[bn + k]) - np.int32(b_zp))
+                    acc[n] = s
+            else:
+                for k in range(K):
+                    av = np.int32(a[arow + k]) - np.int32(a_zp)
+                    bk = t * b_bs + k * b_sk
+                    for n in range(N):
+                        acc[n] += av * (np.int32(b[bk + n * b_sn]) - np.int32(b_zp))
             yrow = (t * M + m) * N
             for n in range(N):
                 y[yrow + n] = _finish(mbqm(np.int64(acc[n]) + bias[n], mult[n], shift[n]), y_zp, lo, hi, lut)

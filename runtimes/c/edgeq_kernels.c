@@ -2717,23 +2717,57 @@ void edgeq_strided_copy(const int8_t *x, int8_t *y, int64_t offset, const int32_
                     }
 }
 
+/* Dot product of contiguous rows (the weights case, b [N, K]): a loop the compiler vectorizes. */
+static int32_t dot_rows(const int8_t *restrict a, const int8_t *restrict b, int32_t K, int32_t a_zp, int32_t b_zp)
+{
+    int32_t k, acc = 0;
+    for (k = 0; k < K; k++)
+        acc += ((int32_t)a[k] - a_zp) * ((int32_t)b[k] - b_zp);
+    return acc;
+}
+
+#define MATMUL_COLS 256 /* accumulators of the row-times-matrix path, on the stack */
+
 void edgeq_matmul(const int8_t *a, const int8_t *b, const int32_t *bias, const int32_t *mult, const int32_t *shift,
                   const int8_t *lut, int8_t *y, int32_t batch, int32_t M, int32_t K, int32_t N, int64_t b_bs,
                   int64_t b_sk, int64_t b_sn, int32_t a_zp, int32_t b_zp, int32_t y_zp, int32_t act_min,
                   int32_t act_max)
 {
-    int32_t t, m, k, n;
+    int32_t t, m, k, n, n0;
     for (t = 0; t < batch; t++)
         for (m = 0; m < M; m++) {
             const int8_t *ar = a + ((int64_t)t * M + m) * K;
+            const int8_t *bt = b + t * b_bs;
             int8_t *yr = y + ((int64_t)t * M + m) * N;
-            for (n = 0; n < N; n++) {
-                const int8_t *bc = b + t * b_bs + n * b_sn;
-                int32_t acc = 0;
-                for (k = 0; k < K; k++)
-                    acc += ((int32_t)ar[k] - a_zp) * ((int32_t)bc[k * b_sk] - b_zp);
-                yr[n] = clamp_lut((int64_t)edgeq_mbqm((int64_t)acc + bias[n], mult[n], shift[n]) + y_zp, act_min,
-                                  act_max, lut);
+            if (b_sk == 1 || b_sn != 1) {
+                for (n = 0; n < N; n++) {
+                    const int8_t *bc = bt + n * b_sn;
+                    int32_t acc = 0;
+                    if (b_sk == 1)
+                        acc = dot_rows(ar, bc, K, a_zp, b_zp);
+                    else
+                        for (k = 0; k < K; k++)
+                            acc += ((int32_t)ar[k] - a_zp) * ((int32_t)bc[k * b_sk] - b_zp);
+                    yr[n] = clamp_lut((int64_t)edgeq_mbqm((int64_t)acc + bias[n], mult[n], shift[n]) + y_zp,
+                                      act_min, act_max, lut);
+                }
+                continue;
+            }
+            /* b [K, N] with contiguous rows (attention): accumulate row k of b into a block of columns. */
+            for (n0 = 0; n0 < N; n0 += MATMUL_COLS) {
+                const int32_t nb = N - n0 < MATMUL_COLS ? N - n0 : MATMUL_COLS;
+                int32_t acc[MATMUL_COLS];
+                for (n = 0; n < nb; n++)
+                    acc[n] = 0;
+                for (k = 0; k < K; k++) {
+                    const int32_t av = (int32_t)ar[k] - a_zp;
+                    const int8_t *br = bt + k * b_sk + n0;
+                    for (n = 0; n < nb; n++)
+                        acc[n] += av * ((int32_t)br[n] - b_zp);
+                }
+                for (n = 0; n < nb; n++)
+                    yr[n0 + n] = clamp_lut((int64_t)edgeq_mbqm((int64_t)acc[n] + bias[n0 + n], mult[n0 + n],
+                                                               shift[n0 + n]) + y_zp, act_min, act_max, lut);
             }
         }
 }
@@ -2787,6 +2821,29 @@ void edgeq_resize(const int8_t *x, const int32_t *ytab, const int32_t *xtab, int
 {
     int32_t c, oy, ox, y0, y1, x0, x1;
     int64_t wy, wx;
+    int nearest = 1;
+    for (ox = 0; ox < OW; ox++) {
+        resize_tap(xtab, ox, W, &x0, &x1, &wx);
+        nearest &= wx == 0;
+    }
+    for (oy = 0; oy < OH; oy++) {
+        resize_tap(ytab, oy, H, &y0, &y1, &wy);
+        nearest &= wy == 0;
+    }
+    if (nearest) { /* every weight 0 (nearest neighbour): a gather, the arithmetic below gives the same bytes */
+        for (c = 0; c < C; c++)
+            for (oy = 0; oy < OH; oy++) {
+                const int8_t *r0;
+                int8_t *yr = y + ((int64_t)c * OH + oy) * OW;
+                resize_tap(ytab, oy, H, &y0, &y1, &wy);
+                r0 = x + ((int64_t)c * H + y0) * W;
+                for (ox = 0; ox < OW; ox++) {
+                    resize_tap(xtab, ox, W, &x0, &x1, &wx);
+                    yr[ox] = r0[x0];
+                }
+            }
+        return;
+    }
     for (c = 0; c < C; c++)
         for (oy = 0; oy < OH; oy++) {
             const int8_t *r0, *r1;
