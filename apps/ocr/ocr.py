@@ -26,6 +26,7 @@ DET_THRESHOLD = 0.3  # probability of "text" in the detection map
 UNCLIP = 1.6         # DB post-processing: the map marks shrunk text kernels; grow boxes back by this ratio
 MIN_AREA = 12        # components smaller than this many pixels are noise
 CLS_WIDTH = 192
+REC_WIDTH = 640      # page lines are long: a wider recognition input than rapidocr's 320 keeps them unsquashed
 
 
 def convert(out: Path, det_size: int = DET_SIZE) -> None:
@@ -33,7 +34,7 @@ def convert(out: Path, det_size: int = DET_SIZE) -> None:
     import edgeq
     paths = synth.model_paths()
     out.mkdir(parents=True, exist_ok=True)
-    _, lines = synth.rec_lines(32, seed=2)
+    _, lines = synth.rec_lines(32, seed=2, width=REC_WIDTH, max_words=6)
     pages = np.stack([synth.det_page(s, size=det_size)[0] for s in range(8)])
     jobs = {"det": (pages, "auto"), "rec": (lines, "minmax"), "cls": (lines[:, :, :, :CLS_WIDTH], "minmax")}
     for name, (calib, method) in jobs.items():
@@ -84,6 +85,7 @@ class Reader:
         self.det, self.rec, self.cls = (edgeq.load(bundles / f"{k}.edgeq", backend=backend) for k in ("det", "rec", "cls"))
         self.chars = synth.charset()
         self.det_size = self.det.graph.tensors[self.det.inputs[0]].shape[2]
+        self.rec_width = self.rec.graph.tensors[self.rec.inputs[0]].shape[3]
 
     def read(self, image: np.ndarray) -> list[tuple[tuple[int, int, int, int], str]]:
         """(box, text) for every line found in an RGB or grey uint8 image, top to bottom."""
@@ -100,7 +102,7 @@ class Reader:
         crops = [grey[y0:y1, x0:x1] for x0, y0, x1, y1 in boxes]
         direction = self.cls.run(np.stack([synth.rec_input(c, CLS_WIDTH) for c in crops]))[self.cls.outputs[0]]
         crops = [np.rot90(c, 2) if p.argmax() == 1 and p.max() > 0.9 else c for c, p in zip(crops, direction)]
-        probs = self.rec.run(np.stack([synth.rec_input(c) for c in crops]))[self.rec.outputs[0]]
+        probs = self.rec.run(np.stack([synth.rec_input(c, self.rec_width) for c in crops]))[self.rec.outputs[0]]
         return list(zip(boxes, (t.strip() for t in synth.ctc_decode(probs, self.chars))))
 
 
