@@ -163,15 +163,15 @@ def strided_copy(x, *, shape, strides, offset):
     return x.reshape(n, -1)[:, index.reshape(-1)].reshape((n,) + tuple(shape))
 
 
-def matmul(a, b, bias, mult, shift, lut=None, *, b_layout, a_zp, b_zp, y_zp, act_min, act_max):
+def matmul(a, b, bias, mult, shift, lut=None, *, b_nk, a_zp, b_zp, y_zp, act_min, act_max):
     """y[..., m, n] = requant(sum_k (a[..., m, k] - a_zp) * (b[k, n] - b_zp) + bias[n]) per column n.
 
-    ``b_layout`` "nk": b is a constant [N, K] shared by every row (weights, zero point 0); "kn": b is an
+    ``b_nk`` 1: b is a constant [N, K] shared by every row (weights, zero point 0); 0: b is an
     activation [n, ..., K, N] with the same leading dimensions as a (attention's Q K^T and P V).
     """
     av = a.astype(np.int64) - a_zp
     bv = b.astype(np.int64) - b_zp
-    acc = av @ (bv.T if b_layout == "nk" else bv) + bias.astype(np.int64)
+    acc = av @ (bv.T if b_nk else bv) + bias.astype(np.int64)
     return _finish(mbqm(acc, mult, shift), y_zp, act_min, act_max, lut)
 
 

@@ -241,7 +241,7 @@ def _enc_matmul(n: Node, ctx: EncodeContext) -> list[int]:
     m, k, cols = a_shape[-2] if len(a_shape) > 1 else 1, a_shape[-1], y_shape[-1]
     batch = int(np.prod(a_shape[:-2])) if len(a_shape) > 2 else 1
     const = ctx.is_const(n.inputs[1])
-    strides = [0, 1, k] if a["b_layout"] == "nk" else [k * cols, cols, 1]
+    strides = [0, 1, k] if a["b_nk"] else [k * cols, cols, 1]
     b_off = ctx.const(n.inputs[1]) if const else ctx.act(n.inputs[1])
     return [ctx.act(n.inputs[0]), b_off, int(const), *(ctx.const(t) for t in n.inputs[2:5]), _optional(ctx, n, 5),
             ctx.act(n.outputs[0]), batch, m, k, cols, *strides, a["a_zp"], a["b_zp"], a["y_zp"], *_clamp(a)]

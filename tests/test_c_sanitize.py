@@ -199,7 +199,7 @@ def _matmul(rng: np.random.Generator, weights: bool):
         consts["b"] = _i8(rng, (n, k))
     else:
         acts["b"] = _i8(rng, (2, 3, k, n))
-    attrs = dict(b_layout="nk" if weights else "kn", a_zp=int(rng.integers(-128, 128)),
+    attrs = dict(b_nk=int(weights), a_zp=int(rng.integers(-128, 128)),
                  b_zp=0 if weights else int(rng.integers(-128, 128)), y_zp=int(rng.integers(-128, 128)),
                  act_min=-128, act_max=127)
     return make_graph("QMatMul", acts, consts, ["a", "b", "bias", "m", "s"], attrs)

@@ -261,7 +261,7 @@ def test_matmul(backend, seed, weights):
     order = ["a", "b", "bias", "m", "s"]
     maybe_lut(rng, consts, order)
     lo, hi = act_range(rng)
-    attrs = dict(b_layout="nk" if weights else "kn", a_zp=int(rng.integers(-128, 128)),
+    attrs = dict(b_nk=int(weights), a_zp=int(rng.integers(-128, 128)),
                  b_zp=0 if weights else int(rng.integers(-128, 128)), y_zp=int(rng.integers(-128, 128)),
                  act_min=lo, act_max=hi)
     assert_bit_exact(*make_graph("QMatMul", acts, consts, order, attrs), backend)
