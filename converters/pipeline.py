@@ -125,10 +125,21 @@ def _report(fg: Graph, qg: Graph, calib: dict[str, np.ndarray], device: DevicePr
     return report
 
 
+def _top1_agreement(want: np.ndarray, got: np.ndarray) -> float:
+    """How often the quantized top-1 class matches the float one. When one class is the float top-1 at
+    most positions (CTC's blank, a background class) only the other positions count: agreeing on the
+    filler says nothing about the characters."""
+    top = want.argmax(-1).reshape(-1)
+    hit = got.argmax(-1).reshape(-1) == top
+    counts = np.bincount(top)
+    mask = top != counts.argmax() if counts.max() > top.size // 2 else np.ones_like(hit)
+    return float(hit[mask].mean()) if mask.any() else float(hit.mean())
+
+
 def _auto_quantize(fg: Graph, data: dict[str, np.ndarray], progress: bool) -> tuple[Graph, dict[str, Any]]:
     """Quantize with each candidate range set and keep the one whose outputs agree best with the float
     model on (up to AUTO_SAMPLES) calibration samples: top-1 agreement along the last axis when every
-    output is a Softmax (class scores, CTC steps), else the mean output SQNR."""
+    output is a Softmax (class scores, CTC steps; see _top1_agreement), else the mean output SQNR."""
     sets = collect_range_sets(fg, data, ("minmax", "percentile"), progress=progress)
     sets["hybrid"] = hybrid_ranges(fg, sets["minmax"], sets["percentile"])
     n = min(AUTO_SAMPLES, next(iter(data.values())).shape[0])
@@ -141,8 +152,7 @@ def _auto_quantize(fg: Graph, data: dict[str, np.ndarray], progress: bool) -> tu
         graphs[name] = quantize_graph(fg, ranges)
         got = Executor(graphs[name], "auto").run(inputs)
         if classes:
-            scores[name] = round(float(np.mean([(want[o].argmax(-1) == got[o].argmax(-1)).mean()
-                                                for o in fg.outputs])), 4)
+            scores[name] = round(float(np.mean([_top1_agreement(want[o], got[o]) for o in fg.outputs])), 4)
         else:
             scores[name] = round(float(np.mean([min(sqnr_db(want[o], got[o]), 200.0) for o in fg.outputs])), 2)
     best = max(scores, key=scores.get)

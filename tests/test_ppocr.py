@@ -226,3 +226,17 @@ def test_channel_split_rescues_small_channels(tmp_path, backend):
     assert "QConcat" in {n.op for n in b.graph.nodes}
     want = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
     assert sqnr_db(want, b.run(x, backend=backend)["y"]) > 25
+
+
+def test_auto_calibration_scores_ctc_outputs_on_characters():
+    """CTC output is mostly the blank class: agreeing on blanks must not hide wrong characters."""
+    from edgeq.converters.pipeline import _top1_agreement
+    want = np.zeros((1, 10, 5), np.float32)
+    want[0, :, 0] = 1
+    want[0, 3, 2] = want[0, 7, 4] = 2  # two characters among eight blanks
+    got = want.copy()
+    got[0, 3, 1] = got[0, 7, 1] = 3    # both characters wrong, every blank right
+    assert _top1_agreement(want, got) == 0.0
+    assert _top1_agreement(want, want) == 1.0
+    balanced = np.eye(4, dtype=np.float32)[[0, 1, 2, 3, 0, 1]]  # a classifier: every sample counts
+    assert _top1_agreement(balanced, balanced[::-1]) == np.mean(balanced.argmax(1) == balanced[::-1].argmax(1))
