@@ -3,8 +3,8 @@
 Methods: ``minmax`` (observed range), ``percentile`` (0.01/99.99 percentiles, robust to outliers) and
 ``mse`` (the clipping range minimising the quantize-dequantize error on the observed values), and
 ``auto``: the pipeline quantizes with minmax, percentile and a hybrid of the two (percentile for
-convolution features, minmax for transformer operands) and keeps the one whose outputs are closest to the
-float model's on the calibration samples.
+convolution features, minmax for transformer operands), each with and without channel splitting, and
+keeps the one whose outputs are closest to the float model's on the calibration samples.
 """
 
 from __future__ import annotations

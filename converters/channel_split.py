@@ -53,8 +53,20 @@ def _is_depthwise(g: Graph, node: Node | None, channels: int) -> bool:
         g.consts[node.inputs[1]].shape[0] == channels
 
 
-def _candidates(g: Graph) -> list[tuple[Node, list[Node], Node, list[Node]]]:
-    """(pointwise A, unary nodes between, depthwise B, consumers of B) chains that can be split."""
+def _unary_run(g: Graph, start: str, consumers: dict) -> list[Node]:
+    """The activation nodes reading ``start`` one after another, each the only reader of its input."""
+    run, t = [], start
+    while True:
+        users = consumers.get(t, [])
+        if len(users) != 1 or users[0].op not in ACTIVATIONS or t in g.outputs:
+            return run
+        run.append(users[0])
+        t = users[0].outputs[0]
+
+
+def _candidates(g: Graph) -> list[tuple[Node, list[Node], Node, list[Node], list[Node]]]:
+    """(pointwise A, unary nodes between, depthwise B, unary nodes after B, consumers) chains that can be
+    split; the consumers are convolutions over all channels, which absorb the new channel order."""
     producers, consumers = g.producers(), g.consumers()
     found = []
     for b in g.nodes:
@@ -71,11 +83,21 @@ def _candidates(g: Graph) -> list[tuple[Node, list[Node], Node, list[Node]]]:
         if not _is_pointwise(g, node) or len(consumers.get(node.outputs[0], [])) != 1 \
                 or len(consumers.get(b.inputs[0], [])) != 1 or any(o in g.outputs for o in (b.inputs[0], b.outputs[0])):
             continue
-        users = consumers.get(b.outputs[0], [])
-        if not users or any(u.op != "Conv" or u.attrs["group"] != 1 or u.inputs[0] != b.outputs[0] for u in users):
+        after = _unary_run(g, b.outputs[0], consumers)
+        out = after[-1].outputs[0] if after else b.outputs[0]
+        users = consumers.get(out, [])
+        if not users or out in g.outputs or any(u.op != "Conv" or u.attrs["group"] != 1 or u.inputs[0] != out
+                                                for u in users):
             continue
-        found.append((node, between, b, users))
+        found.append((node, between, b, after, users))
     return found
+
+
+def _fresh(g: Graph, base: str) -> str:
+    """A new activation name, reserved at once (its shape is recorded after the rewrite)."""
+    name = g.unique_name(base)
+    g.tensors[name] = Tensor(name, (), "float32")
+    return name
 
 
 def _take(g: Graph, name: str, base: str, index: np.ndarray, axis: int = 0) -> str:
@@ -92,7 +114,7 @@ def split_wide_channels(g: Graph, calib: dict[str, np.ndarray]) -> list[str]:
     values.update({k: v[:SAMPLES] for k, v in calib.items()})
     run_float(g.nodes, values)
     done = []
-    for a, between, b, users in cands:
+    for a, between, b, after, users in cands:
         # Ranges (including 0, as qparams does) of the tensor the depthwise conv reads.
         t = values[b.inputs[0]]
         widths = np.maximum(t.max(axis=(0, 2, 3)), 0) - np.minimum(t.min(axis=(0, 2, 3)), 0)
@@ -105,23 +127,28 @@ def split_wide_channels(g: Graph, calib: dict[str, np.ndarray]) -> list[str]:
             bias_a = a.inputs[2] if len(a.inputs) > 2 and a.inputs[2] else None
             a_in = [a.inputs[0], _take(g, a.inputs[1], tag + "_wa", idx)] + \
                 ([_take(g, bias_a, tag + "_ba", idx)] if bias_a else [])
-            x = g.unique_name(tag + "_a")
+            x = _fresh(g, tag + "_a")
             nodes = [Node("Conv", tag + "_pw", a_in, [x], dict(a.attrs))]
             for n in between:
-                y = g.unique_name(tag + "_" + n.op.lower())
+                y = _fresh(g, tag + "_" + n.op.lower())
                 nodes.append(Node(n.op, f"{tag}_{n.name}", [x], [y], dict(n.attrs)))
                 x = y
             bias_b = b.inputs[2] if len(b.inputs) > 2 and b.inputs[2] else None
             b_in = [x, _take(g, b.inputs[1], tag + "_wb", idx)] + ([_take(g, bias_b, tag + "_bb", idx)] if bias_b else [])
-            out = g.unique_name(tag + "_dw")
-            nodes.append(Node("Conv", tag + "_dw", b_in, [out], dict(b.attrs, group=len(idx))))
-            parts.append((nodes, out))
+            x = _fresh(g, tag + "_dw")
+            nodes.append(Node("Conv", tag + "_dw", b_in, [x], dict(b.attrs, group=len(idx))))
+            for n in after:
+                y = _fresh(g, tag + "_" + n.op.lower())
+                nodes.append(Node(n.op, f"{tag}_{n.name}", [x], [y], dict(n.attrs)))
+                x = y
+            parts.append((nodes, x))
         perm = np.concatenate(groups)
         for u in users:
             u.inputs = [u.inputs[0], _take(g, u.inputs[1], u.name + "_wperm", perm, axis=1)] + u.inputs[2:]
-        concat = Node("Concat", b.name, [o for _, o in parts], list(b.outputs), {"axis": 1})
+        last = after[-1] if after else b
+        concat = Node("Concat", last.name, [o for _, o in parts], list(last.outputs), {"axis": 1})
         at = g.nodes.index(a)
-        for n in [a] + between + [b]:
+        for n in [a] + between + [b] + after:
             g.nodes.remove(n)
         g.nodes[at:at] = [n for nodes, _ in parts for n in nodes] + [concat]
         done.append(b.name)

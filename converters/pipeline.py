@@ -8,6 +8,7 @@ budgets, and the output error against the float model on the calibration data.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,27 +137,37 @@ def _top1_agreement(want: np.ndarray, got: np.ndarray) -> float:
     return float(hit[mask].mean()) if mask.any() else float(hit.mean())
 
 
-def _auto_quantize(fg: Graph, data: dict[str, np.ndarray], progress: bool) -> tuple[Graph, dict[str, Any]]:
-    """Quantize with each candidate range set and keep the one whose outputs agree best with the float
-    model on (up to AUTO_SAMPLES) calibration samples: top-1 agreement along the last axis when every
-    output is a Softmax (class scores, CTC steps; see _top1_agreement), else the mean output SQNR."""
-    sets = collect_range_sets(fg, data, ("minmax", "percentile"), progress=progress)
-    sets["hybrid"] = hybrid_ranges(fg, sets["minmax"], sets["percentile"])
+def _auto_quantize(fg: Graph, data: dict[str, np.ndarray],
+                   progress: bool) -> tuple[Graph, Graph, dict[str, Any]]:
+    """Quantize with each candidate and keep the one whose outputs agree best with the float model on
+    (up to AUTO_SAMPLES) calibration samples: top-1 agreement along the last axis when every output is a
+    Softmax (class scores, CTC steps; see _top1_agreement), else the mean output SQNR. Candidates: the
+    minmax, percentile and hybrid range sets, each without and with channel splitting
+    (``channel_split``). Returns the float graph the winner was quantized from, the integer graph and
+    the scores."""
     n = min(AUTO_SAMPLES, next(iter(data.values())).shape[0])
     inputs = {k: v[:n] for k, v in data.items()}
     want = run_float(fg.nodes, {**fg.consts, **inputs})
-    scores, graphs = {}, {}
     producers = fg.producers()
     classes = all(producers[o].op == "Softmax" for o in fg.outputs if o in producers)
-    for name, ranges in sets.items():
-        graphs[name] = quantize_graph(fg, ranges)
-        got = Executor(graphs[name], "auto").run(inputs)
-        if classes:
-            scores[name] = round(float(np.mean([_top1_agreement(want[o], got[o]) for o in fg.outputs])), 4)
-        else:
-            scores[name] = round(float(np.mean([min(sqnr_db(want[o], got[o]), 200.0) for o in fg.outputs])), 2)
+    scores, graphs = {}, {}
+    variants = [("", fg)]
+    split = copy.deepcopy(fg)
+    if split_wide_channels(split, data):
+        variants.append(("+split", split))
+    for suffix, g in variants:
+        sets = collect_range_sets(g, data, ("minmax", "percentile"), progress=progress)
+        sets["hybrid"] = hybrid_ranges(g, sets["minmax"], sets["percentile"])
+        for name, ranges in sets.items():
+            key = name + suffix
+            graphs[key] = (g, quantize_graph(g, ranges))
+            got = Executor(graphs[key][1], "auto").run(inputs)
+            if classes:
+                scores[key] = round(float(np.mean([_top1_agreement(want[o], got[o]) for o in fg.outputs])), 4)
+            else:
+                scores[key] = round(float(np.mean([min(sqnr_db(want[o], got[o]), 200.0) for o in fg.outputs])), 2)
     best = max(scores, key=scores.get)
-    return graphs[best], {"chosen": best, ("top1_agreement" if classes else "output_sqnr_db"): scores}
+    return (*graphs[best], {"chosen": best, ("top1_agreement" if classes else "output_sqnr_db"): scores})
 
 
 def _plan(qg: Graph, profile: DeviceProfile, patch: str | int) -> PatchPlan:
@@ -204,10 +215,9 @@ def convert(model: str | Path | bytes | None = None, device: str = "host", outpu
     fg, digest = import_onnx(model, input_shapes, data_shapes)
     run_passes(fg)
     data = _calibration(raw, fg, sample)
-    split_wide_channels(fg, data)
     method = calib_method or profile.calibration
     if method == "auto":
-        qg, chosen = _auto_quantize(fg, data, progress)
+        fg, qg, chosen = _auto_quantize(fg, data, progress)
     else:
         qg, chosen = quantize_graph(fg, collect_ranges(fg, data, method, progress=progress)), None
     plan = _plan(qg, profile, patch)
