@@ -81,7 +81,7 @@ def main() -> None:
     det_cal = np.stack([synth.det_page(s)[0] for s in range(args.det_calib)])
     det_test = np.stack([synth.det_page(100 + s)[0] for s in range(4)])
     cases = {  # model: (calibration, timing input, edgeq calibration method)
-        "rec": (cal, lines[:1], "auto"),
+        "rec": (cal, lines[:1], "minmax"),
         "det": (det_cal, det_test[:1], "auto"),
         "cls": (cal[:, :, :, :192], lines[:1, :, :, :192], "auto"),
     }

@@ -36,7 +36,7 @@ def convert(out: Path, det_size: int = DET_SIZE) -> None:
     out.mkdir(parents=True, exist_ok=True)
     _, lines = synth.rec_lines(32, seed=2, width=REC_WIDTH, max_words=6)
     pages = np.stack([synth.det_page(s, size=det_size)[0] for s in range(8)])
-    jobs = {"det": (pages, "auto"), "rec": (lines, "auto"), "cls": (lines[:, :, :, :CLS_WIDTH], "auto")}
+    jobs = {"det": (pages, "auto"), "rec": (lines, "minmax"), "cls": (lines[:, :, :, :CLS_WIDTH], "auto")}
     for name, (calib, method) in jobs.items():
         r = edgeq.convert(paths[name], device="host", output=out / f"{name}.edgeq", calib=calib,
                           calib_method=method, progress=False)
