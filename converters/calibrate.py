@@ -1,7 +1,10 @@
 """Calibration: run the float graph on user samples and pick an int8 range for every activation.
 
 Methods: ``minmax`` (observed range), ``percentile`` (0.01/99.99 percentiles, robust to outliers) and
-``mse`` (the clipping range minimising the quantize-dequantize error on the observed values).
+``mse`` (the clipping range minimising the quantize-dequantize error on the observed values), and
+``auto``: the pipeline quantizes with minmax, percentile and a hybrid of the two (percentile for
+convolution features, minmax for transformer operands), each with and without channel splitting, and
+keeps the one whose outputs are closest to the float model's on the calibration samples.
 """
 
 from __future__ import annotations
@@ -16,14 +19,13 @@ from edgeq.npio import read_named_arrays
 from edgeq.progress import Progress
 from .float_ops import run_float
 
-METHODS = ("minmax", "percentile", "mse")
+METHODS = ("minmax", "percentile", "mse", "auto")
 SAMPLE_CAP = 1 << 16  # values kept per tensor for percentile/mse; enough for stable estimates
 
 
-def load_calibration(path: str | Path, graph: Graph) -> dict[str, np.ndarray]:
-    """Read a .npy (single-input models: N samples) or .npz (keyed by input name) and check it."""
-    data = read_named_arrays(path, graph.inputs, CalibrationError, "calibration")
-    return check_calibration(data, graph)
+def load_calibration(path: str | Path) -> dict[str, np.ndarray]:
+    """Read a .npy (N samples of the only input, keyed "") or .npz (keyed by input name)."""
+    return read_named_arrays(path, [""], CalibrationError, "calibration")
 
 
 def check_calibration(data: dict[str, np.ndarray], graph: Graph) -> dict[str, np.ndarray]:
@@ -58,16 +60,19 @@ def _mse_range(values: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
     return best
 
 
-def collect_ranges(graph: Graph, calib: dict[str, np.ndarray], method: str = "minmax", batch: int = 16,
-                   progress: bool = True) -> dict[str, tuple[float, float]]:
-    """Float range [lo, hi] of every activation tensor over the calibration samples."""
-    if method not in METHODS:
-        raise CalibrationError(f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}")
+def collect_range_sets(graph: Graph, calib: dict[str, np.ndarray], methods: tuple[str, ...], batch: int = 16,
+                       progress: bool = True) -> dict[str, dict[str, tuple[float, float]]]:
+    """Float range [lo, hi] of every activation tensor for each of ``methods``, in one pass over the
+    calibration samples."""
+    for method in methods:
+        if method not in METHODS[:3]:
+            raise CalibrationError(f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}")
     n = next(iter(calib.values())).shape[0]
     rng = np.random.default_rng(0)
     lo: dict[str, float] = {}
     hi: dict[str, float] = {}
     kept: dict[str, list[np.ndarray]] = {}
+    sampled = any(m != "minmax" for m in methods)
     with Progress("calibrating", n, progress) as bar:
         for start in range(0, n, batch):
             values = dict(graph.consts)
@@ -79,18 +84,43 @@ def collect_ranges(graph: Graph, calib: dict[str, np.ndarray], method: str = "mi
                 v = values[name].reshape(-1)
                 lo[name] = min(lo.get(name, np.inf), float(v.min()))
                 hi[name] = max(hi.get(name, -np.inf), float(v.max()))
-                if method != "minmax":
+                if sampled:
                     take = min(v.size, SAMPLE_CAP * batch // max(n, 1) + 1)
                     kept.setdefault(name, []).append(rng.choice(v, size=take, replace=False))
             bar.advance(min(batch, n - start))
-    ranges = {}
+    out: dict[str, dict[str, tuple[float, float]]] = {m: {} for m in methods}
     for name in lo:
-        if method == "minmax":
-            ranges[name] = (lo[name], hi[name])
-            continue
-        sample = np.concatenate(kept[name]).astype(np.float64)
-        if method == "percentile":
-            ranges[name] = (float(np.percentile(sample, 0.01)), float(np.percentile(sample, 99.99)))
-        else:
-            ranges[name] = _mse_range(sample, lo[name], hi[name])
-    return ranges
+        sample = np.concatenate(kept[name]).astype(np.float64) if sampled else None
+        for method in methods:
+            if method == "minmax":
+                out[method][name] = (lo[name], hi[name])
+            elif method == "percentile":
+                out[method][name] = (float(np.percentile(sample, 0.01)), float(np.percentile(sample, 99.99)))
+            else:
+                out[method][name] = _mse_range(sample, lo[name], hi[name])
+    return out
+
+
+def collect_ranges(graph: Graph, calib: dict[str, np.ndarray], method: str = "minmax", batch: int = 16,
+                   progress: bool = True) -> dict[str, tuple[float, float]]:
+    """Float range [lo, hi] of every activation tensor over the calibration samples (one method)."""
+    return collect_range_sets(graph, calib, (method,), batch, progress)[method]
+
+
+def full_range_tensors(graph: Graph) -> set[str]:
+    """Operands of LayerNorm, Softmax and activation MatMuls: clipping an attention logit or a LayerNorm
+    outlier dimension costs more than the resolution it buys, so these keep their min/max range."""
+    keep: set[str] = set()
+    for n in graph.nodes:
+        if n.op in ("LayerNorm", "Softmax", "MatMul") or \
+                (n.op == "FullyConnected" and len(graph.tensors[n.inputs[0]].shape) > 2):
+            keep.update(i for i in n.inputs if i and i not in graph.consts)
+            keep.update(n.outputs)
+    return keep
+
+
+def hybrid_ranges(graph: Graph, minmax: dict[str, tuple[float, float]],
+                  percentile: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """Percentile ranges (robust for convolution features), min/max for :func:`full_range_tensors`."""
+    keep = full_range_tensors(graph)
+    return {k: minmax[k] if k in keep else percentile[k] for k in minmax}

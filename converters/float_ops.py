@@ -4,11 +4,13 @@ the quantized model's error against the float model (checked against onnxruntime
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import numpy as np
 
 from edgeq.ir import Node
+from .resize_tables import resize_float
 
 ACTIVATIONS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
     "Relu": lambda x, a: np.maximum(x, 0),
@@ -16,7 +18,30 @@ ACTIVATIONS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
     "HardSigmoid": lambda x, a: np.clip(a.get("alpha", 0.2) * x + a.get("beta", 0.5), 0, 1),
     "HardSwish": lambda x, a: x * np.clip(x / 6 + 0.5, 0, 1),
     "Sigmoid": lambda x, a: 1 / (1 + np.exp(-x)),
+    # x * sigmoid(alpha * x): SiLU/Swish as exported (x * Sigmoid(x * alpha)), fused by passes.fuse_swish
+    "Swish": lambda x, a: x / (1 + np.exp(-a.get("alpha", 1.0) * x)),
+    "Gelu": lambda x, a: _gelu(x, a.get("approximate", "none")),
+    # consecutive unary steps fused by passes.fuse_unary_chains: one table once quantized
+    "Chain": lambda x, a: _chain(x, a["steps"]),
 }
+
+
+def _chain(x: np.ndarray, steps: list[dict]) -> np.ndarray:
+    for step in steps:
+        if step["op"] == "Mul":
+            x = x * step["c"]
+        elif step["op"] == "Add":
+            x = x + step["c"]
+        else:
+            x = ACTIVATIONS[step["op"]](x, step)
+    return x
+
+
+def _gelu(x: np.ndarray, approximate: str) -> np.ndarray:
+    if approximate == "tanh":
+        return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+    erf = np.vectorize(math.erf, otypes=[np.float64])
+    return (0.5 * x * (1 + erf(np.asarray(x, dtype=np.float64) / math.sqrt(2)))).astype(np.asarray(x).dtype)
 
 
 def apply_activation(x: np.ndarray, act: dict | None) -> np.ndarray:
@@ -69,6 +94,33 @@ def avg_pool(x, *, kernel, strides, pads, count_include_pad, act=None):
     ones = np.ones((1, 1) + x.shape[2:], dtype=np.float32)
     count = _windows(ones, kernel, strides, pads, (1, 1), 0.0).sum(axis=(-2, -1))
     return apply_activation((total / count).astype(np.float32), act)
+
+
+def conv_transpose(x, w, b=None, *, strides, pads, dilations, group, out, act=None):
+    """Transposed 2-D convolution with weights in the Conv layout [OC, C/group, KH, KW] (see the importer)."""
+    n, c, h, wd = x.shape
+    oc, cg, kh_n, kw_n = w.shape
+    (sh, sw), (dh, dw) = strides, dilations
+    full_h = max((h - 1) * sh + dh * (kh_n - 1) + 1, pads[0] + out[0])
+    full_w = max((wd - 1) * sw + dw * (kw_n - 1) + 1, pads[1] + out[1])
+    xg = x.reshape(n, group, cg, h, wd)
+    wg = w.reshape(group, oc // group, cg, kh_n, kw_n)
+    y = np.zeros((n, group, oc // group, full_h, full_w), dtype=np.float32)
+    for kh in range(kh_n):
+        for kw in range(kw_n):
+            y[:, :, :, kh * dh: kh * dh + (h - 1) * sh + 1: sh, kw * dw: kw * dw + (wd - 1) * sw + 1: sw] += \
+                np.einsum("ngcij,goc->ngoij", xg, wg[:, :, :, kh, kw])
+    y = y.reshape(n, oc, full_h, full_w)[:, :, pads[0]: pads[0] + out[0], pads[1]: pads[1] + out[1]]
+    if b is not None:
+        y = y + b[None, :, None, None]
+    return apply_activation(y.astype(np.float32), act)
+
+
+def layer_norm(x, gamma, beta, *, eps):
+    """LayerNorm over the last axis."""
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    return ((x - mean) / np.sqrt(var + eps) * gamma + beta).astype(np.float32)
 
 
 def softmax(x, *, axis=-1):
@@ -137,6 +189,14 @@ FLOAT_OPS: dict[str, Callable[[Node, list[np.ndarray]], np.ndarray]] = {
     "Squeeze": _squeeze,
     "Slice": _slice,
     "Cast": lambda n, xs: xs[0].astype(n.attrs["to"]),
+    "ConvTranspose": lambda n, xs: conv_transpose(*xs, **n.attrs),
+    "Resize": lambda n, xs: resize_float(xs[0], **n.attrs),
+    "Transpose": lambda n, xs: np.transpose(xs[0], n.attrs["perm"]),
+    "MatMul": lambda n, xs: np.matmul(xs[0], xs[1]).astype(np.float32),
+    "ReduceMean": lambda n, xs: xs[0].mean(axis=tuple(n.attrs["axes"]), keepdims=bool(n.attrs["keepdims"])).astype(xs[0].dtype),
+    "Pow": lambda n, xs: np.power(xs[0], xs[1]).astype(xs[0].dtype),
+    "Sqrt": lambda n, xs: np.sqrt(xs[0]),
+    "LayerNorm": lambda n, xs: layer_norm(*xs, **n.attrs),
     **{k: (lambda f: lambda n, xs: f(xs[0], n.attrs).astype(xs[0].dtype))(f) for k, f in ACTIVATIONS.items()},
 }
 

@@ -22,6 +22,9 @@ OPSET_RANGE = (11, 21)
 SUPPORTED_OPS = sorted([
     "Conv", "Gemm", "MatMul", "Add", "Mul", "Relu", "Clip", "HardSwish", "HardSigmoid", "Sigmoid", "MaxPool",
     "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Concat", "Softmax", "BatchNormalization",
+    "ConvTranspose", "Resize", "Transpose", "Gelu",
+    # transformer pieces: LayerNorm written out (fused by passes.fuse_layer_norm), attention's MatMuls
+    "ReduceMean", "Pow", "Sqrt",
     # shape arithmetic, accepted when it folds to constants:
     "Constant", "Identity", "Dropout", "Shape", "Gather", "Unsqueeze", "Squeeze", "Slice", "Cast", "Sub", "Div",
 ])
@@ -67,9 +70,13 @@ def _opset(model: onnx.ModelProto) -> int:
     raise ModelError("model imports no default ONNX opset")
 
 
-def _fix_input_shapes(model: onnx.ModelProto, inits: set[str],
-                      input_shapes: dict[str, tuple[int, ...]]) -> tuple[list[str], bool]:
-    """Pin every dynamic input dimension (batch -> 1); return the input names and whether batch is dynamic."""
+def _fix_input_shapes(model: onnx.ModelProto, inits: set[str], input_shapes: dict[str, tuple[int, ...]],
+                      data_shapes: dict[str, tuple[int, ...]]) -> tuple[list[str], bool]:
+    """Pin every dynamic input dimension (batch -> 1); return the input names and whether batch is dynamic.
+
+    ``input_shapes`` (--input-shape) fixes whole shapes; ``data_shapes`` (the calibration data's sample
+    shapes, batch excluded) fills the dynamic dimensions it covers.
+    """
     names, dynamic = [], False
     for vi in model.graph.input:
         if vi.name in inits:
@@ -85,12 +92,22 @@ def _fix_input_shapes(model: onnx.ModelProto, inits: set[str],
         if given is not None:
             if len(given) != len(dims):
                 raise ModelError(f"--input-shape for '{vi.name}' has rank {len(given)}, the model's input has rank {len(dims)}")
+            if given[0] == 1 and not (dims[0].HasField("dim_value") and dims[0].dim_value > 0):
+                dynamic = True  # a dynamic batch pinned to 1 for planning stays dynamic at run time
             for d, g in zip(dims, given):
                 d.Clear()
                 d.dim_value = int(g)
             continue
+        seen = data_shapes.get(vi.name)
+        if seen is not None and len(seen) + 1 != len(dims):
+            raise ModelError(f"calibration data for '{vi.name}' has samples of rank {len(seen)}, the model's input "
+                             f"has rank {len(dims)} (batch included)")
         for axis, d in enumerate(dims):
             if d.HasField("dim_value") and d.dim_value > 0:
+                continue
+            if axis > 0 and seen is not None:
+                d.Clear()
+                d.dim_value = int(seen[axis - 1])
                 continue
             if axis == 0:
                 dynamic = True
@@ -99,7 +116,7 @@ def _fix_input_shapes(model: onnx.ModelProto, inits: set[str],
             else:
                 label = d.dim_param or "?"
                 raise ModelError(f"input '{vi.name}' has dynamic dimension '{label}' at axis {axis}; "
-                                 f"fix it with --input-shape {vi.name}=1x...")
+                                 f"fix it with --input-shape {vi.name}=1x... or calibration data")
     if not names:
         raise ModelError("model has no inputs")
     return names, dynamic
@@ -138,10 +155,11 @@ def _explicit_pads(attrs: dict, in_hw: tuple[int, int], kernel: list[int], strid
 
 
 class _Importer:
-    def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]]):
+    def __init__(self, model: onnx.ModelProto, input_shapes: dict[str, tuple[int, ...]],
+                 data_shapes: dict[str, tuple[int, ...]]):
         self.model = model
         inits = {t.name for t in model.graph.initializer}
-        self.input_names, self.dynamic = _fix_input_shapes(model, inits, input_shapes)
+        self.input_names, self.dynamic = _fix_input_shapes(model, inits, input_shapes, data_shapes)
         try:
             self.inferred = shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
         except Exception as e:  # noqa: BLE001
@@ -164,8 +182,24 @@ class _Importer:
     def shape(self, t: str) -> tuple[int, ...]:
         s = self.shapes.get(t)
         if s is None:
+            self._run_prefix()
+            s = self.shapes.get(t) or self.shapes.get(self.name(t))
+        if s is None:
             raise ModelError(f"shape of tensor '{t}' could not be inferred")
         return s
+
+    def _run_prefix(self) -> None:
+        """Shapes ONNX inference left unknown (e.g. behind Shape -> Cast -> Concat): run the float graph
+        imported so far once on zeros (every input dimension is fixed by now) and record every shape."""
+        from .float_ops import run_float
+        values = dict(self.graph.consts)
+        values.update({n: np.zeros(self.graph.tensors[n].shape, np.float32) for n in self.input_names})
+        try:
+            run_float(self.graph.nodes, values)
+        except Exception as e:  # noqa: BLE001 - numpy names the mismatch
+            raise ModelError(f"cannot infer shapes of the imported graph: {e}") from None
+        for k, v in values.items():
+            self.shapes[k] = tuple(np.shape(v))
 
     def const(self, t: str) -> np.ndarray | None:
         return self.graph.consts.get(self.name(t))
@@ -207,8 +241,8 @@ class _Importer:
             if value is None:
                 raise UnsupportedOpError(f"unsupported Constant form in node '{name}'")
             self.graph.add_const(node.output[0], np.asarray(value))
-        elif op == "Shape" and self.shapes.get(ins[0]) is not None:
-            dims = self.shapes[ins[0]][a.get("start", 0): a.get("end", None)]
+        elif op == "Shape":
+            dims = self.shape(ins[0])[a.get("start", 0): a.get("end", None)]
             self.graph.add_const(node.output[0], np.array(dims, dtype=np.int64))
         elif op in ("Identity", "Dropout"):
             self.alias[node.output[0]] = ins[0]
@@ -281,6 +315,23 @@ class _Importer:
                                    g.add_const(g.unique_name(name + "_add"), (bias - mean * mul).reshape(bshape).astype(np.float32))]
         elif op == "Cast":
             self.emit("Cast", node, ins, dict(to=onnx.helper.tensor_dtype_to_np_dtype(a["to"]).name))
+        elif op == "ConvTranspose":
+            self.conv_transpose(node, a, ins, name)
+        elif op == "Resize":
+            self.resize(node, a, ins, name)
+        elif op == "ReduceMean":
+            axes = a.get("axes")
+            if axes is None and len(ins) > 1 and ins[1]:
+                axes = self.const(ins[1])
+                if axes is None:
+                    raise UnsupportedOpError(f"ReduceMean node '{name}': axes must be constant")
+            if axes is None:
+                axes = list(range(len(self.shape(ins[0]))))
+            self.emit("ReduceMean", node, ins[:1], dict(axes=[int(v) for v in np.asarray(axes).reshape(-1)],
+                                                        keepdims=int(a.get("keepdims", 1))))
+        elif op == "Transpose":
+            perm = a["perm"] if "perm" in a else list(range(len(self.shape(ins[0]))))[::-1]
+            self.emit("Transpose", node, ins, dict(perm=[int(p) for p in perm]))
         else:  # elementwise, activations and shape arithmetic keep their ONNX attributes
             self.emit(op, node, ins, {k: v for k, v in a.items() if isinstance(v, (int, float, str, list))})
 
@@ -290,11 +341,57 @@ class _Importer:
             raise UnsupportedOpError(f"node '{name}': Clip bounds must be constant scalars")
         return float(v.reshape(-1)[0])
 
+    def conv_transpose(self, node: onnx.NodeProto, a: dict, ins: list[str], name: str) -> None:
+        """ConvTranspose with constant weights, regrouped from [C, OC/group, KH, KW] to the Conv layout
+        [OC, C/group, KH, KW]; the output size comes from shape inference (output_padding included)."""
+        w = self.const(ins[1])
+        if w is None or w.ndim != 4:
+            raise UnsupportedOpError(f"ConvTranspose node '{name}': only 2-D with constant weights is supported")
+        if a.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID") or "output_shape" in a:
+            raise UnsupportedOpError(f"ConvTranspose node '{name}': auto_pad/output_shape are not supported; "
+                                     "export with explicit pads")
+        group = int(a.get("group", 1))
+        c, ocg, kh, kw = w.shape
+        wr = w.reshape(group, c // group, ocg, kh, kw).transpose(0, 2, 1, 3, 4).reshape(group * ocg, c // group, kh, kw)
+        g = self.graph
+        inputs = [ins[0], g.add_const(g.unique_name(name + "_w"), np.ascontiguousarray(wr, dtype=np.float32))]
+        if len(ins) > 2 and ins[2]:
+            if self.const(ins[2]) is None:
+                raise UnsupportedOpError(f"ConvTranspose node '{name}': the bias must be a constant")
+            inputs.append(ins[2])
+        pads = list(a.get("pads", [0, 0, 0, 0])) if a.get("auto_pad", "NOTSET") == "NOTSET" else [0, 0, 0, 0]
+        out = list(self.shape(node.output[0])[2:])
+        self.emit("ConvTranspose", node, inputs, dict(strides=list(a.get("strides", [1, 1])), pads=pads,
+                                                      dilations=list(a.get("dilations", [1, 1])), group=group, out=out))
+
+    def resize(self, node: onnx.NodeProto, a: dict, ins: list[str], name: str) -> None:
+        """Resize of H and W (nearest or linear) with the output size from shape inference."""
+        from .resize_tables import COORDINATE_MODES, MODES, NEAREST_MODES
+        mode = a.get("mode", "nearest")
+        coord = a.get("coordinate_transformation_mode", "half_pixel")
+        nearest = a.get("nearest_mode", "round_prefer_floor")
+        if mode not in MODES or coord not in COORDINATE_MODES or nearest not in NEAREST_MODES or a.get("antialias", 0):
+            raise UnsupportedOpError(f"Resize node '{name}': mode={mode}, coordinate_transformation_mode={coord}, "
+                                     f"nearest_mode={nearest} is not supported (modes: {', '.join(MODES)}; "
+                                     f"coordinate modes: {', '.join(COORDINATE_MODES)})")
+        x_shape, out = self.shape(ins[0]), self.shape(node.output[0])
+        if len(x_shape) != 4 or tuple(out[:2]) != tuple(x_shape[:2]):
+            raise UnsupportedOpError(f"Resize node '{name}': only 4-D inputs resized along H and W are supported")
+        scales = self.const(ins[2]) if len(ins) > 2 and ins[2] else None
+        spatial = [float(v) for v in scales.reshape(-1)[2:]] if scales is not None and scales.size == 4 else \
+            [o / i for o, i in zip(out[2:], x_shape[2:])]
+        self.emit("Resize", node, ins[:1], dict(mode=mode, coord=coord, nearest_mode=nearest, size=list(out[2:]),
+                                                scales=spatial))
+
     def fully_connected(self, node: onnx.NodeProto, a: dict, ins: list[str], name: str) -> None:
         w = self.const(ins[1])
         x_shape = self.shapes.get(ins[0])
-        if w is None or w.ndim != 2 or (x_shape is not None and len(x_shape) != 2):
-            raise UnsupportedOpError(f"{node.op_type} node '{name}': only [N, K] x constant [K, M] is supported")
+        if node.op_type == "MatMul" and w is None and self.const(ins[0]) is None:
+            self.emit("MatMul", node, ins, {})  # between two activations (attention)
+            return
+        if w is None or w.ndim != 2 or (x_shape is not None and (len(x_shape) < 2 or
+                                                                 (node.op_type == "Gemm" and len(x_shape) != 2))):
+            raise UnsupportedOpError(f"{node.op_type} node '{name}': only [..., K] x constant [K, M] is supported")
         if node.op_type == "Gemm":
             if a.get("transA", 0):
                 raise UnsupportedOpError(f"Gemm node '{name}': transA=1 is not supported")
@@ -314,10 +411,21 @@ class _Importer:
         g.nodes.append(Node("FullyConnected", name, inputs, [node.output[0]], {}))
 
 
-def import_onnx(source: str | Path | bytes, input_shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[Graph, str]:
-    """Read an ONNX model into a float :class:`Graph`; returns it with the model's sha256."""
+def import_onnx(source: str | Path | bytes, input_shapes: dict[str, tuple[int, ...]] | None = None,
+                data_shapes: dict[str, tuple[int, ...]] | None = None) -> tuple[Graph, str]:
+    """Read an ONNX model into a float :class:`Graph`; returns it with the model's sha256.
+
+    Dynamic input dimensions are fixed by ``input_shapes`` (whole shapes, batch included) or else by
+    ``data_shapes`` (per-sample shapes of the calibration data, keyed by input name; key "" stands for
+    the only input).
+    """
     model, digest = load_onnx(source)
     opset = _opset(model)
     if not OPSET_RANGE[0] <= opset <= OPSET_RANGE[1]:
         raise ModelError(f"ONNX opset {opset} is not supported (supported: {OPSET_RANGE[0]} to {OPSET_RANGE[1]})")
-    return _Importer(model, input_shapes or {}).run(), digest
+    data_shapes = dict(data_shapes or {})
+    if "" in data_shapes:
+        inits = {t.name for t in model.graph.initializer}
+        names = [vi.name for vi in model.graph.input if vi.name not in inits]
+        data_shapes = {names[0]: data_shapes[""]} if len(names) == 1 else {}
+    return _Importer(model, input_shapes or {}, data_shapes).run(), digest

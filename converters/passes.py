@@ -1,6 +1,9 @@
 """Graph passes on the float graph, run in this order by ``run_passes``:
-fold constants -> infer shapes -> constant Sub/Div as Add/Mul -> HardSwish patterns -> fold BatchNorm ->
-fuse clamp activations -> drop dead nodes.
+fold constants -> batch-moving transpose+slice rewritten -> infer shapes -> float casts dropped ->
+LayerNorm and Swish patterns -> constant Sub/Div as Add/Mul -> HardSwish patterns -> scales and bias Adds
+folded into weights -> fold BatchNorm (then scales and biases again) -> fuse clamp activations -> unary
+chains as one table -> non-overlapping ConvTranspose as 1x1 Conv + pixel shuffle -> large sequence Linear
+layers as 1x1 Conv -> drop dead nodes.
 """
 
 from __future__ import annotations
@@ -9,9 +12,11 @@ import numpy as np
 
 from edgeq.errors import ModelError
 from edgeq.ir import Graph, Node, Tensor
-from .float_ops import FLOAT_OPS, run_float
+from .float_ops import ACTIVATIONS, FLOAT_OPS, run_float
 
-FUSABLE_PRODUCERS = ("Conv", "FullyConnected", "Add")
+FUSABLE_PRODUCERS = ("Conv", "ConvTranspose", "FullyConnected", "Add")
+WEIGHTED = ("Conv", "ConvTranspose", "FullyConnected")
+SEQUENCE_CONV_MIN_MACS = 1 << 20  # smaller sequence Linear layers stay one QMatMul
 CLAMP_ACTIVATIONS = ("Relu", "Clip")
 
 
@@ -64,7 +69,7 @@ def fold_batchnorm(g: Graph) -> None:
         x, mul_name, add_name = bn.inputs
         mul, add = g.consts[mul_name].reshape(-1), g.consts[add_name].reshape(-1)
         prod = producers.get(x)
-        if prod is not None and prod.op in ("Conv", "FullyConnected") and _single_consumer(g, x) is bn \
+        if prod is not None and prod.op in WEIGHTED and _single_consumer(g, x) is bn \
                 and "act" not in prod.attrs:
             w = g.consts[prod.inputs[1]]
             b = g.consts[prod.inputs[2]] if len(prod.inputs) > 2 and prod.inputs[2] else np.zeros(w.shape[0], np.float32)
@@ -139,13 +144,319 @@ def fuse_hardswish(g: Graph) -> None:
             break
 
 
+def _const_input(g: Graph, node: Node) -> tuple[str, np.ndarray] | None:
+    """(activation input, constant value) of a binary node with exactly one constant operand."""
+    a, b = node.inputs[:2]
+    if (a in g.consts) == (b in g.consts):
+        return None
+    return (b, g.consts[a]) if a in g.consts else (a, g.consts[b])
+
+
+def split_batch_transposes(g: Graph) -> None:
+    """Transpose(perm[0] != 0) -> Slice(axis 0, one index) -> Squeeze(0), as exporters write the q/k/v
+    split of attention, becomes Slice on the source axis -> Squeeze -> Transpose: the batch stays first."""
+    consumers = g.consumers()
+    for tr in [n for n in g.nodes if n.op == "Transpose" and n.attrs["perm"][0] != 0]:
+        users = consumers.get(tr.outputs[0], [])
+        perm = tr.attrs["perm"]
+        plans = []
+        for sl in users:
+            sq = consumers.get(sl.outputs[0], [])
+            if sl.op != "Slice" or len(sq) != 1 or sq[0].op != "Squeeze" or sl.outputs[0] in g.outputs:
+                break
+            vals = [g.consts.get(i) for i in sl.inputs[1:]]
+            axes = vals[2] if len(vals) > 2 else np.array([0])
+            steps = vals[3] if len(vals) > 3 else np.array([1])
+            sq_axes = sq[0].attrs.get("axes", g.consts[sq[0].inputs[1]].tolist() if len(sq[0].inputs) > 1 else None)
+            if any(v is None for v in vals) or list(np.asarray(axes).reshape(-1)) != [0] or \
+                    list(np.asarray(steps).reshape(-1)) != [1] or sq_axes != [0]:
+                break
+            start, end = int(vals[0].reshape(-1)[0]), int(vals[1].reshape(-1)[0])
+            if end != start + 1 or start < 0:
+                break
+            plans.append((sl, sq[0], start))
+        else:
+            src = perm[0]
+            rest = [p - (p > src) for p in perm[1:]]
+            for sl, sq, start in plans:
+                base = sl.name
+                consts = [g.add_const(g.unique_name(base + k), np.array(v, dtype=np.int64))
+                          for k, v in (("_starts", [start]), ("_ends", [start + 1]), ("_axes", [src]))]
+                picked, squeezed = g.unique_name(base + "_picked"), g.unique_name(base + "_squeezed")
+                new = [Node("Slice", base, [tr.inputs[0], *consts], [picked]),
+                       Node("Squeeze", base + "_squeeze", [picked], [squeezed], {"axes": [src]}),
+                       Node("Transpose", base + "_transpose", [squeezed], list(sq.outputs), {"perm": rest})]
+                i = g.nodes.index(sl)
+                g.nodes[i: i + 1] = new
+                g.nodes.remove(sq)
+            g.nodes.remove(tr)
+
+
+def drop_float_casts(g: Graph) -> None:
+    """Cast float32 -> float32 on activations (exporters' shape bookkeeping) is the identity."""
+    for node in [n for n in g.nodes if n.op == "Cast"]:
+        src = node.inputs[0]
+        if node.attrs["to"] == "float32" and g.tensors[src].dtype == "float32":
+            _replace_tensor(g, node.outputs[0], src)
+            g.nodes.remove(node)
+
+
+def fuse_swish(g: Graph) -> None:
+    """x * Sigmoid(x) and x * Sigmoid(alpha * x) become one Swish (a single table once quantized)."""
+    producers = g.producers()
+    for mul in [n for n in g.nodes if n.op == "Mul" and len(n.inputs) == 2]:
+        for x, s in (mul.inputs, mul.inputs[::-1]):
+            sig = producers.get(s)
+            if sig is None or sig.op != "Sigmoid" or x in g.consts:
+                continue
+            inner, alpha = producers.get(sig.inputs[0]), 1.0
+            if sig.inputs[0] != x:
+                pair = _const_input(g, inner) if inner is not None and inner.op == "Mul" else None
+                if pair is None or pair[0] != x or pair[1].size != 1:
+                    continue
+                alpha = float(pair[1].reshape(-1)[0])
+            dead = [sig] + ([inner] if sig.inputs[0] != x else [])
+            if any(_single_consumer(g, d.outputs[0]) is None for d in dead):
+                continue
+            g.nodes[g.nodes.index(mul)] = Node("Swish", mul.name, [x], list(mul.outputs), {"alpha": alpha})
+            for d in dead:
+                g.nodes.remove(d)
+            break
+
+
+def fuse_layer_norm(g: Graph) -> None:
+    """ReduceMean -> Sub -> Pow 2 -> ReduceMean -> Add eps -> Sqrt -> Div [-> Mul gamma] [-> Add beta] over
+    the last axis (LayerNorm as exporters write it) becomes one LayerNorm node."""
+    producers = g.producers()
+
+    def last_axis_mean(node: Node | None) -> bool:
+        if node is None or node.op != "ReduceMean" or not node.attrs["keepdims"]:
+            return False
+        rank = len(g.tensors[node.inputs[0]].shape)
+        return [a % rank for a in node.attrs["axes"]] == [rank - 1]
+
+    for div in [n for n in g.nodes if n.op == "Div"]:
+        sub, sqrt = producers.get(div.inputs[0]), producers.get(div.inputs[1])
+        if sub is None or sub.op != "Sub" or sqrt is None or sqrt.op != "Sqrt":
+            continue
+        mean = producers.get(sub.inputs[1])
+        add_eps = producers.get(sqrt.inputs[0])
+        pair = _const_input(g, add_eps) if add_eps is not None and add_eps.op == "Add" else None
+        var = producers.get(pair[0]) if pair else None
+        pw = producers.get(var.inputs[0]) if last_axis_mean(var) else None
+        if not (last_axis_mean(mean) and mean.inputs[0] == sub.inputs[0] and pw is not None and pw.op == "Pow"
+                and pw.inputs[0] == sub.outputs[0] and _scalar(g, pw.inputs[1]) == 2.0 and pair[1].size == 1):
+            continue
+        inner = [mean, sub, pw, var, add_eps, sqrt]
+        if any(_single_consumer(g, n.outputs[0]) is None for n in (pw, var, add_eps, sqrt, mean)) \
+                or len(g.consumers().get(sub.outputs[0], [])) != 2:
+            continue
+        cols = g.tensors[sub.inputs[0]].shape[-1]
+        gamma, beta, last = np.ones(cols, np.float32), np.zeros(cols, np.float32), div
+        for op, target in (("Mul", "gamma"), ("Add", "beta")):
+            users = g.consumers().get(last.outputs[0], [])
+            nxt = users[0] if len(users) == 1 and last.outputs[0] not in g.outputs else None
+            c = _const_input(g, nxt) if nxt is not None and nxt.op == op else None
+            if c is None or c[0] != last.outputs[0] or c[1].size not in (1, cols) or \
+                    c[1].reshape(-1).size != c[1].size or (c[1].ndim and c[1].shape[-1] != c[1].size):
+                break
+            if target == "gamma":
+                gamma = np.broadcast_to(c[1].reshape(-1), (cols,)).astype(np.float32)
+            else:
+                beta = np.broadcast_to(c[1].reshape(-1), (cols,)).astype(np.float32)
+            inner.append(last)
+            last = nxt
+        names = [g.add_const(g.unique_name(div.name + "_gamma"), gamma),
+                 g.add_const(g.unique_name(div.name + "_beta"), beta)]
+        ln = Node("LayerNorm", div.name, [sub.inputs[0], *names], list(last.outputs),
+                  {"eps": float(pair[1].reshape(-1)[0])})
+        g.nodes[g.nodes.index(last)] = ln
+        for n in inner:
+            if n is not last and n in g.nodes:
+                g.nodes.remove(n)
+        producers = g.producers()
+
+
+def _channel_vector(c: np.ndarray, oc: int, channel_axis: int) -> np.ndarray | None:
+    """A constant operand as one value per output channel (scalar broadcast), or None if it is not one."""
+    if c.size == 1:
+        return np.full(oc, float(c.reshape(-1)[0]), np.float32)
+    if c.size == oc and c.ndim >= -channel_axis and c.shape[channel_axis] == oc:
+        return c.reshape(-1).astype(np.float32)
+    return None
+
+
+def fold_bias_adds(g: Graph) -> None:
+    """Conv/ConvTranspose/FullyConnected followed by an Add of a scalar or per-channel constant: the
+    constant joins the bias (MatMul + Add as exporters write Linear layers)."""
+    producers = g.producers()
+    for add in [n for n in g.nodes if n.op == "Add"]:
+        pair = _const_input(g, add)
+        prod = producers.get(pair[0]) if pair else None
+        if prod is None or prod.op not in WEIGHTED or "act" in prod.attrs \
+                or _single_consumer(g, pair[0]) is not add:
+            continue
+        oc = g.consts[prod.inputs[1]].shape[0]
+        extra = _channel_vector(pair[1], oc, -1 if prod.op == "FullyConnected" else -3)
+        if extra is None or pair[1].ndim > len(g.tensors[add.outputs[0]].shape):
+            continue
+        b = g.consts[prod.inputs[2]] if len(prod.inputs) > 2 and prod.inputs[2] else np.zeros(oc, np.float32)
+        bname = g.add_const(g.unique_name(prod.name + "_bias"), (b + extra).astype(np.float32))
+        prod.inputs = [prod.inputs[0], prod.inputs[1], bname]
+        prod.outputs = list(add.outputs)
+        producers[add.outputs[0]] = prod
+        g.nodes.remove(add)
+
+
+def fold_conv_affine(g: Graph) -> None:
+    """Conv/ConvTranspose/FullyConnected followed by a Mul with a scalar or per-output-channel constant
+    (PP-LCNet's learnable affine blocks, standalone BatchNorm halves): the scale joins weights and bias."""
+    producers = g.producers()
+    for mul in [n for n in g.nodes if n.op == "Mul"]:
+        pair = _const_input(g, mul)
+        prod = producers.get(pair[0]) if pair else None
+        if prod is None or prod.op not in WEIGHTED or "act" in prod.attrs or _single_consumer(g, pair[0]) is not mul:
+            continue
+        w = g.consts[prod.inputs[1]]
+        oc = w.shape[0]
+        scale = _channel_vector(pair[1], oc, -1 if prod.op == "FullyConnected" else -3)
+        if scale is None or pair[1].ndim > len(g.tensors[mul.outputs[0]].shape):
+            continue
+        b = g.consts[prod.inputs[2]] if len(prod.inputs) > 2 and prod.inputs[2] else np.zeros(oc, np.float32)
+        wname = g.add_const(g.unique_name(prod.name + "_wscaled"),
+                            (w * scale.reshape((-1,) + (1,) * (w.ndim - 1))).astype(np.float32))
+        bname = g.add_const(g.unique_name(prod.name + "_bscaled"), (b * scale).astype(np.float32))
+        prod.inputs = [prod.inputs[0], wname, bname]
+        prod.outputs = list(mul.outputs)
+        producers[mul.outputs[0]] = prod
+        g.nodes.remove(mul)
+
+
+def _unary_step(g: Graph, node: Node) -> dict | None:
+    """The node as one step of a unary chain: an activation, or Mul/Add by a scalar constant."""
+    if node.op in ACTIVATIONS and node.op != "Chain" and len([i for i in node.inputs if i]) == 1:
+        return {"op": node.op, **node.attrs}
+    if node.op in ("Mul", "Add") and len(node.inputs) == 2:
+        pair = _const_input(g, node)
+        if pair is not None and pair[1].size == 1 and \
+                len(g.tensors[node.outputs[0]].shape) == len(g.tensors[pair[0]].shape):
+            return {"op": node.op, "c": float(pair[1].reshape(-1)[0])}
+    return None
+
+
+def fuse_unary_chains(g: Graph) -> None:
+    """Runs of unary steps (activations and scalar Mul/Add, each read only by the next) with at least one
+    activation become one Chain node: one table instead of one requantization per step."""
+    consumers = g.consumers()
+    i = 0
+    while i < len(g.nodes):
+        run, node = [], g.nodes[i]
+        while True:
+            step = _unary_step(g, node)
+            if step is None:
+                break
+            run.append((node, step))
+            users = consumers.get(node.outputs[0], [])
+            if len(users) != 1 or node.outputs[0] in g.outputs:
+                break
+            node = users[0]
+        if len(run) >= 2 and any(s["op"] not in ("Mul", "Add") for _, s in run):
+            first, last = run[0][0], run[-1][0]
+            x = first.inputs[0] if first.op in ACTIVATIONS else _const_input(g, first)[0]
+            chain = Node("Chain", last.name, [x], list(last.outputs), {"steps": [s for _, s in run]})
+            g.nodes[g.nodes.index(last)] = chain
+            for n, _ in run[:-1]:
+                g.nodes.remove(n)
+            consumers = g.consumers()
+        i += 1
+
+
+def pixel_shuffle_conv_transpose(g: Graph) -> None:
+    """ConvTranspose whose kernel equals its stride (no overlap, no padding: the usual 2x upsampler) is a
+    1x1 Conv with OC*KH*KW outputs followed by a depth-to-space permutation: the fast pointwise kernels do
+    the arithmetic and the permutation is a reshape/transpose (an integer gather)."""
+    changed = False
+    for ct in [n for n in g.nodes if n.op == "ConvTranspose"]:
+        a = ct.attrs
+        w = g.consts[ct.inputs[1]]
+        oc, c, kh, kw = w.shape
+        # (The input's recorded shape may be a placeholder left by an earlier rewrite; the output's is not.)
+        n, (oh, ow) = g.tensors[ct.outputs[0]].shape[0], a["out"]
+        h, wd = oh // kh, ow // kw
+        if a["group"] != 1 or list(a["strides"]) != [kh, kw] or any(a["pads"]) or a["dilations"] != [1, 1] \
+                or oh % kh or ow % kw:
+            continue
+        b = g.consts[ct.inputs[2]] if len(ct.inputs) > 2 and ct.inputs[2] else np.zeros(oc, np.float32)
+        wname = g.add_const(g.unique_name(ct.name + "_w1x1"),
+                            np.ascontiguousarray(w.transpose(0, 2, 3, 1).reshape(oc * kh * kw, c, 1, 1)))
+        bname = g.add_const(g.unique_name(ct.name + "_b1x1"), np.repeat(b, kh * kw).astype(np.float32))
+        conv_out, split, moved = (g.unique_name(ct.name + s) for s in ("_taps", "_split", "_moved"))
+        conv_attrs = dict(strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=1)
+        if "act" in a:
+            conv_attrs["act"] = a["act"]
+        new = [Node("Conv", ct.name, [ct.inputs[0], wname, bname], [conv_out], conv_attrs),
+               Node("Reshape", ct.name + "_split", [conv_out], [split], {"shape": [n, oc, kh, kw, h, wd]}),
+               Node("Transpose", ct.name + "_shuffle", [split], [moved], {"perm": [0, 1, 4, 2, 5, 3]}),
+               Node("Reshape", ct.name + "_merge", [moved], list(ct.outputs), {"shape": [n, oc, h * kh, wd * kw]})]
+        for node in new:
+            for o in node.outputs:
+                g.tensors[o] = Tensor(o, (), "float32")
+        i = g.nodes.index(ct)
+        g.nodes[i: i + 1] = new
+        changed = True
+    if changed:
+        infer_shapes(g)
+
+
+def sequence_linear_as_conv(g: Graph) -> None:
+    """A Linear layer over a sequence [N, T, K] runs as a 1x1 convolution over T pixels between two
+    transposes: the pointwise kernels (VNNI, blocked, threaded) do the arithmetic; the transposes are
+    cheap gathers next to T * K * OC multiply-accumulates."""
+    changed = False
+    for fc in [n for n in g.nodes if n.op == "FullyConnected" and len(g.tensors[n.inputs[0]].shape) == 3]:
+        n, t, k = g.tensors[fc.inputs[0]].shape
+        w = g.consts[fc.inputs[1]]
+        oc = w.shape[0]
+        if t * k * oc < SEQUENCE_CONV_MIN_MACS:
+            continue
+        names = [g.unique_name(fc.name + s) for s in ("_kt", "_k1t", "_o1t", "_ot")]
+        wname = g.add_const(g.unique_name(fc.name + "_w1x1"), np.ascontiguousarray(w.reshape(oc, k, 1, 1)))
+        conv_in = [names[1], wname] + fc.inputs[2:3]
+        attrs = dict(strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1], group=1)
+        if "act" in fc.attrs:
+            attrs["act"] = fc.attrs["act"]
+        new = [Node("Transpose", fc.name + "_in", [fc.inputs[0]], [names[0]], {"perm": [0, 2, 1]}),
+               Node("Reshape", fc.name + "_4d", [names[0]], [names[1]], {"shape": [n, k, 1, t]}),
+               Node("Conv", fc.name, conv_in, [names[2]], attrs),
+               Node("Reshape", fc.name + "_3d", [names[2]], [names[3]], {"shape": [n, oc, t]}),
+               Node("Transpose", fc.name + "_out", [names[3]], list(fc.outputs), {"perm": [0, 2, 1]})]
+        for node in new[:-1]:
+            g.tensors[node.outputs[0]] = Tensor(node.outputs[0], (), "float32")
+        i = g.nodes.index(fc)
+        g.nodes[i: i + 1] = new
+        changed = True
+    if changed:
+        infer_shapes(g)
+
+
 def run_passes(g: Graph) -> Graph:
     """The standard float pipeline; returns the same graph, rewritten."""
     fold_constants(g)
+    split_batch_transposes(g)
     infer_shapes(g)
+    drop_float_casts(g)
+    fuse_layer_norm(g)
+    fuse_swish(g)
     constant_sub_div(g)
     fuse_hardswish(g)
+    fold_conv_affine(g)
+    fold_bias_adds(g)
     fold_batchnorm(g)
+    fold_conv_affine(g)
+    fold_bias_adds(g)
     fuse_activations(g)
+    fuse_unary_chains(g)
+    pixel_shuffle_conv_transpose(g)
+    sequence_linear_as_conv(g)
     g.prune()
     return g

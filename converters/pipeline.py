@@ -8,6 +8,7 @@ budgets, and the output error against the float model on the calibration data.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,9 @@ from edgeq.export_c import DEFAULT_STACK_BYTES
 from edgeq.errors import CalibrationError, DoesNotFitError, EdgeqError
 from edgeq.ir import Graph
 from edgeq.runtimes.executor import Executor, dequantize, quantize
-from .calibrate import check_calibration, collect_ranges, load_calibration
+from .calibrate import check_calibration, collect_range_sets, collect_ranges, hybrid_ranges, load_calibration
+from .channel_split import split_wide_channels
+from .image_calib import load_image_folder
 from .float_ops import run_float
 from .onnx_import import import_onnx
 from .patches import PatchPlan, plan_patches
@@ -30,6 +33,7 @@ from .quantize import quantize_graph
 
 IMPLEMENTED_SCHEMES = ("int8",)
 REPORT_SAMPLES = 64  # calibration samples used for the error report (enough for stable SQNR)
+AUTO_SAMPLES = 32    # calibration samples on which --calib-method auto compares its candidates
 
 
 @dataclass
@@ -49,16 +53,35 @@ def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
     return 10 * np.log10(max(signal, 1e-30) / noise)
 
 
-def _calibration(calib: Any, graph: Graph, sample: Any) -> dict[str, np.ndarray]:
+def _raw_calibration(calib: Any, preprocess: str | None, progress: bool) -> dict[str, np.ndarray] | None:
+    """The calibration arrays before the model is imported (their shapes fix dynamic input dimensions);
+    key "" stands for the only input. A folder holds images, read with the ``preprocess`` spec."""
     if calib is None:
-        if sample is None:
-            raise CalibrationError("calibration data is required: pass --calib FILE.npy|FILE.npz")
-        return check_calibration({graph.inputs[0]: sample.calib}, graph)
+        if preprocess:
+            raise CalibrationError("--preprocess applies to a folder of calibration images (--calib DIR)")
+        return None
+    if isinstance(calib, (str, Path)) and Path(calib).is_dir():
+        return {"": load_image_folder(calib, preprocess, progress)}
+    if preprocess:
+        raise CalibrationError("--preprocess applies to a folder of calibration images, not to arrays")
     if isinstance(calib, (str, Path)):
-        return load_calibration(calib, graph)
+        return load_calibration(calib)
     if isinstance(calib, np.ndarray):
-        calib = {graph.inputs[0]: calib}
-    return check_calibration(dict(calib), graph)
+        return {"": calib}
+    return dict(calib)
+
+
+def _calibration(raw: dict[str, np.ndarray] | None, graph: Graph, sample: Any) -> dict[str, np.ndarray]:
+    if raw is None:
+        if sample is None:
+            raise CalibrationError("calibration data is required: pass --calib FILE.npy|FILE.npz|DIR")
+        return check_calibration({graph.inputs[0]: sample.calib}, graph)
+    if "" in raw:
+        if len(graph.inputs) != 1:
+            raise CalibrationError(f"model has {len(graph.inputs)} inputs; give the calibration data as .npz keyed "
+                                   f"by input name ({', '.join(graph.inputs)})")
+        raw = {graph.inputs[0]: raw[""]}
+    return check_calibration(raw, graph)
 
 
 def _report(fg: Graph, qg: Graph, calib: dict[str, np.ndarray], device: DeviceProfile, plan: PatchPlan,
@@ -103,12 +126,58 @@ def _report(fg: Graph, qg: Graph, calib: dict[str, np.ndarray], device: DevicePr
     return report
 
 
+def _top1_agreement(want: np.ndarray, got: np.ndarray) -> float:
+    """How often the quantized top-1 class matches the float one. When one class is the float top-1 at
+    most positions (CTC's blank, a background class) only the other positions count: agreeing on the
+    filler says nothing about the characters."""
+    top = want.argmax(-1).reshape(-1)
+    hit = got.argmax(-1).reshape(-1) == top
+    counts = np.bincount(top)
+    mask = top != counts.argmax() if counts.max() > top.size // 2 else np.ones_like(hit)
+    return float(hit[mask].mean()) if mask.any() else float(hit.mean())
+
+
+def _auto_quantize(fg: Graph, data: dict[str, np.ndarray],
+                   progress: bool) -> tuple[Graph, Graph, dict[str, Any]]:
+    """Quantize with each candidate and keep the one whose outputs agree best with the float model on
+    (up to AUTO_SAMPLES) calibration samples: top-1 agreement along the last axis when every output is a
+    Softmax (class scores, CTC steps; see _top1_agreement), else the mean output SQNR. Candidates: the
+    minmax, percentile and hybrid range sets, each without and with channel splitting
+    (``channel_split``). Returns the float graph the winner was quantized from, the integer graph and
+    the scores."""
+    n = min(AUTO_SAMPLES, next(iter(data.values())).shape[0])
+    inputs = {k: v[:n] for k, v in data.items()}
+    want = run_float(fg.nodes, {**fg.consts, **inputs})
+    producers = fg.producers()
+    classes = all(producers[o].op == "Softmax" for o in fg.outputs if o in producers)
+    scores, graphs = {}, {}
+    variants = [("", fg)]
+    split = copy.deepcopy(fg)
+    if split_wide_channels(split, data):
+        variants.append(("+split", split))
+    for suffix, g in variants:
+        sets = collect_range_sets(g, data, ("minmax", "percentile"), progress=progress)
+        sets["hybrid"] = hybrid_ranges(g, sets["minmax"], sets["percentile"])
+        for name, ranges in sets.items():
+            key = name + suffix
+            graphs[key] = (g, quantize_graph(g, ranges))
+            got = Executor(graphs[key][1], "auto").run(inputs)
+            if classes:
+                scores[key] = round(float(np.mean([_top1_agreement(want[o], got[o]) for o in fg.outputs])), 4)
+            else:
+                scores[key] = round(float(np.mean([min(sqnr_db(want[o], got[o]), 200.0) for o in fg.outputs])), 2)
+    best = max(scores, key=scores.get)
+    return (*graphs[best], {"chosen": best, ("top1_agreement" if classes else "output_sqnr_db"): scores})
+
+
 def _plan(qg: Graph, profile: DeviceProfile, patch: str | int) -> PatchPlan:
     """Memory plan (and patch plan) for the device; a microcontroller model that cannot fit is an error."""
     mcu = profile.device_class == "mcu"
     # The firmware's stack (kernel scratch included) shares the RAM with the arena.
     budget = profile.ram_bytes - DEFAULT_STACK_BYTES if mcu else None
-    plan = plan_patches(qg, patch, budget, inplace_depthwise=mcu)
+    # Patches trade MACs for memory; a CPU with no activation budget only gets them on request.
+    mode = "off" if patch == "auto" and profile.budget_activation_bytes is None and not mcu else patch
+    plan = plan_patches(qg, mode, budget, inplace_depthwise=mcu)
     if budget is not None and plan.memory.arena_bytes > budget:
         how = f"{plan.n}x{plan.n} patches" if plan.n else "layer by layer"
         hint = "" if patch == "auto" else "; try --patch auto"
@@ -121,10 +190,11 @@ def _plan(qg: Graph, profile: DeviceProfile, patch: str | int) -> PatchPlan:
 def convert(model: str | Path | bytes | None = None, device: str = "host", output: str | Path | None = None,
             scheme: str | None = None, calib: Any = None, calib_method: str | None = None,
             input_shapes: dict[str, tuple[int, ...]] | None = None, progress: bool = True,
-            patch: str | int = "auto") -> ConversionResult:
+            patch: str | int = "auto", preprocess: str | None = None) -> ConversionResult:
     """Convert an ONNX model (or, with ``model=None``, the embedded digits sample) into a ``.edgeq`` bundle.
 
-    ``calib`` is a .npy/.npz path, an array (single input) or a dict of arrays keyed by input name.
+    ``calib`` is a .npy/.npz path, a folder of images (read with the ``preprocess`` spec, see
+    ``converters.image_calib``), an array (single input) or a dict of arrays keyed by input name.
     ``scheme`` and ``calib_method`` default to the device profile's choices. ``patch`` chooses
     patch-based inference for the first stage: ``"auto"`` (only when it is needed to fit the device),
     ``"off"``, or a patch count n (n x n patches).
@@ -140,12 +210,16 @@ def convert(model: str | Path | bytes | None = None, device: str = "host", outpu
         from edgeq.sample import load_sample
         sample = load_sample()
         model = sample.model_path
-    fg, digest = import_onnx(model, input_shapes)
+    raw = _raw_calibration(calib, preprocess, progress)
+    data_shapes = {k: tuple(np.shape(v)[1:]) for k, v in raw.items() if np.ndim(v) >= 1} if raw else None
+    fg, digest = import_onnx(model, input_shapes, data_shapes)
     run_passes(fg)
-    data = _calibration(calib, fg, sample)
+    data = _calibration(raw, fg, sample)
     method = calib_method or profile.calibration
-    ranges = collect_ranges(fg, data, method, progress=progress)
-    qg = quantize_graph(fg, ranges)
+    if method == "auto":
+        fg, qg, chosen = _auto_quantize(fg, data, progress)
+    else:
+        qg, chosen = quantize_graph(fg, collect_ranges(fg, data, method, progress=progress)), None
     plan = _plan(qg, profile, patch)
     report = _report(fg, qg, data, profile, plan, sample)
     name = "digits_cnn" if isinstance(model, Path) and sample else (Path(model).stem if not isinstance(model, bytes) else "model")
@@ -153,6 +227,8 @@ def convert(model: str | Path | bytes | None = None, device: str = "host", outpu
     meta = {"device": profile.to_dict(), "scheme": scheme, "producer": {"name": "edgeq", "version": __version__},
             "source": {"format": "onnx", "sha256": digest, "name": name},
             "calibration": {"method": method, "samples": int(next(iter(data.values())).shape[0])}}
+    if chosen:
+        meta["calibration"]["auto"] = chosen
     if plan.n:
         meta["patches"] = plan.summary()
     report["bundle_bytes"] = write_bundle(out, plan.graph, plan.memory, meta)

@@ -13,10 +13,13 @@ import numpy as np
 
 from edgeq.errors import ModelError, UnsupportedOpError
 from edgeq.ir import Graph, Node, Tensor
+from edgeq.runtimes.reference import LN_NORM_BITS, LN_OUT_BITS
 from .float_ops import ACTIVATIONS
+from .resize_tables import resize_table
 
 QMIN, QMAX = -128, 127
-LUT_OPS = tuple(ACTIVATIONS)  # Relu, Clip, HardSigmoid, HardSwish, Sigmoid as standalone nodes
+LUT_OPS = tuple(ACTIVATIONS)  # Relu, Clip, HardSigmoid, HardSwish, Sigmoid, Swish, Gelu, Chain as standalone nodes
+MATMUL_K_MAX = 33000  # the kernels' int32 accumulators hold K * 255 * 255
 FIXED_OUTPUT = {"Sigmoid": (1 / 256, -128), "Softmax": (1 / 256, -128)}  # TFLite's fixed output scales
 
 
@@ -95,10 +98,14 @@ class _Quantizer:
         sx, zx = self.act(x)
         sy, zy = self.act(node.outputs[0])
         amax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1).astype(np.float64)
-        sw = np.where(amax > 0, amax / 127, 1e-8)
+        k = int(np.prod(w.shape[1:]))
+        # A channel with (near-)zero weights but a real bias: widen its weight scale until the bias fits
+        # the int32 accumulator next to the largest possible sum of products.
+        budget = 2**31 - 1 - k * 127 * 255
+        floor = np.abs(b.astype(np.float64)) / (sx * max(budget, 1)) * 1.01
+        sw = np.maximum(np.where(amax > 0, amax / 127, 1e-8), floor)
         wq = np.clip(np.round(w / sw.reshape((-1,) + (1,) * (w.ndim - 1))), -127, 127).astype(np.int8)
         bq = np.clip(np.round(b / (sx * sw)), -(2**31), 2**31 - 1).astype(np.int32)
-        k = int(np.prod(w.shape[1:]))
         if k * 127 * 255 + int(np.abs(bq.astype(np.int64)).max()) >= 2**31:
             raise ModelError(f"node '{node.name}': int32 accumulator could overflow (K={k}); split the layer")
         mults, shifts = zip(*(quantize_multiplier(sx * s / sy) for s in sw))
@@ -117,10 +124,116 @@ class _Quantizer:
                                            group=a["group"]))
 
     def q_FullyConnected(self, node: Node) -> None:
-        if len(self.fg.tensors[node.inputs[0]].shape) != 2:
-            raise UnsupportedOpError(f"node '{node.name}': MatMul/Gemm input must be [N, K] "
-                                     f"(got {self.fg.tensors[node.inputs[0]].shape})")
-        self._weighted(node, "QFullyConnected", {})
+        if len(self.fg.tensors[node.inputs[0]].shape) == 2:
+            self._weighted(node, "QFullyConnected", {})
+            return
+        # A Linear layer over a sequence [N, ..., K]: every row against the same constant weights.
+        k = self.fg.tensors[node.inputs[0]].shape[-1]
+        if k > MATMUL_K_MAX:
+            raise ModelError(f"node '{node.name}': reduction length {k} exceeds {MATMUL_K_MAX}")
+        self._weighted(node, "QMatMul", {"b_nk": 1})
+        q = self.g.nodes[-1]
+        q.attrs["a_zp"], q.attrs["b_zp"] = q.attrs.pop("x_zp"), 0
+
+    def q_ConvTranspose(self, node: Node) -> None:
+        a = node.attrs
+        self._weighted(node, "QConvTranspose", dict(strides=a["strides"], pads=a["pads"], dilations=a["dilations"],
+                                                    group=a["group"], out=a["out"]))
+
+    def q_MatMul(self, node: Node) -> None:
+        """Between two activations: y = requant((a - za) @ (b - zb)), one scale for every column."""
+        (a, sa, za), (b, sb, zb) = self._binary_operands(node)
+        sy, zy = self.act(node.outputs[0])
+        k = self.fg.tensors[node.inputs[0]].shape[-1]
+        cols = self.fg.tensors[node.outputs[0]].shape[-1]
+        if k > MATMUL_K_MAX:
+            raise ModelError(f"MatMul node '{node.name}': reduction length {k} exceeds {MATMUL_K_MAX}")
+        if self.fg.tensors[node.inputs[0]].shape[:-2] != self.fg.tensors[node.inputs[1]].shape[:-2]:
+            raise UnsupportedOpError(f"MatMul node '{node.name}': broadcasting leading dimensions is not supported")
+        m, sh = quantize_multiplier(sa * sb / sy)
+        g, base = self.g, node.name
+        consts = [g.add_const(g.unique_name(base + "_bias"), np.zeros(cols, np.int32)),
+                  g.add_const(g.unique_name(base + "_mult"), np.full(cols, m, np.int32)),
+                  g.add_const(g.unique_name(base + "_shift"), np.full(cols, sh, np.int32))]
+        g.nodes.append(Node("QMatMul", node.name, [a, b, *consts], list(node.outputs),
+                            dict(b_nk=0, a_zp=za, b_zp=zb, y_zp=zy, act_min=QMIN, act_max=QMAX)))
+
+    def _view(self, node: Node, shape: list[int], strides: list[int], offset: int) -> None:
+        """A gather that keeps the input's quantization (Transpose, Slice)."""
+        self._same_scale(node, "QStridedCopy", dict(shape=[int(v) for v in shape],
+                                                    strides=[int(v) for v in strides], offset=int(offset)))
+
+    @staticmethod
+    def _strides(shape: tuple[int, ...]) -> list[int]:
+        return [int(np.prod(shape[k + 1:])) for k in range(len(shape))]
+
+    def q_Transpose(self, node: Node) -> None:
+        perm = node.attrs["perm"]
+        if perm[0] != 0:
+            raise UnsupportedOpError(f"Transpose node '{node.name}': moving the batch axis (perm={perm}) is not "
+                                     "supported")
+        shape = self.fg.tensors[node.inputs[0]].shape[1:]
+        strides = self._strides(shape)
+        self._view(node, [shape[p - 1] for p in perm[1:]], [strides[p - 1] for p in perm[1:]], 0)
+
+    def q_Slice(self, node: Node) -> None:
+        full = self.fg.tensors[node.inputs[0]].shape
+        vals = [self.fg.consts.get(i) for i in node.inputs[1:]]
+        if any(v is None for v in vals):
+            raise UnsupportedOpError(f"Slice node '{node.name}': starts/ends/axes/steps must be constants")
+        starts, ends = vals[0].reshape(-1), vals[1].reshape(-1)
+        axes = vals[2].reshape(-1) if len(vals) > 2 else np.arange(len(starts))
+        steps = vals[3].reshape(-1) if len(vals) > 3 else np.ones(len(starts), np.int64)
+        shape = list(full[1:])
+        strides = self._strides(tuple(shape))
+        out, out_strides, offset = list(shape), list(strides), 0
+        for s0, e0, ax, st in zip(starts, ends, axes, steps):
+            ax = int(ax) % len(full)
+            if ax == 0:
+                raise UnsupportedOpError(f"Slice node '{node.name}': slicing the batch axis is not supported")
+            start, stop, step = slice(int(s0), int(e0), int(st)).indices(full[ax])
+            out[ax - 1] = len(range(start, stop, step))
+            out_strides[ax - 1] = strides[ax - 1] * step
+            offset += start * strides[ax - 1]
+        if min(out) < 1:
+            raise UnsupportedOpError(f"Slice node '{node.name}': empty slice")
+        self._view(node, out, out_strides, offset)
+
+    def q_Squeeze(self, node: Node) -> None:
+        self._same_scale(node, "QReshape", dict(shape=list(self.fg.tensors[node.outputs[0]].shape)))
+
+    q_Unsqueeze = q_Squeeze
+
+    def q_Resize(self, node: Node) -> None:
+        a = node.attrs
+        _, _, h, w = self.fg.tensors[node.inputs[0]].shape
+        tables = [self.g.add_const(self.g.unique_name(node.name + tag),
+                                   resize_table(n_in, n_out, a["mode"], a["coord"], a["nearest_mode"], scale))
+                  for tag, n_in, n_out, scale in (("_rows", h, a["size"][0], a["scales"][0]),
+                                                  ("_cols", w, a["size"][1], a["scales"][1]))]
+        qp = self.act(node.inputs[0])
+        self.act(node.outputs[0], qp)
+        self.g.nodes.append(Node("QResize", node.name, [node.inputs[0], *tables], list(node.outputs), {"zp": qp[1]}))
+
+    def q_LayerNorm(self, node: Node) -> None:
+        """Integer-only LayerNorm (reference.layer_norm): gamma and beta folded with the output scale."""
+        x, gname, bname = node.inputs
+        sx, zx = self.act(x)
+        sy, zy = self.act(node.outputs[0])
+        cols = self.fg.tensors[x].shape[-1]
+        if cols > 4096:
+            raise UnsupportedOpError(f"LayerNorm node '{node.name}': rows of {cols} values (at most 4096)")
+        gamma = np.asarray(self.fg.consts[gname], np.float64).reshape(-1)
+        beta = np.asarray(self.fg.consts[bname], np.float64).reshape(-1)
+        lim = (-(2**31), 2**31 - 1)
+        gq = np.clip(np.round(gamma / sy * 2**(LN_OUT_BITS - LN_NORM_BITS)), *lim).astype(np.int32)
+        bq = np.clip(np.round(beta / sy * 2**LN_OUT_BITS), *lim).astype(np.int32)
+        # eps in the kernel's units: the variance of C * (x - x_zp), i.e. (C / s_x)^2 times the real one.
+        eps = int(min(round(node.attrs["eps"] * (cols / sx) ** 2), 1 << 40))
+        g = self.g
+        self.g.nodes.append(Node("QLayerNorm", node.name, [x, g.add_const(g.unique_name(node.name + "_gamma"), gq),
+                                                           g.add_const(g.unique_name(node.name + "_beta"), bq)],
+                                 list(node.outputs), dict(x_zp=zx, y_zp=zy, eps=eps, act_min=QMIN, act_max=QMAX)))
 
     def _binary_operands(self, node: Node) -> list[tuple[str, float, int]]:
         out = []
@@ -160,7 +273,7 @@ class _Quantizer:
         name = self.g.add_const(self.g.unique_name(node.name + "_table"), table)
         self.g.nodes.append(Node("QLut", node.name, [node.inputs[0], name], list(node.outputs), {}))
 
-    q_Relu = q_Clip = q_HardSigmoid = q_HardSwish = q_Sigmoid = _table
+    q_Relu = q_Clip = q_HardSigmoid = q_HardSwish = q_Sigmoid = q_Swish = q_Gelu = q_Chain = _table
 
     def _same_scale(self, node: Node, op: str, attrs: dict) -> None:
         """Ops whose output keeps the input's quantization (pools and reshapes, as in TFLite)."""
@@ -210,9 +323,10 @@ def _fuse_tables(g: Graph) -> None:
     producers, consumers = g.producers(), g.consumers()
     for lut in [n for n in g.nodes if n.op == "QLut"]:
         prod = producers.get(lut.inputs[0])
-        ok = prod is not None and prod.op in ("QConv", "QFullyConnected", "QAdd", "QMul") \
+        weighted = ("QConv", "QFullyConnected", "QMatMul", "QConvTranspose")
+        ok = prod is not None and prod.op in weighted + ("QAdd", "QMul") \
             and len(consumers.get(lut.inputs[0], [])) == 1 and lut.inputs[0] not in g.outputs
-        n_plain = 5 if prod is not None and prod.op in ("QConv", "QFullyConnected") else 2
+        n_plain = 5 if prod is not None and prod.op in weighted else 2
         if not ok or len(prod.inputs) > n_plain:
             continue
         prod.inputs.append(lut.inputs[1])

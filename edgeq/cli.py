@@ -70,6 +70,7 @@ def cmd_convert(args: argparse.Namespace) -> None:
         return cmd_convert_gguf(args)
     result = convert(args.model, device=args.device, output=args.output, scheme=args.scheme, calib=args.calib,
                      calib_method=args.calib_method, input_shapes=_input_shapes(args.input_shape),
+                     preprocess=args.preprocess,
                      progress=not args.json and not args.quiet, patch=_patch_mode(args.patch))
     r = result.report
     if args.report:
@@ -291,8 +292,14 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--device", required=True, help="device profile id (see `edgeq devices`)")
     c.add_argument("-o", "--output", help="output bundle path (default: <model>.<device>.edgeq)")
     c.add_argument("--scheme", help="quantization scheme (default: the device's)")
-    c.add_argument("--calib", help="calibration samples: .npy (one input) or .npz keyed by input name")
-    c.add_argument("--calib-method", choices=["minmax", "percentile", "mse"], help="range estimator (default: the device's)")
+    c.add_argument("--calib", help="calibration samples: .npy (one input), .npz keyed by input name, or a folder "
+                                   "of images (see --preprocess)")
+    c.add_argument("--preprocess", help="how calibration images become inputs, e.g. "
+                                        "'resize=48x320,keep_ratio=1,mean=0.5,std=0.5,color=bgr' (keys: resize, "
+                                        "keep_ratio, mean, std, scale, color, layout, pad)")
+    c.add_argument("--calib-method", choices=["minmax", "percentile", "mse", "auto"],
+                   help="range estimator (default: the device's); auto tries minmax, percentile and a hybrid and keeps "
+                        "the one closest to the float model")
     c.add_argument("--input-shape", action="append", default=[], help="fix a dynamic input shape, e.g. x=1x3x224x224")
     c.add_argument("--report", help="also write the conversion report as JSON to this file")
     c.add_argument("--patch", default="auto",

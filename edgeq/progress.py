@@ -12,6 +12,7 @@ class Progress:
     def __init__(self, label: str, total: int, enabled: bool = True):
         self.label, self.total, self.enabled = label, max(total, 1), enabled
         self.done, self._last, self._start = 0, 0.0, time.perf_counter()
+        self._drawn = False
 
     def __enter__(self) -> "Progress":
         return self
@@ -27,8 +28,9 @@ class Progress:
             sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
                              f"{self.done}/{self.total} {now - self._start:5.1f}s")
             sys.stderr.flush()
+            self._drawn = True
 
     def __exit__(self, *exc) -> None:
-        if self.enabled:
+        if self._drawn:  # end the bar's line; an error before the first draw stays a single line
             sys.stderr.write("\n")
             sys.stderr.flush()

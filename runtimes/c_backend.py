@@ -253,6 +253,9 @@ class CBackend:
         spec = importlib.util.spec_from_file_location(path.name.split(".")[0], path)
         if spec is None or spec.loader is None:
             raise BackendError(f"C backend unavailable: cannot load {path}")
+        # Idle OpenMP workers sleep instead of spinning: one parallel region per op, on cores shared with
+        # other processes, spinning workers made 2-thread runs 10-50x slower than 1 thread (RESULTS.md).
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         try:
             module = importlib.util.module_from_spec(spec)
             spec.loader.exec_module(module)

@@ -37,7 +37,10 @@ from .registry import OPS
 # can then never disagree with registry.py.
 _OPCODES = np.array([OPS[name].opcode for name in (
     "QConv", "QFullyConnected", "QAdd", "QMul", "QLut", "QMaxPool", "QAvgPool", "QSoftmax", "QConcat",
-    "QReshape", "QCopyWindow")], dtype=np.int64)
+    "QReshape", "QCopyWindow", "QStridedCopy", "QMatMul", "QConvTranspose", "QResize", "QLayerNorm")],
+    dtype=np.int64)
+_MAX_MATMUL_K = 33000  # (255 * 255) * K stays below 2^31: the int32 accumulators cannot overflow
+_MAX_LN_COLS = 4096    # keeps QLayerNorm's sum of squared deviations inside int64
 
 
 # Program sanity limits: no shape word beyond this (so no products overflow), no scratch beyond 2 GiB.
@@ -176,6 +179,78 @@ if _IMPORT_ERROR is None:
             y_n = wd[3] * wd[6] * wd[7]
             return (_inside(wd[0], wd[3] * wd[4] * wd[5], arena_n, 1) and _inside(wd[2], y_n, arena_n, 1)
                     and (wd[1] == -1 or _inside(wd[1], y_n, arena_n, 1)))
+        if op == codes[11]:                                       # QStridedCopy
+            if n != 16 or wd[1] < 1 or wd[1] > _MAX_SCRATCH:
+                return False
+            lo_i, hi_i, count = wd[3], wd[3], 1
+            for k in range(6):
+                d, s = wd[4 + k], wd[10 + k]
+                if d < 1 or d > _MAX_DIM or abs(s) > _MAX_SCRATCH:
+                    return False
+                count *= d
+                if count > _MAX_SCRATCH:
+                    return False
+                if s < 0:
+                    lo_i += (d - 1) * s
+                else:
+                    hi_i += (d - 1) * s
+            return (lo_i >= 0 and hi_i < wd[1] and _inside(wd[0], wd[1], arena_n, 1)
+                    and _inside(wd[2], count, arena_n, 1))
+        if op == codes[12]:                                       # QMatMul
+            if n != 20 or wd[2] not in (0, 1):
+                return False
+            B, M, Kk, N = wd[8], wd[9], wd[10], wd[11]
+            if min(B, M, Kk, N) < 1 or max(B, M, N) > _MAX_DIM or Kk > _MAX_MATMUL_K:
+                return False
+            if min(wd[12], wd[13], wd[14]) < 0 or max(wd[12], wd[13], wd[14]) > _MAX_SCRATCH:
+                return False
+            for k in range(15, 20):
+                if wd[k] < -128 or wd[k] > 127:
+                    return False
+            if B * M * max(Kk, N) > _MAX_SCRATCH:
+                return False
+            b_n = (B - 1) * wd[12] + (Kk - 1) * wd[13] + (N - 1) * wd[14] + 1
+            return (_inside(wd[0], B * M * Kk, arena_n, 1) and _inside(wd[1], b_n, pool_n if wd[2] else arena_n, 1)
+                    and _inside(wd[3], 4 * N, pool_n, 4) and _inside(wd[4], 4 * N, pool_n, 4)
+                    and _inside(wd[5], 4 * N, pool_n, 4) and (wd[6] == -1 or _inside(wd[6], 256, pool_n, 1))
+                    and _inside(wd[7], B * M * N, arena_n, 1))
+        if op == codes[13]:                                       # QConvTranspose (QConv's words)
+            if n != 26:
+                return False
+            for k in range(22, 26):
+                if wd[k] < -128 or wd[k] > 127:
+                    return False
+            C, H, W, OC, OH, OW, KH, KW = wd[7], wd[8], wd[9], wd[10], wd[11], wd[12], wd[13], wd[14]
+            sh, sw, pt, pl, dh, dw, group = wd[15], wd[16], wd[17], wd[18], wd[19], wd[20], wd[21]
+            if min(C, H, W, OC, OH, OW, KH, KW, sh, sw, dh, dw, group) < 1 or min(pt, pl) < 0:
+                return False
+            if max(C, H, W, OC, OH, OW, KH, KW, sh, sw, dh, dw, pt, pl) > _MAX_DIM or C % group or OC % group:
+                return False
+            if C * H * W > _MAX_SCRATCH or OC * OH * OW > _MAX_SCRATCH or (C // group) * KH * KW > _MAX_MATMUL_K:
+                return False
+            return (_inside(wd[0], C * H * W, arena_n, 1) and _inside(wd[1], OC * (C // group) * KH * KW, pool_n, 1)
+                    and _inside(wd[2], 4 * OC, pool_n, 4) and _inside(wd[3], 4 * OC, pool_n, 4)
+                    and _inside(wd[4], 4 * OC, pool_n, 4) and (wd[5] == -1 or _inside(wd[5], 256, pool_n, 1))
+                    and _inside(wd[6], OC * OH * OW, arena_n, 1))
+        if op == codes[14]:                                       # QResize
+            if n != 10 or min(wd[4], wd[5], wd[6], wd[7], wd[8]) < 1 or wd[9] < -128 or wd[9] > 127:
+                return False
+            if max(wd[4], wd[5], wd[6], wd[7], wd[8]) > _MAX_DIM:
+                return False
+            if wd[4] * wd[5] * wd[6] > _MAX_SCRATCH or wd[4] * wd[7] * wd[8] > _MAX_SCRATCH:
+                return False
+            return (_inside(wd[0], wd[4] * wd[5] * wd[6], arena_n, 1) and _inside(wd[1], 12 * wd[7], pool_n, 4)
+                    and _inside(wd[2], 12 * wd[8], pool_n, 4) and _inside(wd[3], wd[4] * wd[7] * wd[8], arena_n, 1))
+        if op == codes[15]:                                       # QLayerNorm
+            if n != 11 or wd[4] < 0 or wd[5] < 1 or wd[5] > _MAX_LN_COLS or wd[4] > _MAX_SCRATCH:
+                return False
+            if wd[8] < 0 or wd[8] > (1 << 40):
+                return False
+            for k in (6, 7, 9, 10):
+                if wd[k] < -128 or wd[k] > 127:
+                    return False
+            return (_inside(wd[0], wd[4] * wd[5], arena_n, 1) and _inside(wd[1], 4 * wd[5], pool_n, 4)
+                    and _inside(wd[2], 4 * wd[5], pool_n, 4) and _inside(wd[3], wd[4] * wd[5], arena_n, 1))
         return False
 
     @njit(cache=True)
@@ -264,6 +339,28 @@ if _IMPORT_ERROR is None:
         elif op == codes[10]:                                     # QCopyWindow
             K.copy_window(arena, wd[0], wd[1], wd[2], wd[3], wd[4], wd[5], wd[6], wd[7], wd[8], wd[9], wd[10],
                           wd[11], wd[12], wd[13])
+        elif op == codes[11]:                                     # QStridedCopy
+            K.strided_copy(arena[wd[0]:], arena[wd[2]:], wd[3], wd[4:10], wd[10:16])
+        elif op == codes[12]:                                     # QMatMul
+            N = wd[11]
+            lut = p8[wd[6]:wd[6] + 256] if wd[6] >= 0 else empty
+            b = p8[wd[1]:] if wd[2] else arena[wd[1]:]
+            K.matmul(arena[wd[0]:], b, p32[wd[3] >> 2:(wd[3] >> 2) + N], p32[wd[4] >> 2:(wd[4] >> 2) + N],
+                     p32[wd[5] >> 2:(wd[5] >> 2) + N], lut, arena[wd[7]:], wd[8], wd[9], wd[10], N, wd[12], wd[13],
+                     wd[14], wd[15], wd[16], wd[17], wd[18], wd[19])
+        elif op == codes[13]:                                     # QConvTranspose
+            oc = wd[10]
+            lut = p8[wd[5]:wd[5] + 256] if wd[5] >= 0 else empty
+            K.conv_transpose(arena[wd[0]:], p8[wd[1]:], p32[wd[2] >> 2:(wd[2] >> 2) + oc],
+                             p32[wd[3] >> 2:(wd[3] >> 2) + oc], p32[wd[4] >> 2:(wd[4] >> 2) + oc], lut,
+                             arena[wd[6]:], wd[7], wd[8], wd[9], wd[10], wd[11], wd[12], wd[13], wd[14], wd[15],
+                             wd[16], wd[17], wd[18], wd[19], wd[20], wd[21], wd[22], wd[23], wd[24], wd[25])
+        elif op == codes[14]:                                     # QResize
+            K.resize(arena[wd[0]:], p32[wd[1] >> 2:(wd[1] >> 2) + 3 * wd[7]], p32[wd[2] >> 2:(wd[2] >> 2) + 3 * wd[8]],
+                     arena[wd[3]:], wd[4], wd[5], wd[6], wd[7], wd[8], wd[9])
+        elif op == codes[15]:                                     # QLayerNorm
+            K.layer_norm(arena[wd[0]:], p32[wd[1] >> 2:(wd[1] >> 2) + wd[5]], p32[wd[2] >> 2:(wd[2] >> 2) + wd[5]],
+                         arena[wd[3]:], wd[4], wd[5], wd[6], wd[7], wd[8], wd[9], wd[10])
         else:
             raise ValueError("unknown opcode in program")
 

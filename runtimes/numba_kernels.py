@@ -1072,3 +1072,142 @@ def copy_window(arena, x, canvas, y, C, H, W, OH, OW, sy, sx, dy, dx, h, w):
         for r in range(h):
             src = x + c * H * W + (sy + r) * W + sx
             move(arena, src, y + c * plane + (dy + r) * OW + dx, w)
+
+
+# --------------------------------------------------------------------------------------------------
+# Layout, attention and upsampling ops (reference.strided_copy, matmul, conv_transpose, resize,
+# layer_norm). Plain loops: the shapes of these ops in mobile models are small next to the convolutions.
+
+@njit(cache=True)
+def strided_copy(x, y, offset, dims, strides):
+    """QStridedCopy: y (contiguous, 6-D ``dims``) gathers x[offset + sum i_k * strides[k]]."""
+    o = 0
+    for i0 in range(dims[0]):
+        b0 = offset + i0 * strides[0]
+        for i1 in range(dims[1]):
+            b1 = b0 + i1 * strides[1]
+            for i2 in range(dims[2]):
+                b2 = b1 + i2 * strides[2]
+                for i3 in range(dims[3]):
+                    b3 = b2 + i3 * strides[3]
+                    for i4 in range(dims[4]):
+                        b4 = b3 + i4 * strides[4]
+                        for i5 in range(dims[5]):
+                            y[o] = x[b4 + i5 * strides[5]]
+                            o += 1
+
+
+@njit(cache=True)
+def matmul(a, b, bias, mult, shift, lut, y, batch, M, K, N, b_bs, b_sk, b_sn, a_zp, b_zp, y_zp, lo, hi):
+    """QMatMul: y[t, m, n] = requant(sum_k (a[t, m, k] - a_zp) * (b[t*b_bs + k*b_sk + n*b_sn] - b_zp) + bias[n]).
+
+    Products fit int32 (|term| <= 255 * 255, K <= 33000 checked by the validator); the bias is added in int64.
+    """
+    acc = np.empty(N, np.int32)
+    for t in range(batch):
+        for m in range(M):
+            arow = (t * M + m) * K
+            acc[:] = 0
+            if b_sk == 1:  # weights [N, K]: one contiguous dot product per column
+                for n in range(N):
+                    bn = t * b_bs + n * b_sn
+                    s = np.int32(0)
+                    for k in range(K):
+                        s += (np.int32(a[arow + k]) - np.int32(a_zp)) * (np.int32(b[bn + k]) - np.int32(b_zp))
+                    acc[n] = s
+            else:
+                for k in range(K):
+                    av = np.int32(a[arow + k]) - np.int32(a_zp)
+                    bk = t * b_bs + k * b_sk
+                    for n in range(N):
+                        acc[n] += av * (np.int32(b[bk + n * b_sn]) - np.int32(b_zp))
+            yrow = (t * M + m) * N
+            for n in range(N):
+                y[yrow + n] = _finish(mbqm(np.int64(acc[n]) + bias[n], mult[n], shift[n]), y_zp, lo, hi, lut)
+
+
+@njit(cache=True)
+def conv_transpose(x, w, bias, mult, shift, lut, y, C, H, W, OC, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw,
+                   group, x_zp, y_zp, lo, hi):
+    """QConvTranspose as a gather: output (oy, ox) takes tap (ky, kx) from input ((oy + pt - ky*dh) / sh, ...)
+    when that division is exact and lands inside the input."""
+    cg, ocg = C // group, OC // group
+    for oc in range(OC):
+        g = oc // ocg
+        for oy in range(OH):
+            for ox in range(OW):
+                acc = np.int32(0)
+                for ic in range(cg):
+                    c = g * cg + ic
+                    for ky in range(KH):
+                        ty = oy + pt - ky * dh
+                        if ty < 0 or ty % sh != 0 or ty // sh >= H:
+                            continue
+                        for kx in range(KW):
+                            tx = ox + pl - kx * dw
+                            if tx < 0 or tx % sw != 0 or tx // sw >= W:
+                                continue
+                            xv = np.int32(x[(c * H + ty // sh) * W + tx // sw]) - np.int32(x_zp)
+                            acc += xv * np.int32(w[((oc * cg + ic) * KH + ky) * KW + kx])
+                y[(oc * OH + oy) * OW + ox] = _finish(mbqm(np.int64(acc) + bias[oc], mult[oc], shift[oc]),
+                                                      y_zp, lo, hi, lut)
+
+
+@njit(cache=True)
+def _tap(table, r, size):
+    """Row r of a resize table (i0, i1, w1), clamped into the input as reference._resize_taps does."""
+    i0 = min(max(np.int64(table[3 * r]), 0), size - 1)
+    i1 = min(max(np.int64(table[3 * r + 1]), 0), size - 1)
+    w1 = min(max(np.int64(table[3 * r + 2]), 0), 2048)
+    return i0, i1, w1
+
+
+@njit(cache=True)
+def resize(x, ytab, xtab, y, C, H, W, OH, OW, zp):
+    """QResize: separable two-tap interpolation, weights of 2048, rounded at 2^22."""
+    for c in range(C):
+        for oy in range(OH):
+            y0, y1, wy = _tap(ytab, oy, H)
+            r0, r1 = (c * H + y0) * W, (c * H + y1) * W
+            for ox in range(OW):
+                x0, x1, wx = _tap(xtab, ox, W)
+                top = (np.int64(x[r0 + x0]) - zp) * (2048 - wx) + (np.int64(x[r0 + x1]) - zp) * wx
+                bot = (np.int64(x[r1 + x0]) - zp) * (2048 - wx) + (np.int64(x[r1 + x1]) - zp) * wx
+                v = rdbpot(top * (2048 - wy) + bot * wy, 22) + zp
+                y[(c * OH + oy) * OW + ox] = min(max(v, -128), 127)
+
+
+@njit(cache=True)
+def isqrt(v):
+    """floor(sqrt(v)) for v >= 0, digit by digit (reference.isqrt)."""
+    root = np.int64(0)
+    bit = np.int64(1) << 62
+    while bit != 0:
+        trial = root + bit
+        if v >= trial:
+            v -= trial
+            root = (root >> 1) + bit
+        else:
+            root >>= 1
+        bit >>= 2
+    return root
+
+
+@njit(cache=True)
+def layer_norm(x, gamma, beta, y, rows, cols, x_zp, y_zp, eps, lo, hi):
+    """QLayerNorm over rows of ``cols`` values (reference.layer_norm), int64 throughout."""
+    for r in range(rows):
+        base = r * cols
+        total = np.int64(0)
+        for i in range(cols):
+            total += np.int64(x[base + i]) - x_zp
+        ss = np.int64(0)
+        for i in range(cols):
+            c = cols * (np.int64(x[base + i]) - x_zp) - total
+            ss += c * c
+        std = max(isqrt(ss // cols + eps), 1)
+        for i in range(cols):
+            c = cols * (np.int64(x[base + i]) - x_zp) - total
+            norm = rounded_div(c << 12, std)
+            v = rdbpot(norm * np.int64(gamma[i]) + np.int64(beta[i]), 24) + y_zp
+            y[base + i] = min(max(v, lo), hi)

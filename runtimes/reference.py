@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fixedpoint import ADD_LEFT_SHIFT, multiply_by_quantized_multiplier as mbqm, rounded_div
+from .fixedpoint import ADD_LEFT_SHIFT, multiply_by_quantized_multiplier as mbqm, rounded_div, rounding_divide_by_pot
 
 
 def _finish(acc: np.ndarray, y_zp: int, act_min: int, act_max: int, lut: np.ndarray | None) -> np.ndarray:
@@ -148,3 +148,114 @@ def copy_window(x, canvas=None, *, src, dst, size, out):
         raise ValueError(f"window {size} at {src} -> {dst} does not fit {x.shape} -> {y.shape}")
     y[:, :, dy:dy + h, dx:dx + w] = x[:, :, sy:sy + h, sx:sx + w]
     return y
+
+
+def strided_copy(x, *, shape, strides, offset):
+    """Gather a view of each sample: y[i] = x_sample.flat[offset + sum_k i_k * strides[k]].
+
+    Transpose, Slice (any step) and their compositions are all this one op: the converter turns a
+    permutation or a slice into the output shape, the element strides into the input and a start offset.
+    """
+    n = x.shape[0]
+    index = np.full(tuple(shape), offset, dtype=np.int64)
+    for k, (d, s) in enumerate(zip(shape, strides)):
+        index += (np.arange(d, dtype=np.int64) * s).reshape((1,) * k + (d,) + (1,) * (len(shape) - k - 1))
+    return x.reshape(n, -1)[:, index.reshape(-1)].reshape((n,) + tuple(shape))
+
+
+def matmul(a, b, bias, mult, shift, lut=None, *, b_nk, a_zp, b_zp, y_zp, act_min, act_max):
+    """y[..., m, n] = requant(sum_k (a[..., m, k] - a_zp) * (b[k, n] - b_zp) + bias[n]) per column n.
+
+    ``b_nk`` 1: b is a constant [N, K] shared by every row (weights, zero point 0); 0: b is an
+    activation [n, ..., K, N] with the same leading dimensions as a (attention's Q K^T and P V).
+    """
+    av = a.astype(np.int64) - a_zp
+    bv = b.astype(np.int64) - b_zp
+    acc = av @ (bv.T if b_nk else bv) + bias.astype(np.int64)
+    return _finish(mbqm(acc, mult, shift), y_zp, act_min, act_max, lut)
+
+
+def conv_transpose(x, w, bias, mult, shift, lut=None, *, strides, pads, dilations, group, out, x_zp, y_zp,
+                   act_min, act_max):
+    """Transposed 2-D convolution with weights regrouped as [OC, C/group, KH, KW]: every input pixel
+    scatters w * (x - x_zp) onto the output grid at stride ``strides``; ``out`` is the output size after
+    cropping ``pads`` (top, left) from the front of the full grid."""
+    n, c, h, wd = x.shape
+    oc, cg, kh_n, kw_n = w.shape
+    sh, sw = strides
+    dh, dw = dilations
+    oh, ow = out
+    full_h = max((h - 1) * sh + dh * (kh_n - 1) + 1, pads[0] + oh)
+    full_w = max((wd - 1) * sw + dw * (kw_n - 1) + 1, pads[1] + ow)
+    xg = (x.astype(np.int64) - x_zp).reshape(n, group, cg, h, wd)
+    wg = w.astype(np.int64).reshape(group, oc // group, cg, kh_n, kw_n)
+    acc = np.zeros((n, group, oc // group, full_h, full_w), dtype=np.int64)
+    for kh in range(kh_n):
+        for kw in range(kw_n):
+            acc[:, :, :, kh * dh: kh * dh + (h - 1) * sh + 1: sh, kw * dw: kw * dw + (wd - 1) * sw + 1: sw] += \
+                np.einsum("ngcij,goc->ngoij", xg, wg[:, :, :, kh, kw])
+    acc = acc.reshape(n, oc, full_h, full_w)[:, :, pads[0]: pads[0] + oh, pads[1]: pads[1] + ow]
+    acc = acc + bias.astype(np.int64)[None, :, None, None]
+    acc = mbqm(acc, mult[None, :, None, None], shift[None, :, None, None])
+    return _finish(acc, y_zp, act_min, act_max, lut)
+
+
+RESIZE_ONE = 2048  # fixed-point 1.0 of the per-axis interpolation weights
+
+
+def _resize_taps(table, size):
+    """(i0, i1, w1) per output position, clamped into the input (the kernels clamp identically)."""
+    t = table.astype(np.int64).reshape(-1, 3)
+    return np.clip(t[:, 0], 0, size - 1), np.clip(t[:, 1], 0, size - 1), np.clip(t[:, 2], 0, RESIZE_ONE)
+
+
+def resize(x, ytab, xtab, *, zp):
+    """Separable 2-D resize (nearest or bilinear) on tables of taps computed by the converter.
+
+    Row r of ``ytab`` (``xtab``) is (i0, i1, w1): output row r reads input rows i0 and i1 with weights
+    2048 - w1 and w1 (nearest: w1 = 0). Input and output share one quantization; the weighted sum
+    (scale 2^22) is rounded half away from zero.
+    """
+    d = x.astype(np.int64) - zp
+    y0, y1, wy = _resize_taps(ytab, x.shape[2])
+    x0, x1, wx = _resize_taps(xtab, x.shape[3])
+    rows = d[:, :, y0, :] * (RESIZE_ONE - wy)[:, None] + d[:, :, y1, :] * wy[:, None]
+    acc = rows[..., x0] * (RESIZE_ONE - wx) + rows[..., x1] * wx
+    return np.clip(rounding_divide_by_pot(acc, 22) + zp, -128, 127).astype(np.int8)
+
+
+def isqrt(v: np.ndarray) -> np.ndarray:
+    """floor(sqrt(v)) of non-negative int64 values, exactly (the digit-by-digit method of the kernels)."""
+    v = np.asarray(v, dtype=np.int64).copy()
+    root = np.zeros_like(v)
+    bit = np.int64(1) << 62
+    while bit:
+        trial = root + bit
+        take = v >= trial
+        v = np.where(take, v - trial, v)
+        root = np.where(take, (root >> 1) + bit, root >> 1)
+        bit >>= 2
+    return root
+
+
+LN_NORM_BITS = 12  # fraction bits of the normalised value (x - mean) / std
+LN_OUT_BITS = 24   # fraction bits of gamma * normalised + beta before the final rounding
+
+
+def layer_norm(x, gamma, beta, *, x_zp, y_zp, eps, act_min, act_max):
+    """Integer-only LayerNorm over the last axis (I-LayerNorm style, REFERENCE.md section 1).
+
+    With d = x - x_zp and C values per row: c = C*d - sum(d) is C times the deviation from the mean
+    (exact), var = sum(c^2) // C + eps is C^2 times the variance (eps already in those units), std =
+    isqrt(var), and the normalised value is round(c * 2^12 / std). ``gamma`` holds round(g / s_y * 2^12)
+    and ``beta`` round(b / s_y * 2^24) (int32, saturated), so the output is
+    round((norm * gamma + beta) / 2^24) + y_zp.
+    """
+    d = x.astype(np.int64) - x_zp
+    cols = d.shape[-1]
+    c = cols * d - d.sum(axis=-1, keepdims=True)
+    var = (c * c).sum(axis=-1, keepdims=True) // cols + eps
+    std = np.maximum(isqrt(var), 1)
+    norm = rounded_div(c << LN_NORM_BITS, std)
+    acc = norm * gamma.astype(np.int64) + beta.astype(np.int64)
+    return np.clip(rounding_divide_by_pot(acc, LN_OUT_BITS) + y_zp, act_min, act_max).astype(np.int8)

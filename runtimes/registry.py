@@ -214,6 +214,77 @@ def _ref_copy_window(n: Node, x: list[np.ndarray]) -> np.ndarray:
     return ref.copy_window(*x, **n.attrs)
 
 
+STRIDED_RANK = 6  # dimensions of a QStridedCopy view (per sample); unused leading ones have size 1
+
+
+# --- QStridedCopy: [x] -> y, Transpose and Slice as one gather
+# words: x x_count y offset | dims[6] | strides[6]   (element strides into x, may be negative)
+def _enc_strided(n: Node, ctx: EncodeContext) -> list[int]:
+    a = n.attrs
+    pad = STRIDED_RANK - len(a["shape"])
+    if pad < 0:
+        raise ValueError(f"{n.op} {n.name}: more than {STRIDED_RANK} dimensions per sample")
+    return [ctx.act(n.inputs[0]), int(np.prod(ctx.shape(n.inputs[0]))), ctx.act(n.outputs[0]), a["offset"],
+            *([1] * pad + list(a["shape"])), *([0] * pad + list(a["strides"]))]
+
+
+def _ref_strided(n: Node, x: list[np.ndarray]) -> np.ndarray:
+    return ref.strided_copy(x[0], **n.attrs)
+
+
+# --- QMatMul: [a, b, bias, mult, shift, lut?] -> y ; a [..., M, K], b constant [N, K] or activation [..., K, N]
+# words: a b b_const bias mult shift lut y | batch M K N | b_batch_stride b_k_stride b_n_stride |
+#        a_zp b_zp y_zp min max      (bias, mult, shift: int32[N]; y [batch, M, N])
+def _enc_matmul(n: Node, ctx: EncodeContext) -> list[int]:
+    a = n.attrs
+    a_shape, y_shape = ctx.shape(n.inputs[0]), ctx.shape(n.outputs[0])
+    m, k, cols = a_shape[-2] if len(a_shape) > 1 else 1, a_shape[-1], y_shape[-1]
+    batch = int(np.prod(a_shape[:-2])) if len(a_shape) > 2 else 1
+    const = ctx.is_const(n.inputs[1])
+    strides = [0, 1, k] if a["b_nk"] else [k * cols, cols, 1]
+    b_off = ctx.const(n.inputs[1]) if const else ctx.act(n.inputs[1])
+    return [ctx.act(n.inputs[0]), b_off, int(const), *(ctx.const(t) for t in n.inputs[2:5]), _optional(ctx, n, 5),
+            ctx.act(n.outputs[0]), batch, m, k, cols, *strides, a["a_zp"], a["b_zp"], a["y_zp"], *_clamp(a)]
+
+
+def _ref_matmul(n: Node, x: list[np.ndarray]) -> np.ndarray:
+    return ref.matmul(*x, **n.attrs)
+
+
+# --- QConvTranspose: [x, w [OC, C/group, KH, KW], bias, mult, shift, lut?] -> y ; words as QConv
+def _enc_conv_transpose(n: Node, ctx: EncodeContext) -> list[int]:
+    return _enc_conv(n, ctx)
+
+
+def _ref_conv_transpose(n: Node, x: list[np.ndarray]) -> np.ndarray:
+    return ref.conv_transpose(*x, **n.attrs)
+
+
+# --- QResize: [x, ytab int32[OH, 3], xtab int32[OW, 3]] -> y ; words: x ytab xtab y | C H W OH OW | zp
+def _enc_resize(n: Node, ctx: EncodeContext) -> list[int]:
+    c, h, w = ctx.shape(n.inputs[0])
+    _, oh, ow = ctx.shape(n.outputs[0])
+    return [ctx.act(n.inputs[0]), ctx.const(n.inputs[1]), ctx.const(n.inputs[2]), ctx.act(n.outputs[0]),
+            c, h, w, oh, ow, n.attrs["zp"]]
+
+
+def _ref_resize(n: Node, x: list[np.ndarray]) -> np.ndarray:
+    return ref.resize(*x, **n.attrs)
+
+
+# --- QLayerNorm: [x, gamma int32[C], beta int32[C]] -> y over the last axis
+# words: x gamma beta y | rows cols | x_zp y_zp eps min max
+def _enc_layer_norm(n: Node, ctx: EncodeContext) -> list[int]:
+    a = n.attrs
+    shape = ctx.shape(n.inputs[0])
+    return [ctx.act(n.inputs[0]), ctx.const(n.inputs[1]), ctx.const(n.inputs[2]), ctx.act(n.outputs[0]),
+            int(np.prod(shape)) // shape[-1], shape[-1], a["x_zp"], a["y_zp"], a["eps"], *_clamp(a)]
+
+
+def _ref_layer_norm(n: Node, x: list[np.ndarray]) -> np.ndarray:
+    return ref.layer_norm(*x, **n.attrs)
+
+
 OPS: dict[str, OpDef] = {op.name: op for op in [
     OpDef("QConv", 1, _ref_conv, _enc_conv),
     OpDef("QFullyConnected", 2, _ref_fc, _enc_fc),
@@ -226,17 +297,27 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
     OpDef("QConcat", 9, _ref_concat, _enc_concat),
     OpDef("QReshape", 10, _ref_reshape, _enc_reshape, alias=0),
     OpDef("QCopyWindow", 11, _ref_copy_window, _enc_copy_window, alias=1),
+    OpDef("QStridedCopy", 12, _ref_strided, _enc_strided),
+    OpDef("QMatMul", 13, _ref_matmul, _enc_matmul),
+    OpDef("QConvTranspose", 14, _ref_conv_transpose, _enc_conv_transpose),
+    OpDef("QResize", 15, _ref_resize, _enc_resize),
+    OpDef("QLayerNorm", 16, _ref_layer_norm, _enc_layer_norm),
 ]}
 
 
 def node_macs(node: Node, graph: Graph) -> int:
-    """Multiply-accumulates of one node per sample (convolutions and fully connected layers; else 0)."""
+    """Multiply-accumulates of one node per sample (convolutions and matrix products; else 0)."""
     if node.op == "QConv":
         _, cg, kh, kw = graph.tensors[node.inputs[1]].shape
         return graph.tensors[node.outputs[0]].sample_nbytes * cg * kh * kw  # int8: bytes == elements
     if node.op == "QFullyConnected":
         oc, k = graph.tensors[node.inputs[1]].shape
         return oc * k
+    if node.op == "QMatMul":
+        return graph.tensors[node.outputs[0]].sample_nbytes * graph.tensors[node.inputs[0]].shape[-1]
+    if node.op == "QConvTranspose":
+        oc, _, kh, kw = graph.tensors[node.inputs[1]].shape
+        return graph.tensors[node.inputs[0]].sample_nbytes * oc // node.attrs["group"] * kh * kw
     return 0
 
 

@@ -175,6 +175,67 @@ def _copy_window(rng: np.random.Generator, canvas: bool):
     return make_graph("QCopyWindow", acts, {}, list(acts), attrs)
 
 
+def _strided(rng: np.random.Generator, perm: tuple, step: int):
+    """A transpose of a [2, 3, 4, 5] sample with a slice (step ``step``, maybe negative) on its last axis."""
+    shape = (2, 3, 4, 5)
+    strides = [60, 20, 5, 1]
+    out = [shape[p] for p in perm]
+    st_ = [strides[p] for p in perm]
+    offset = 0
+    if step < 0:
+        offset += (out[-1] - 1) * st_[-1]
+    out[-1] = len(range(0, out[-1], abs(step)))
+    st_[-1] *= step
+    attrs = {"shape": out, "strides": st_, "offset": offset}
+    return make_graph("QStridedCopy", {"x": _i8(rng, (2,) + shape)}, {}, ["x"], attrs)
+
+
+def _matmul(rng: np.random.Generator, weights: bool):
+    m, k, n = int(rng.integers(1, 9)), int(rng.choice([1, 15, 64, 120])), int(rng.integers(1, 40))
+    mult, shift = _requant(rng, n)
+    consts = {"bias": rng.integers(-(1 << 20), 1 << 20, size=n).astype(np.int32), "m": mult, "s": shift}
+    acts = {"a": _i8(rng, (2, 3, m, k))}
+    if weights:
+        consts["b"] = _i8(rng, (n, k))
+    else:
+        acts["b"] = _i8(rng, (2, 3, k, n))
+    attrs = dict(b_nk=int(weights), a_zp=int(rng.integers(-128, 128)),
+                 b_zp=0 if weights else int(rng.integers(-128, 128)), y_zp=int(rng.integers(-128, 128)),
+                 act_min=-128, act_max=127)
+    return make_graph("QMatMul", acts, consts, ["a", "b", "bias", "m", "s"], attrs)
+
+
+def _conv_transpose(rng: np.random.Generator, k: int, stride: int, pad: int):
+    c, oc, h, w = 3, 4, 5, 6
+    full = [(h - 1) * stride + k, (w - 1) * stride + k]
+    mult, shift = _requant(rng, oc)
+    consts = {"w": _i8(rng, (oc, c, k, k)), "b": rng.integers(-(1 << 20), 1 << 20, size=oc).astype(np.int32),
+              "m": mult, "s": shift}
+    attrs = dict(strides=[stride, stride], pads=[pad] * 4, dilations=[1, 1], group=1,
+                 out=[f - 2 * pad for f in full], x_zp=int(rng.integers(-128, 128)), y_zp=int(rng.integers(-128, 128)),
+                 act_min=-128, act_max=127)
+    return make_graph("QConvTranspose", {"x": _i8(rng, (2, c, h, w))}, consts, ["x", "w", "b", "m", "s"], attrs)
+
+
+def _resize(rng: np.random.Generator, hostile: bool):
+    c, h, w, oh, ow = 3, 4, 5, 8, 11
+    tabs = {"yt": np.stack([np.arange(oh) // 2, np.minimum(np.arange(oh) // 2 + 1, h - 1), (np.arange(oh) % 2) * 1024],
+                           axis=1).astype(np.int32),
+            "xt": np.stack([np.arange(ow) * w // ow] * 2 + [np.zeros(ow, np.int64)], axis=1).astype(np.int32)}
+    if hostile:  # out-of-range indices and weights are clamped, never read outside the input
+        tabs["yt"] = rng.integers(-100, 5000, size=(oh, 3)).astype(np.int32)
+    return make_graph("QResize", {"x": _i8(rng, (2, c, h, w))}, tabs, ["x", "yt", "xt"],
+                      {"zp": int(rng.integers(-128, 128))})
+
+
+def _layer_norm(rng: np.random.Generator, cols: int):
+    consts = {"g": rng.integers(-(1 << 20), 1 << 20, size=cols).astype(np.int32),
+              "b": rng.integers(-(1 << 31), (1 << 31) - 1, size=cols).astype(np.int32)}
+    attrs = dict(x_zp=int(rng.integers(-128, 128)), y_zp=int(rng.integers(-128, 128)), eps=int(rng.integers(0, 1 << 20)),
+                 act_min=-128, act_max=127)
+    return make_graph("QLayerNorm", {"x": _i8(rng, (2, 7, cols))}, consts, ["x", "g", "b"], attrs)
+
+
 def make_cases(seed: int = 0) -> list[tuple[Graph, dict]]:
     """A fixed set of single-op graphs covering every op and the layouts the kernels special-case."""
     rng = np.random.default_rng(seed)
@@ -192,6 +253,10 @@ def make_cases(seed: int = 0) -> list[tuple[Graph, dict]]:
     cases += [_pool(rng, "QMaxPool", wide=True), _pool(rng, "QAvgPool", wide=True)]
     cases += [_softmax(rng) for _ in range(3)] + [_concat(rng) for _ in range(4)] + [_lut(rng), _reshape(rng)]
     cases += [_copy_window(rng, False), _copy_window(rng, True)]
+    cases += [_strided(rng, (3, 1, 0, 2), 1), _strided(rng, (0, 2, 1, 3), -2), _strided(rng, (2, 3, 0, 1), 2)]
+    cases += [_matmul(rng, w) for w in (True, False, True, False)]
+    cases += [_conv_transpose(rng, 2, 2, 0), _conv_transpose(rng, 3, 2, 1), _conv_transpose(rng, 4, 3, 2)]
+    cases += [_resize(rng, False), _resize(rng, True), _layer_norm(rng, 1), _layer_norm(rng, 120)]
     return cases
 
 

@@ -210,3 +210,118 @@ def test_copy_window(backend, seed, canvas):
              "size": [wh, ww], "out": [oh, ow]}
     acts = {"x": x, "canvas": i8(rng, (n, c, oh, ow))} if canvas else {"x": x}
     assert_bit_exact(*make_graph("QCopyWindow", acts, {}, list(acts), attrs), backend)
+
+
+def _transpose_or_slice(rng: np.random.Generator, shape: tuple) -> dict:
+    """QStridedCopy attributes of a random permutation of ``shape`` followed by a random slice."""
+    rank = len(shape)
+    strides = [int(np.prod(shape[k + 1:])) for k in range(rank)]
+    perm = [int(p) for p in rng.permutation(rank)]
+    out, st_, offset = [], [], 0
+    for p in perm:
+        d, s = shape[p], strides[p]
+        step = int(rng.choice([1, 1, 2, -1]))
+        if step > 0:
+            start = int(rng.integers(0, d))
+            count = len(range(start, d, step))
+        else:
+            start = int(rng.integers(0, d))
+            count = start + 1
+        count = int(rng.integers(1, count + 1))
+        offset += start * s
+        out.append(count)
+        st_.append(step * s)
+    return {"shape": out, "strides": st_, "offset": offset}
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1))
+def test_strided_copy(backend, seed):
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(v) for v in rng.integers(1, 6, size=int(rng.integers(1, 7))))
+    x = i8(rng, (int(rng.integers(1, 3)),) + shape)
+    assert_bit_exact(*make_graph("QStridedCopy", {"x": x}, {}, ["x"], _transpose_or_slice(rng, shape)), backend)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), weights=st.booleans())
+def test_matmul(backend, seed, weights):
+    """Constant weights [N, K] (a Linear layer on a sequence) or two activations (attention)."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 3))
+    lead = tuple(int(v) for v in rng.integers(1, 4, size=int(rng.integers(0, 3))))
+    m, k, cols = (int(v) for v in rng.integers(1, 40, size=3))
+    acts = {"a": i8(rng, (n,) + lead + (m, k))}
+    mult, shift = requant(rng, cols, -18, 0)
+    consts = {"bias": rng.integers(-(1 << 16), 1 << 16, size=cols).astype(np.int32), "m": mult, "s": shift}
+    if weights:
+        consts["b"] = np.clip(i8(rng, (cols, k)), -127, 127).astype(np.int8)
+    else:
+        acts["b"] = i8(rng, (n,) + lead + (k, cols))
+    order = ["a", "b", "bias", "m", "s"]
+    maybe_lut(rng, consts, order)
+    lo, hi = act_range(rng)
+    attrs = dict(b_nk=int(weights), a_zp=int(rng.integers(-128, 128)),
+                 b_zp=0 if weights else int(rng.integers(-128, 128)), y_zp=int(rng.integers(-128, 128)),
+                 act_min=lo, act_max=hi)
+    assert_bit_exact(*make_graph("QMatMul", acts, consts, order, attrs), backend)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1))
+def test_conv_transpose(backend, seed):
+    rng = np.random.default_rng(seed)
+    group = int(rng.integers(1, 3))
+    cg, ocg = (int(v) for v in rng.integers(1, 5, size=2))
+    kh, kw = (int(v) for v in rng.integers(1, 5, size=2))
+    strides = [int(v) for v in rng.integers(1, 4, size=2)]
+    dil = [int(v) for v in rng.integers(1, 3, size=2)]
+    h, w = (int(v) for v in rng.integers(1, 9, size=2))
+    pads = [int(rng.integers(0, kh)), int(rng.integers(0, kw))]
+    full = [(h - 1) * strides[0] + dil[0] * (kh - 1) + 1, (w - 1) * strides[1] + dil[1] * (kw - 1) + 1]
+    extra = [int(rng.integers(0, s)) for s in strides]  # ONNX output_padding
+    out = [max(1, f - 2 * p + e) for f, p, e in zip(full, pads, extra)]
+    oc = group * ocg
+    mult, shift = requant(rng, oc)
+    consts = {"w": np.clip(i8(rng, (oc, cg, kh, kw)), -127, 127).astype(np.int8),
+              "b": rng.integers(-(1 << 16), 1 << 16, size=oc).astype(np.int32), "m": mult, "s": shift}
+    order = ["x", "w", "b", "m", "s"]
+    maybe_lut(rng, consts, order)
+    lo, hi = act_range(rng)
+    attrs = dict(strides=strides, pads=pads + pads, dilations=dil, group=group, out=out,
+                 x_zp=int(rng.integers(-128, 128)), y_zp=int(rng.integers(-128, 128)), act_min=lo, act_max=hi)
+    x = i8(rng, (int(rng.integers(1, 3)), group * cg, h, w))
+    assert_bit_exact(*make_graph("QConvTranspose", {"x": x}, consts, order, attrs), backend)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), mode=st.sampled_from(["nearest", "linear"]),
+       coord=st.sampled_from(["asymmetric", "half_pixel", "align_corners"]))
+def test_resize(backend, seed, mode, coord):
+    from edgeq.converters.resize_tables import resize_table
+    rng = np.random.default_rng(seed)
+    c, h, w = (int(v) for v in rng.integers(1, 7, size=3))
+    oh, ow = int(rng.integers(1, 3 * h + 1)), int(rng.integers(1, 3 * w + 1))
+    tabs = {"yt": resize_table(h, oh, mode, coord, "floor"), "xt": resize_table(w, ow, mode, coord, "round_prefer_floor")}
+    if rng.random() < 0.2:  # hostile tables: the kernels clamp indices and weights like the reference
+        tabs["yt"] = rng.integers(-5, 3000, size=(oh, 3)).astype(np.int32)
+    x = i8(rng, (int(rng.integers(1, 3)), c, h, w))
+    graph = make_graph("QResize", {"x": x}, tabs, ["x", "yt", "xt"], {"zp": int(rng.integers(-128, 128))})
+    assert_bit_exact(*graph, backend)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1))
+def test_layer_norm(backend, seed):
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(v) for v in rng.integers(1, 6, size=int(rng.integers(0, 3)))) + (int(rng.integers(1, 200)),)
+    cols = shape[-1]
+    x = i8(rng, (int(rng.integers(1, 3)),) + shape)
+    if rng.random() < 0.2:
+        x[...] = x.reshape(-1)[0]  # constant rows: zero variance
+    consts = {"g": rng.integers(-(1 << 20), 1 << 20, size=cols).astype(np.int32),
+              "b": rng.integers(-(1 << 31), (1 << 31) - 1, size=cols).astype(np.int32)}
+    lo, hi = act_range(rng)
+    attrs = dict(x_zp=int(rng.integers(-128, 128)), y_zp=int(rng.integers(-128, 128)),
+                 eps=int(rng.choice([0, 1, int(rng.integers(0, 1 << 30))])), act_min=lo, act_max=hi)
+    assert_bit_exact(*make_graph("QLayerNorm", {"x": x}, consts, ["x", "g", "b"], attrs), backend)

@@ -88,6 +88,10 @@
 #define EDGEQ_K_INT32 65793
 /* Bound on every dimension a program may use, so that window arithmetic stays within int32. */
 #define EDGEQ_DIM_MAX ((int64_t)1 << 30)
+/* Reduction length of QMatMul / QConvTranspose: 33000 * 255 * 255 < 2^31, so int32 sums cannot overflow. */
+#define EDGEQ_MATMUL_K_MAX 33000
+/* Row length of QLayerNorm: keeps the sum of squared (scaled) deviations inside int64. */
+#define EDGEQ_LN_COLS_MAX 4096
 
 static int edgeq_threads = 1;
 
@@ -2786,6 +2790,222 @@ void edgeq_copy_window(const int8_t *x, const int8_t *canvas, int8_t *y, int32_t
                     x + (size_t)c * (size_t)H * (size_t)W + (size_t)(sy + r) * (size_t)W + (size_t)sx, (size_t)w);
 }
 
+/* ---- Layout, attention and upsampling ops -------------------------------------------------------
+ * Portable loops (reference.strided_copy, matmul, conv_transpose, resize, layer_norm): these ops are
+ * small next to the convolutions of the mobile models that use them. */
+
+/* Clamp an int64 to [lo, hi] and apply the optional table. */
+static int8_t clamp_lut(int64_t v, int32_t lo, int32_t hi, const int8_t *lut)
+{
+    const int8_t q = (int8_t)(v < lo ? lo : v > hi ? hi : v);
+    return lut ? lut[(int32_t)q + 128] : q;
+}
+
+void edgeq_strided_copy(const int8_t *x, int8_t *y, int64_t offset, const int32_t dims[6], const int32_t strides[6])
+{
+    int64_t o = 0;
+    int32_t i0, i1, i2, i3, i4, i5;
+    for (i0 = 0; i0 < dims[0]; i0++)
+        for (i1 = 0; i1 < dims[1]; i1++)
+            for (i2 = 0; i2 < dims[2]; i2++)
+                for (i3 = 0; i3 < dims[3]; i3++)
+                    for (i4 = 0; i4 < dims[4]; i4++) {
+                        const int64_t b = offset + (int64_t)i0 * strides[0] + (int64_t)i1 * strides[1] +
+                                          (int64_t)i2 * strides[2] + (int64_t)i3 * strides[3] +
+                                          (int64_t)i4 * strides[4];
+                        for (i5 = 0; i5 < dims[5]; i5++)
+                            y[o++] = x[b + (int64_t)i5 * strides[5]];
+                    }
+}
+
+/* Dot product of contiguous rows (the weights case, b [N, K]): a loop the compiler vectorizes. */
+static int32_t dot_rows(const int8_t *restrict a, const int8_t *restrict b, int32_t K, int32_t a_zp, int32_t b_zp)
+{
+    int32_t k, acc = 0;
+    for (k = 0; k < K; k++)
+        acc += ((int32_t)a[k] - a_zp) * ((int32_t)b[k] - b_zp);
+    return acc;
+}
+
+#define MATMUL_COLS 256 /* accumulators of the row-times-matrix path, on the stack */
+
+void edgeq_matmul(const int8_t *a, const int8_t *b, const int32_t *bias, const int32_t *mult, const int32_t *shift,
+                  const int8_t *lut, int8_t *y, int32_t batch, int32_t M, int32_t K, int32_t N, int64_t b_bs,
+                  int64_t b_sk, int64_t b_sn, int32_t a_zp, int32_t b_zp, int32_t y_zp, int32_t act_min,
+                  int32_t act_max)
+{
+    int32_t t, m, k, n, n0;
+    for (t = 0; t < batch; t++)
+        for (m = 0; m < M; m++) {
+            const int8_t *ar = a + ((int64_t)t * M + m) * K;
+            const int8_t *bt = b + t * b_bs;
+            int8_t *yr = y + ((int64_t)t * M + m) * N;
+            if (b_sk == 1 || b_sn != 1) {
+                for (n = 0; n < N; n++) {
+                    const int8_t *bc = bt + n * b_sn;
+                    int32_t acc = 0;
+                    if (b_sk == 1)
+                        acc = dot_rows(ar, bc, K, a_zp, b_zp);
+                    else
+                        for (k = 0; k < K; k++)
+                            acc += ((int32_t)ar[k] - a_zp) * ((int32_t)bc[k * b_sk] - b_zp);
+                    yr[n] = clamp_lut((int64_t)edgeq_mbqm((int64_t)acc + bias[n], mult[n], shift[n]) + y_zp,
+                                      act_min, act_max, lut);
+                }
+                continue;
+            }
+            /* b [K, N] with contiguous rows (attention): accumulate row k of b into a block of columns. */
+            for (n0 = 0; n0 < N; n0 += MATMUL_COLS) {
+                const int32_t nb = N - n0 < MATMUL_COLS ? N - n0 : MATMUL_COLS;
+                int32_t acc[MATMUL_COLS];
+                for (n = 0; n < nb; n++)
+                    acc[n] = 0;
+                for (k = 0; k < K; k++) {
+                    const int32_t av = (int32_t)ar[k] - a_zp;
+                    const int8_t *br = bt + k * b_sk + n0;
+                    for (n = 0; n < nb; n++)
+                        acc[n] += av * ((int32_t)br[n] - b_zp);
+                }
+                for (n = 0; n < nb; n++)
+                    yr[n0 + n] = clamp_lut((int64_t)edgeq_mbqm((int64_t)acc[n] + bias[n0 + n], mult[n0 + n],
+                                                               shift[n0 + n]) + y_zp, act_min, act_max, lut);
+            }
+        }
+}
+
+void edgeq_conv_transpose(const int8_t *x, const int8_t *w, const int32_t *bias, const int32_t *mult,
+                          const int32_t *shift, const int8_t *lut, int8_t *y, int32_t C, int32_t H, int32_t W,
+                          int32_t OC, int32_t OH, int32_t OW, int32_t KH, int32_t KW, int32_t sh, int32_t sw,
+                          int32_t pt, int32_t pl, int32_t dh, int32_t dw, int32_t group, int32_t x_zp,
+                          int32_t y_zp, int32_t act_min, int32_t act_max)
+{
+    const int32_t cg = C / group, ocg = OC / group;
+    int32_t oc, oy, ox, ic, ky, kx;
+    for (oc = 0; oc < OC; oc++) {
+        const int32_t g = oc / ocg;
+        for (oy = 0; oy < OH; oy++)
+            for (ox = 0; ox < OW; ox++) {
+                int32_t acc = 0;
+                for (ic = 0; ic < cg; ic++) {
+                    const int8_t *xc = x + (int64_t)(g * cg + ic) * H * W;
+                    const int8_t *wc = w + ((int64_t)oc * cg + ic) * KH * KW;
+                    for (ky = 0; ky < KH; ky++) {
+                        const int64_t ty = (int64_t)oy + pt - (int64_t)ky * dh;
+                        if (ty < 0 || ty % sh != 0 || ty / sh >= H)
+                            continue;
+                        for (kx = 0; kx < KW; kx++) {
+                            const int64_t tx = (int64_t)ox + pl - (int64_t)kx * dw;
+                            if (tx < 0 || tx % sw != 0 || tx / sw >= W)
+                                continue;
+                            acc += ((int32_t)xc[(ty / sh) * W + tx / sw] - x_zp) * (int32_t)wc[ky * KW + kx];
+                        }
+                    }
+                }
+                y[((int64_t)oc * OH + oy) * OW + ox] =
+                    clamp_lut((int64_t)edgeq_mbqm((int64_t)acc + bias[oc], mult[oc], shift[oc]) + y_zp, act_min,
+                              act_max, lut);
+            }
+    }
+}
+
+/* Row r of a resize table (i0, i1, w1), clamped into the input as reference._resize_taps does. */
+static void resize_tap(const int32_t *table, int32_t r, int32_t size, int32_t *i0, int32_t *i1, int64_t *w1)
+{
+    const int32_t a = table[3 * r], b = table[3 * r + 1], w = table[3 * r + 2];
+    *i0 = a < 0 ? 0 : a > size - 1 ? size - 1 : a;
+    *i1 = b < 0 ? 0 : b > size - 1 ? size - 1 : b;
+    *w1 = w < 0 ? 0 : w > 2048 ? 2048 : w;
+}
+
+void edgeq_resize(const int8_t *x, const int32_t *ytab, const int32_t *xtab, int8_t *y, int32_t C, int32_t H,
+                  int32_t W, int32_t OH, int32_t OW, int32_t zp)
+{
+    int32_t c, oy, ox, y0, y1, x0, x1;
+    int64_t wy, wx;
+    int nearest = 1;
+    for (ox = 0; ox < OW; ox++) {
+        resize_tap(xtab, ox, W, &x0, &x1, &wx);
+        nearest &= wx == 0;
+    }
+    for (oy = 0; oy < OH; oy++) {
+        resize_tap(ytab, oy, H, &y0, &y1, &wy);
+        nearest &= wy == 0;
+    }
+    if (nearest) { /* every weight 0 (nearest neighbour): a gather, the arithmetic below gives the same bytes */
+        for (c = 0; c < C; c++)
+            for (oy = 0; oy < OH; oy++) {
+                const int8_t *r0;
+                int8_t *yr = y + ((int64_t)c * OH + oy) * OW;
+                resize_tap(ytab, oy, H, &y0, &y1, &wy);
+                r0 = x + ((int64_t)c * H + y0) * W;
+                for (ox = 0; ox < OW; ox++) {
+                    resize_tap(xtab, ox, W, &x0, &x1, &wx);
+                    yr[ox] = r0[x0];
+                }
+            }
+        return;
+    }
+    for (c = 0; c < C; c++)
+        for (oy = 0; oy < OH; oy++) {
+            const int8_t *r0, *r1;
+            resize_tap(ytab, oy, H, &y0, &y1, &wy);
+            r0 = x + ((int64_t)c * H + y0) * W;
+            r1 = x + ((int64_t)c * H + y1) * W;
+            for (ox = 0; ox < OW; ox++) {
+                int64_t top, bot, v;
+                resize_tap(xtab, ox, W, &x0, &x1, &wx);
+                top = ((int64_t)r0[x0] - zp) * (2048 - wx) + ((int64_t)r0[x1] - zp) * wx;
+                bot = ((int64_t)r1[x0] - zp) * (2048 - wx) + ((int64_t)r1[x1] - zp) * wx;
+                v = edgeq_rdbpot(top * (2048 - wy) + bot * wy, 22) + zp;
+                y[((int64_t)c * OH + oy) * OW + ox] = (int8_t)(v < -128 ? -128 : v > 127 ? 127 : v);
+            }
+        }
+}
+
+/* floor(sqrt(v)) for v >= 0, digit by digit (reference.isqrt). */
+static int64_t isqrt64(int64_t v)
+{
+    int64_t root = 0, bit = (int64_t)1 << 62;
+    while (bit != 0) {
+        const int64_t trial = root + bit;
+        if (v >= trial) {
+            v -= trial;
+            root = (root >> 1) + bit;
+        } else {
+            root >>= 1;
+        }
+        bit >>= 2;
+    }
+    return root;
+}
+
+void edgeq_layer_norm(const int8_t *x, const int32_t *gamma, const int32_t *beta, int8_t *y, int32_t rows,
+                      int32_t cols, int32_t x_zp, int32_t y_zp, int64_t eps, int32_t act_min, int32_t act_max)
+{
+    int32_t r, i;
+    for (r = 0; r < rows; r++) {
+        const int8_t *xr = x + (int64_t)r * cols;
+        int8_t *yr = y + (int64_t)r * cols;
+        int64_t total = 0, ss = 0, std;
+        for (i = 0; i < cols; i++)
+            total += (int64_t)xr[i] - x_zp;
+        for (i = 0; i < cols; i++) {
+            const int64_t c = (int64_t)cols * ((int64_t)xr[i] - x_zp) - total;
+            ss += c * c;
+        }
+        std = isqrt64(ss / cols + eps);
+        if (std < 1)
+            std = 1;
+        for (i = 0; i < cols; i++) {
+            const int64_t c = (int64_t)cols * ((int64_t)xr[i] - x_zp) - total;
+            /* c * 2^12 written as a product: left shifts of negative values are undefined in C. */
+            const int64_t norm = rounded_div(c * 4096, std);
+            const int64_t v = edgeq_rdbpot(norm * gamma[i] + beta[i], 24) + y_zp;
+            yr[i] = (int8_t)(v < act_min ? act_min : v > act_max ? act_max : v);
+        }
+    }
+}
+
 /* ---- Program decoding --------------------------------------------------------------------------- */
 
 /* Where operands live; with `validate` set only check operand spans against the sizes, else run. */
@@ -3137,6 +3357,150 @@ static int op_copy_window(const ctx_t *cx, const int64_t *v, int64_t n)
     return EDGEQ_OK;
 }
 
+/* words: x x_count y offset | dims[6] | strides[6] */
+static int op_strided_copy(const ctx_t *cx, const int64_t *v, int64_t n)
+{
+    int64_t lo, hi, count = 1;
+    int32_t dims[6], strides[6];
+    int k;
+    if (n != 16)
+        return EDGEQ_E_RECORD;
+    CHECK(in_range(v[1], 1, INT32_MAX));
+    lo = hi = v[3];
+    for (k = 0; k < 6; k++) {
+        const int64_t d = v[4 + k], s = v[10 + k];
+        CHECK(is_dim(d) && in_range(s, -(int64_t)INT32_MAX, INT32_MAX));
+        count = count3(count, d, 1);
+        CHECK(count > 0);
+        if (s < 0)
+            lo += (d - 1) * s;
+        else
+            hi += (d - 1) * s;
+        dims[k] = (int32_t)d;
+        strides[k] = (int32_t)s;
+    }
+    CHECK(lo >= 0 && hi < v[1]);
+    TRY(span(cx, v[0], v[1], 0, 1));
+    TRY(span(cx, v[2], count, 0, 1));
+    if (!cx->validate)
+        edgeq_strided_copy(cx->arena + v[0], cx->arena + v[2], v[3], dims, strides);
+    return EDGEQ_OK;
+}
+
+/* words: a b b_const bias mult shift lut y | batch M K N | b_batch_stride b_k_stride b_n_stride |
+ *        a_zp b_zp y_zp min max */
+static int op_matmul(const ctx_t *cx, const int64_t *v, int64_t n)
+{
+    int64_t a_n, y_n, b_n;
+    int k;
+    if (n != 20)
+        return EDGEQ_E_RECORD;
+    CHECK(v[2] == 0 || v[2] == 1);
+    CHECK(is_dim(v[8]) && is_dim(v[9]) && in_range(v[10], 1, EDGEQ_MATMUL_K_MAX) && is_dim(v[11]));
+    for (k = 12; k < 15; k++)
+        CHECK(in_range(v[k], 0, INT32_MAX));
+    for (k = 15; k < 20; k++)
+        CHECK(is_i8(v[k]));
+    a_n = count3(v[8], v[9], v[10]);
+    y_n = count3(v[8], v[9], v[11]);
+    CHECK(a_n > 0 && y_n > 0);
+    b_n = (v[8] - 1) * v[12] + (v[10] - 1) * v[13] + (v[11] - 1) * v[14] + 1;
+    CHECK(b_n <= INT32_MAX);
+    TRY(span(cx, v[0], a_n, 0, 1));
+    TRY(span(cx, v[1], b_n, (int)v[2], 1));
+    TRY(span(cx, v[3], 4 * v[11], 1, 4));
+    TRY(span(cx, v[4], 4 * v[11], 1, 4));
+    TRY(span(cx, v[5], 4 * v[11], 1, 4));
+    TRY(lut_span(cx, v[6]));
+    TRY(span(cx, v[7], y_n, 0, 1));
+    if (!cx->validate)
+        edgeq_matmul(cx->arena + v[0], operand_ptr(cx, v[1], v[2]), (const int32_t *)(cx->pool + v[3]),
+                     (const int32_t *)(cx->pool + v[4]), (const int32_t *)(cx->pool + v[5]), lut_ptr(cx, v[6]),
+                     cx->arena + v[7], (int32_t)v[8], (int32_t)v[9], (int32_t)v[10], (int32_t)v[11], v[12], v[13],
+                     v[14], (int32_t)v[15], (int32_t)v[16], (int32_t)v[17], (int32_t)v[18], (int32_t)v[19]);
+    return EDGEQ_OK;
+}
+
+/* words as op_conv: x w bias mult shift lut y | C H W OC OH OW KH KW | sh sw pt pl dh dw group |
+ * x_zp y_zp min max (weights [OC, C/group, KH, KW]) */
+static int op_conv_transpose(const ctx_t *cx, const int64_t *v, int64_t n)
+{
+    int64_t xs, ys, ws, cg;
+    if (n != 26)
+        return EDGEQ_E_RECORD;
+    CHECK(is_dim(v[7]) && is_dim(v[8]) && is_dim(v[9]) && is_dim(v[10]) && is_dim(v[11]) && is_dim(v[12]));
+    CHECK(is_dim(v[13]) && is_dim(v[14]) && is_dim(v[15]) && is_dim(v[16]) && is_dim(v[19]) && is_dim(v[20]));
+    CHECK(in_range(v[17], 0, EDGEQ_DIM_MAX) && in_range(v[18], 0, EDGEQ_DIM_MAX) && is_dim(v[21]));
+    CHECK(v[7] % v[21] == 0 && v[10] % v[21] == 0);
+    CHECK(is_i8(v[22]) && is_i8(v[23]) && is_i8(v[24]) && is_i8(v[25]));
+    cg = v[7] / v[21];
+    CHECK(in_range(count3(cg, v[13], v[14]), 1, EDGEQ_MATMUL_K_MAX));
+    /* The furthest input coordinate a tap can ask for stays in int64 range. */
+    CHECK(v[11] + v[17] <= EDGEQ_DIM_MAX && v[12] + v[18] <= EDGEQ_DIM_MAX);
+    xs = count3(v[7], v[8], v[9]);
+    ys = count3(v[10], v[11], v[12]);
+    ws = count3(v[10], cg, count3(v[13], v[14], 1));
+    CHECK(xs > 0 && ys > 0 && ws > 0);
+    TRY(span(cx, v[0], xs, 0, 1));
+    TRY(span(cx, v[1], ws, 1, 1));
+    TRY(span(cx, v[2], 4 * v[10], 1, 4));
+    TRY(span(cx, v[3], 4 * v[10], 1, 4));
+    TRY(span(cx, v[4], 4 * v[10], 1, 4));
+    TRY(lut_span(cx, v[5]));
+    TRY(span(cx, v[6], ys, 0, 1));
+    if (!cx->validate)
+        edgeq_conv_transpose(cx->arena + v[0], (const int8_t *)(cx->pool + v[1]), (const int32_t *)(cx->pool + v[2]),
+                             (const int32_t *)(cx->pool + v[3]), (const int32_t *)(cx->pool + v[4]),
+                             lut_ptr(cx, v[5]), cx->arena + v[6], (int32_t)v[7], (int32_t)v[8], (int32_t)v[9],
+                             (int32_t)v[10], (int32_t)v[11], (int32_t)v[12], (int32_t)v[13], (int32_t)v[14],
+                             (int32_t)v[15], (int32_t)v[16], (int32_t)v[17], (int32_t)v[18], (int32_t)v[19],
+                             (int32_t)v[20], (int32_t)v[21], (int32_t)v[22], (int32_t)v[23], (int32_t)v[24],
+                             (int32_t)v[25]);
+    return EDGEQ_OK;
+}
+
+/* words: x ytab xtab y | C H W OH OW | zp */
+static int op_resize(const ctx_t *cx, const int64_t *v, int64_t n)
+{
+    int64_t xs, ys;
+    if (n != 10)
+        return EDGEQ_E_RECORD;
+    CHECK(is_dim(v[4]) && is_dim(v[5]) && is_dim(v[6]) && is_dim(v[7]) && is_dim(v[8]) && is_i8(v[9]));
+    xs = count3(v[4], v[5], v[6]);
+    ys = count3(v[4], v[7], v[8]);
+    CHECK(xs > 0 && ys > 0 && count3(v[7], 12, 1) > 0 && count3(v[8], 12, 1) > 0);
+    TRY(span(cx, v[0], xs, 0, 1));
+    TRY(span(cx, v[1], 12 * v[7], 1, 4));
+    TRY(span(cx, v[2], 12 * v[8], 1, 4));
+    TRY(span(cx, v[3], ys, 0, 1));
+    if (!cx->validate)
+        edgeq_resize(cx->arena + v[0], (const int32_t *)(cx->pool + v[1]), (const int32_t *)(cx->pool + v[2]),
+                     cx->arena + v[3], (int32_t)v[4], (int32_t)v[5], (int32_t)v[6], (int32_t)v[7], (int32_t)v[8],
+                     (int32_t)v[9]);
+    return EDGEQ_OK;
+}
+
+/* words: x gamma beta y | rows cols | x_zp y_zp eps min max */
+static int op_layer_norm(const ctx_t *cx, const int64_t *v, int64_t n)
+{
+    int64_t count;
+    if (n != 11)
+        return EDGEQ_E_RECORD;
+    CHECK(in_range(v[4], 0, INT32_MAX) && in_range(v[5], 1, EDGEQ_LN_COLS_MAX));
+    CHECK(is_i8(v[6]) && is_i8(v[7]) && in_range(v[8], 0, (int64_t)1 << 40) && is_i8(v[9]) && is_i8(v[10]));
+    count = count3(v[4], v[5], 1);
+    CHECK(count >= 0);
+    TRY(span(cx, v[0], count, 0, 1));
+    TRY(span(cx, v[1], 4 * v[5], 1, 4));
+    TRY(span(cx, v[2], 4 * v[5], 1, 4));
+    TRY(span(cx, v[3], count, 0, 1));
+    if (!cx->validate)
+        edgeq_layer_norm(cx->arena + v[0], (const int32_t *)(cx->pool + v[1]), (const int32_t *)(cx->pool + v[2]),
+                         cx->arena + v[3], (int32_t)v[4], (int32_t)v[5], (int32_t)v[6], (int32_t)v[7], v[8],
+                         (int32_t)v[9], (int32_t)v[10]);
+    return EDGEQ_OK;
+}
+
 /* Decode (and run, unless validating) every record; reads only words[0, n_words). */
 static int walk_program(const ctx_t *cx, const int64_t *words, int64_t n_words)
 {
@@ -3165,6 +3529,11 @@ static int walk_program(const ctx_t *cx, const int64_t *words, int64_t n_words)
         case EDGEQ_OP_CONCAT: rc = op_concat(cx, body, len - 2); break;
         case EDGEQ_OP_RESHAPE: rc = op_reshape(cx, body, len - 2); break;
         case EDGEQ_OP_COPY_WINDOW: rc = op_copy_window(cx, body, len - 2); break;
+        case EDGEQ_OP_STRIDED_COPY: rc = op_strided_copy(cx, body, len - 2); break;
+        case EDGEQ_OP_MATMUL: rc = op_matmul(cx, body, len - 2); break;
+        case EDGEQ_OP_CONV_TRANSPOSE: rc = op_conv_transpose(cx, body, len - 2); break;
+        case EDGEQ_OP_RESIZE: rc = op_resize(cx, body, len - 2); break;
+        case EDGEQ_OP_LAYER_NORM: rc = op_layer_norm(cx, body, len - 2); break;
         default: return EDGEQ_E_OPCODE;
         }
         if (rc != EDGEQ_OK)

@@ -59,6 +59,11 @@ extern "C" {
 #define EDGEQ_OP_CONCAT 9
 #define EDGEQ_OP_RESHAPE 10
 #define EDGEQ_OP_COPY_WINDOW 11
+#define EDGEQ_OP_STRIDED_COPY 12
+#define EDGEQ_OP_MATMUL 13
+#define EDGEQ_OP_CONV_TRANSPOSE 14
+#define EDGEQ_OP_RESIZE 15
+#define EDGEQ_OP_LAYER_NORM 16
 
 /* ---- Fixed-point helpers (runtimes/fixedpoint.py) ------------------------------------------------ */
 
@@ -177,6 +182,31 @@ void edgeq_reshape(const int8_t *x, int8_t *y, int32_t count);
  * block of patch-based inference: crop a patch with its halo, place a computed patch. */
 void edgeq_copy_window(const int8_t *x, const int8_t *canvas, int8_t *y, int32_t C, int32_t H, int32_t W,
                        int32_t OH, int32_t OW, int32_t sy, int32_t sx, int32_t dy, int32_t dx, int32_t h, int32_t w);
+
+/* y (contiguous, 6-D dims) = x[offset + sum_k i_k * strides[k]]: Transpose and Slice (reference.strided_copy). */
+void edgeq_strided_copy(const int8_t *x, int8_t *y, int64_t offset, const int32_t dims[6], const int32_t strides[6]);
+
+/* y[t, m, n] = requant(sum_k (a[t, m, k] - a_zp) * (b[t*b_bs + k*b_sk + n*b_sn] - b_zp) + bias[n]), per-column
+ * mult/shift (reference.matmul); K <= 33000. */
+void edgeq_matmul(const int8_t *a, const int8_t *b, const int32_t *bias, const int32_t *mult, const int32_t *shift,
+                  const int8_t *lut, int8_t *y, int32_t batch, int32_t M, int32_t K, int32_t N, int64_t b_bs,
+                  int64_t b_sk, int64_t b_sn, int32_t a_zp, int32_t b_zp, int32_t y_zp, int32_t act_min,
+                  int32_t act_max);
+
+/* Transposed convolution, weights [OC, C/group, KH, KW], output cropped by pt/pl (reference.conv_transpose). */
+void edgeq_conv_transpose(const int8_t *x, const int8_t *w, const int32_t *bias, const int32_t *mult,
+                          const int32_t *shift, const int8_t *lut, int8_t *y, int32_t C, int32_t H, int32_t W,
+                          int32_t OC, int32_t OH, int32_t OW, int32_t KH, int32_t KW, int32_t sh, int32_t sw,
+                          int32_t pt, int32_t pl, int32_t dh, int32_t dw, int32_t group, int32_t x_zp,
+                          int32_t y_zp, int32_t act_min, int32_t act_max);
+
+/* Separable two-tap resize on tables of (i0, i1, w1) rows, weights of 2048 (reference.resize). */
+void edgeq_resize(const int8_t *x, const int32_t *ytab, const int32_t *xtab, int8_t *y, int32_t C, int32_t H,
+                  int32_t W, int32_t OH, int32_t OW, int32_t zp);
+
+/* Integer-only LayerNorm over rows of `cols` values (reference.layer_norm); cols <= 4096. */
+void edgeq_layer_norm(const int8_t *x, const int32_t *gamma, const int32_t *beta, int8_t *y, int32_t rows,
+                      int32_t cols, int32_t x_zp, int32_t y_zp, int64_t eps, int32_t act_min, int32_t act_max);
 
 /* ---- Programs ----------------------------------------------------------------------------------- */
 
