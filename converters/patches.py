@@ -236,14 +236,15 @@ def plan_patches(graph: Graph, mode: str | int = "auto", budget_bytes: int | Non
     """Choose between layer-by-layer execution and every patch plan.
 
     ``mode``: ``"off"`` (layer by layer), an integer n (n x n patches, the split with the lowest peak) or
-    ``"auto"``: the fewest MACs among plans whose peak fits ``budget_bytes``; without a budget, or when
-    nothing fits, the lowest peak (ties broken by MACs). Layer by layer is a candidate throughout.
+    ``"auto"``: the fewest MACs among plans whose peak fits ``budget_bytes`` (so layer by layer whenever it
+    fits, or when there is no budget); when nothing fits, the lowest peak (ties broken by MACs).
     ``inplace_depthwise`` is passed to the memory planner.
     """
     base_plan = plan_memory(graph, inplace_depthwise=inplace_depthwise)
     base_macs = graph_macs(graph)
     base = PatchPlan(0, 0, graph, base_plan, base_macs, base_macs, base_plan.arena_bytes)
-    if mode == "off":
+    # Patches only add MACs: layer by layer is the auto choice whenever it fits.
+    if mode == "off" or (mode == "auto" and (budget_bytes is None or base_plan.arena_bytes <= budget_bytes)):
         return base
     counts = range(2, MAX_PATCHES + 1) if mode == "auto" else [int(mode)]
     plans = [] if mode != "auto" else [base]

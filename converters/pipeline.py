@@ -174,11 +174,9 @@ def _plan(qg: Graph, profile: DeviceProfile, patch: str | int) -> PatchPlan:
     """Memory plan (and patch plan) for the device; a microcontroller model that cannot fit is an error."""
     mcu = profile.device_class == "mcu"
     # The firmware's stack (kernel scratch included) shares the RAM with the arena.
-    budget = profile.ram_bytes - DEFAULT_STACK_BYTES if mcu else None
-    # Patches trade MACs for memory; a CPU with no activation budget only gets them on request.
-    mode = "off" if patch == "auto" and profile.budget_activation_bytes is None and not mcu else patch
-    plan = plan_patches(qg, mode, budget, inplace_depthwise=mcu)
-    if budget is not None and plan.memory.arena_bytes > budget:
+    budget = profile.ram_bytes - DEFAULT_STACK_BYTES if mcu else profile.budget_activation_bytes
+    plan = plan_patches(qg, patch, budget, inplace_depthwise=mcu)
+    if mcu and plan.memory.arena_bytes > budget:
         how = f"{plan.n}x{plan.n} patches" if plan.n else "layer by layer"
         hint = "" if patch == "auto" else "; try --patch auto"
         raise DoesNotFitError(f"model does not fit device '{profile.id}': the smallest activation peak found is "
