@@ -2295,47 +2295,33 @@ static inline __m512i binary_load(const int8_t *p, int32_t stride, __mmask16 k, 
     return _mm512_sub_epi32(v, _mm512_set1_epi32(zp));
 }
 
-/* One output row of Add / Mul with ordinary scales (binary_value, 16 values at a time). |x - zp| <= 255,
- * so the Add lift by 2^20 and the Mul product fit int32; the sum of the two rescaled Add inputs is
- * saturated to int32, which gives the reference's int64 result after its saturated left shift. */
-static void binary_row_avx512(const binop_t *o, const vmbqm_t *va, const vmbqm_t *vb, const vmbqm_t *vy,
-                              const int8_t *a, int32_t as, const int8_t *b, int32_t bs, int8_t *y, int32_t n)
+/* One output row of Add / Mul, 16 values at a time. |x - zp| <= 255, so the Add lift by 2^20 and the Mul
+ * product fit int32. With `fast` every MultiplyByQuantizedMultiplier is within a fastq bound
+ * (binary_fast); otherwise the scales are ordinary (vmbqm) and the sum of the two rescaled Add inputs is
+ * saturated to int32, which gives the reference's int64 result after its saturated left shift. Always
+ * inlined with a constant `fast`, so each caller gets its own loop. */
+static EDGEQ_ALWAYS_INLINE void binary_row(const binop_t *o, int fast, const vmbqm_t *va, const vmbqm_t *vb,
+                                           const vmbqm_t *vy, const fastq_t *fa, const fastq_t *fb,
+                                           const fastq_t *fy, const int8_t *a, int32_t as, const int8_t *b,
+                                           int32_t bs, int8_t *y, int32_t n)
 {
     const __m512i lo = _mm512_set1_epi32(o->lo - o->y_zp), hi = _mm512_set1_epi32(o->hi - o->y_zp);
     const __m512i zp = _mm512_set1_epi32(o->y_zp);
     int32_t i;
     for (i = 0; i < n; i += 16) {
         const __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1u);
-        const __m512i av = binary_load(a + (int64_t)i * as, as, k, o->a_zp);
-        const __m512i bv = binary_load(b + (int64_t)i * bs, bs, k, o->b_zp);
+        const __m512i av = _mm512_slli_epi32(binary_load(a + (int64_t)i * as, as, k, o->a_zp), o->kind == BIN_ADD ? 20 : 0);
+        const __m512i bv = _mm512_slli_epi32(binary_load(b + (int64_t)i * bs, bs, k, o->b_zp), o->kind == BIN_ADD ? 20 : 0);
         __m512i r;
         if (o->kind == BIN_ADD)
-            r = vadds32(vmbqm(_mm512_slli_epi32(av, 20), va), vmbqm(_mm512_slli_epi32(bv, 20), vb));
+            r = fast ? _mm512_add_epi32(fastq_core(av, fa), fastq_core(bv, fb)) : vadds32(vmbqm(av, va), vmbqm(bv, vb));
         else
             r = _mm512_mullo_epi32(av, bv);
-        r = vmbqm(r, vy);
-        r = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(r, lo), hi), zp);
+        if (fast)
+            r = fastq_vec(r, fy);
+        else
+            r = _mm512_add_epi32(_mm512_min_epi32(_mm512_max_epi32(vmbqm(r, vy), lo), hi), zp);
         store16_i8(y + i, r, n - i);
-    }
-}
-#endif
-
-#if EDGEQ_AVX512
-/* binary_row_avx512 when every MultiplyByQuantizedMultiplier is within a fastq bound (binary_fast). */
-static void binary_row_fast(const binop_t *o, const fastq_t *fa, const fastq_t *fb, const fastq_t *fy,
-                            const int8_t *a, int32_t as, const int8_t *b, int32_t bs, int8_t *y, int32_t n)
-{
-    int32_t i;
-    for (i = 0; i < n; i += 16) {
-        const __mmask16 k = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1u);
-        const __m512i av = binary_load(a + (int64_t)i * as, as, k, o->a_zp);
-        const __m512i bv = binary_load(b + (int64_t)i * bs, bs, k, o->b_zp);
-        __m512i r;
-        if (o->kind == BIN_ADD)
-            r = _mm512_add_epi32(fastq_core(_mm512_slli_epi32(av, 20), fa), fastq_core(_mm512_slli_epi32(bv, 20), fb));
-        else
-            r = _mm512_mullo_epi32(av, bv);
-        store16_i8(y + i, fastq_vec(r, fy), n - i);
     }
 }
 
@@ -2413,8 +2399,8 @@ static inline void binary_op(const binop_t *o, const int8_t *a, const int8_t *b,
             const int32_t lo = (int32_t)((int64_t)n * part / n_parts) / 64 * 64;
             const int32_t hi = part + 1 == n_parts ? n : (int32_t)((int64_t)n * (part + 1) / n_parts) / 64 * 64;
             if (lo < hi)
-                binary_row_fast(o, &fa, &fb, &fy, a + (int64_t)lo * as[3], as[3], b + (int64_t)lo * bs[3], bs[3],
-                                y + lo, hi - lo);
+                binary_row(o, 1, &va, &vb, &vy, &fa, &fb, &fy, a + (int64_t)lo * as[3], as[3],
+                           b + (int64_t)lo * bs[3], bs[3], y + lo, hi - lo);
         }
         if (lut)
             for (i = 0; i < total; i++)
@@ -2430,9 +2416,9 @@ static inline void binary_op(const binop_t *o, const int8_t *a, const int8_t *b,
                 int8_t *yr = y + yi;
 #if EDGEQ_AVX512
                 if (fast && (as[3] <= 1 && bs[3] <= 1)) {
-                    binary_row_fast(o, &fa, &fb, &fy, ar, as[3], br, bs[3], yr, d[3]);
+                    binary_row(o, 1, &va, &vb, &vy, &fa, &fb, &fy, ar, as[3], br, bs[3], yr, d[3]);
                 } else if (vec && (as[3] <= 1 && bs[3] <= 1)) {
-                    binary_row_avx512(o, &va, &vb, &vy, ar, as[3], br, bs[3], yr, d[3]);
+                    binary_row(o, 0, &va, &vb, &vy, &fa, &fb, &fy, ar, as[3], br, bs[3], yr, d[3]);
                 } else
 #endif
                 if (as[3] == 1 && bs[3] == 1) {
