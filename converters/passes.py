@@ -398,14 +398,20 @@ def pixel_shuffle_conv_transpose(g: Graph) -> None:
                Node("Reshape", ct.name + "_split", [conv_out], [split], {"shape": [n, oc, kh, kw, h, wd]}),
                Node("Transpose", ct.name + "_shuffle", [split], [moved], {"perm": [0, 1, 4, 2, 5, 3]}),
                Node("Reshape", ct.name + "_merge", [moved], list(ct.outputs), {"shape": [n, oc, h * kh, wd * kw]})]
-        for node in new:
-            for o in node.outputs:
-                g.tensors[o] = Tensor(o, (), "float32")
-        i = g.nodes.index(ct)
-        g.nodes[i: i + 1] = new
+        _splice(g, ct, new)
         changed = True
     if changed:
         infer_shapes(g)
+
+
+def _splice(g: Graph, old: Node, new: list[Node]) -> None:
+    """Replace ``old`` by ``new`` in place; new intermediate tensors get shapes from the next infer_shapes."""
+    for node in new:
+        for o in node.outputs:
+            if o not in old.outputs:
+                g.tensors[o] = Tensor(o, (), "float32")
+    i = g.nodes.index(old)
+    g.nodes[i: i + 1] = new
 
 
 def sequence_linear_as_conv(g: Graph) -> None:
@@ -430,10 +436,7 @@ def sequence_linear_as_conv(g: Graph) -> None:
                Node("Conv", fc.name, conv_in, [names[2]], attrs),
                Node("Reshape", fc.name + "_3d", [names[2]], [names[3]], {"shape": [n, oc, t]}),
                Node("Transpose", fc.name + "_out", [names[3]], list(fc.outputs), {"perm": [0, 2, 1]})]
-        for node in new[:-1]:
-            g.tensors[node.outputs[0]] = Tensor(node.outputs[0], (), "float32")
-        i = g.nodes.index(fc)
-        g.nodes[i: i + 1] = new
+        _splice(g, fc, new)
         changed = True
     if changed:
         infer_shapes(g)

@@ -23,6 +23,16 @@ def requant(rng: np.random.Generator, n: int, lo: int = -14, hi: int = 1) -> tup
     return mult, rng.integers(lo, hi, size=n, endpoint=True).astype(np.int32)
 
 
+def conv_consts(rng: np.random.Generator, oc: int, cg: int, kh: int, kw: int) -> tuple[dict, list]:
+    """Random weights (never -128), bias, requantization and maybe a fused table for a (transposed) conv."""
+    mult, shift = requant(rng, oc)
+    consts = {"w": np.clip(i8(rng, (oc, cg, kh, kw)), -127, 127).astype(np.int8),
+              "b": rng.integers(-(1 << 16), 1 << 16, size=oc).astype(np.int32), "m": mult, "s": shift}
+    order = ["x", "w", "b", "m", "s"]
+    maybe_lut(rng, consts, order)
+    return consts, order
+
+
 def act_range(rng: np.random.Generator) -> tuple[int, int]:
     """No clamp, a fused ReLU-like clamp, or a narrow range."""
     lo = int(rng.choice([-128, int(rng.integers(-128, 0)), 0]))
@@ -55,11 +65,7 @@ def test_conv(backend, seed, depthwise, pointwise, wide):
         cg, ocg = int(rng.integers(1, 40)), int(rng.integers(1, 20))
     oc = group * ocg
     x = i8(rng, (n, group * cg, h, w))
-    mult, shift = requant(rng, oc)
-    consts = {"w": np.clip(i8(rng, (oc, cg, kh, kw)), -127, 127).astype(np.int8),
-              "b": rng.integers(-(1 << 16), 1 << 16, size=oc).astype(np.int32), "m": mult, "s": shift}
-    order = ["x", "w", "b", "m", "s"]
-    maybe_lut(rng, consts, order)
+    consts, order = conv_consts(rng, oc, cg, kh, kw)
     lo, hi = act_range(rng)
     attrs = dict(strides=strides, pads=pads, dilations=dil, group=group, x_zp=int(rng.integers(-128, 128)),
                  y_zp=int(rng.integers(-128, 128)), act_min=lo, act_max=hi)
@@ -282,11 +288,7 @@ def test_conv_transpose(backend, seed):
     extra = [int(rng.integers(0, s)) for s in strides]  # ONNX output_padding
     out = [max(1, f - 2 * p + e) for f, p, e in zip(full, pads, extra)]
     oc = group * ocg
-    mult, shift = requant(rng, oc)
-    consts = {"w": np.clip(i8(rng, (oc, cg, kh, kw)), -127, 127).astype(np.int8),
-              "b": rng.integers(-(1 << 16), 1 << 16, size=oc).astype(np.int32), "m": mult, "s": shift}
-    order = ["x", "w", "b", "m", "s"]
-    maybe_lut(rng, consts, order)
+    consts, order = conv_consts(rng, oc, cg, kh, kw)
     lo, hi = act_range(rng)
     attrs = dict(strides=strides, pads=pads + pads, dilations=dil, group=group, out=out,
                  x_zp=int(rng.integers(-128, 128)), y_zp=int(rng.integers(-128, 128)), act_min=lo, act_max=hi)
