@@ -247,13 +247,17 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_sim(args: argparse.Namespace) -> None:
     from .api import load
-    from .export_c import DEFAULT_STACK_BYTES
+    from .export_c import DEFAULT_STACK_BYTES, resolve_device
     from .mcu_sim import DEFAULT_TIMEOUT_S, simulate
     if args.output and not args.output.endswith((".npy", ".npz")):
         raise InputError(f"output file '{args.output}' must be .npy or .npz")
     bundle = load(args.bundle, backend="reference")
     inputs = _read_inputs(args.input, bundle)
-    result = simulate(bundle._loaded, args.device, inputs, timeout=args.timeout or DEFAULT_TIMEOUT_S,
+    device = resolve_device(args.device)
+    if device.toolchain.emulator == "qemu-aarch64":
+        _sim_linux(args, bundle, device, inputs)
+        return
+    result = simulate(bundle._loaded, device, inputs, timeout=args.timeout or DEFAULT_TIMEOUT_S,
                       stack_bytes=args.stack_bytes or DEFAULT_STACK_BYTES, build_dir=args.build_dir, profile=args.profile)
     r = dict(result.report)
     f, ram, ins = r["flash"], r["ram"], r["instructions"]
@@ -269,6 +273,21 @@ def cmd_sim(args: argparse.Namespace) -> None:
     if "nodes" in r:
         top = sorted(r["nodes"], key=lambda x: -x["instructions"])[:5]
         lines.append("most instructions: " + ", ".join(f"{x['name']} ({x['op']}) {x['instructions']:,}" for x in top))
+    _emit(args, _outputs(args, result.outputs, r, lines), "\n".join(lines))
+
+
+def _sim_linux(args: argparse.Namespace, bundle: Any, device: Any, inputs: dict[str, np.ndarray]) -> None:
+    from .linux_sim import DEFAULT_TIMEOUT_S, simulate_linux
+    if args.profile or args.stack_bytes:
+        raise InputError(f"--profile and --stack-bytes apply to microcontroller profiles, not to {device.id}")
+    result = simulate_linux(bundle._loaded, device, inputs, timeout=args.timeout or DEFAULT_TIMEOUT_S,
+                            build_dir=args.build_dir)
+    r = dict(result.report)
+    lines = [f"ran {args.bundle} on {r['device']} ({r['core']}) under {r['emulator']}: {r['samples']} sample(s), "
+             f"{r['sim_wall_s']:.2f} s",
+             f"static executable {_human(r['executable_bytes'])}, arena {_human(r['arena_bytes'])}, "
+             f"constants {_human(r['constants_bytes'])}; {r['macs_per_sample']:,} MACs per sample",
+             f"{r['emulated_ms_per_sample']} ms per sample under emulation ({r['timing_note']})"]
     _emit(args, _outputs(args, result.outputs, r, lines), "\n".join(lines))
 
 
@@ -331,12 +350,14 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--device", help="also write firmware files (linker script, board support, device.mk) for this "
                                     "MCU profile id or profile .toml path")
     e.add_argument("--stack-bytes", type=int, help=f"stack reserve in the linker script (default {DEFAULT_STACK_BYTES})")
-    s = add("sim", cmd_sim, "build a bundle's C for a Cortex-M device and run it under qemu-system-arm")
+    s = add("sim", cmd_sim, "build a bundle's C for a device and run it under QEMU: qemu-system-arm for Cortex-M "
+                            "profiles, qemu-aarch64 for AArch64 Linux profiles (rpi5)")
     s.add_argument("bundle")
-    s.add_argument("--device", required=True, help="MCU profile id (see `edgeq devices`) or a profile .toml path")
+    s.add_argument("--device", required=True, help="MCU or AArch64 Linux profile id (see `edgeq devices`) or a "
+                                                   "profile .toml path")
     s.add_argument("--input", required=True, help=".npy (one input) or .npz keyed by input name; float32, batch first")
     s.add_argument("-o", "--output", help="write dequantized outputs to .npy/.npz")
-    s.add_argument("--timeout", type=float, help="seconds before a firmware run counts as hung (default 60)")
+    s.add_argument("--timeout", type=float, help="seconds before a run counts as hung (default 60 on MCUs, 120 on Linux)")
     s.add_argument("--stack-bytes", type=int, help=f"stack reserve in the linker script (default {DEFAULT_STACK_BYTES})")
     s.add_argument("--build-dir", help="keep the generated project, firmware and I/O files here")
     s.add_argument("--profile", action="store_true", help="run node by node and report each node's instructions")

@@ -198,10 +198,12 @@ def render_model(lb: LoadedBundle) -> tuple[dict[str, str], dict[str, Any]]:
 def render_kernels() -> dict[str, str]:
     """The portable kernels, the .c behind a preamble that sets MCU scratch budgets unless overridden."""
     root = importlib.resources.files(_KERNELS).joinpath("c")
-    preamble = ["/* edgeq export: MCU-sized kernel scratch (stack) budgets; override with -D on the command line. */"]
+    preamble = ["/* edgeq export: MCU-sized kernel scratch (stack) budgets; override with -D on the command line,",
+                " * or define EDGEQ_HOST_SCRATCH to keep the kernels' own (host-sized) budgets. */",
+                "#ifndef EDGEQ_HOST_SCRATCH"]
     for key, value in MCU_SCRATCH.items():
         preamble += [f"#ifndef {key}", f"#define {key} {value}", "#endif"]
-    preamble.append('#line 1 "edgeq_kernels.c"')
+    preamble += ["#endif", '#line 1 "edgeq_kernels.c"']
     return {"edgeq_kernels.h": root.joinpath("edgeq_kernels.h").read_text(),
             "edgeq_kernels.c": "\n".join(preamble) + "\n" + root.joinpath("edgeq_kernels.c").read_text()}
 
