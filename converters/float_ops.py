@@ -23,6 +23,14 @@ ACTIVATIONS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
     "Gelu": lambda x, a: _gelu(x, a.get("approximate", "none")),
     # consecutive unary steps fused by passes.fuse_unary_chains: one table once quantized
     "Chain": lambda x, a: _chain(x, a["steps"]),
+    # standalone functions (converters/lower_ops.py): tables too; a table holds finite values, hence the guards
+    "Sqrt": lambda x, a: np.sqrt(np.maximum(x, 0)),
+    "Exp": lambda x, a: np.exp(np.minimum(x, 80)),
+    "Tanh": lambda x, a: np.tanh(x),
+    "Neg": lambda x, a: -x,
+    "Reciprocal": lambda x, a: 1 / np.where(x == 0, np.finfo(np.float32).tiny, x),
+    "Abs": lambda x, a: np.abs(x),
+    "PowerOf": lambda x, a: np.power(x, a["p"]),
 }
 
 
@@ -195,8 +203,9 @@ FLOAT_OPS: dict[str, Callable[[Node, list[np.ndarray]], np.ndarray]] = {
     "MatMul": lambda n, xs: np.matmul(xs[0], xs[1]).astype(np.float32),
     "ReduceMean": lambda n, xs: xs[0].mean(axis=tuple(n.attrs["axes"]), keepdims=bool(n.attrs["keepdims"])).astype(xs[0].dtype),
     "Pow": lambda n, xs: np.power(xs[0], xs[1]).astype(xs[0].dtype),
-    "Sqrt": lambda n, xs: np.sqrt(xs[0]),
     "LayerNorm": lambda n, xs: layer_norm(*xs, **n.attrs),
+    "ReduceSum": lambda n, xs: xs[0].sum(axis=tuple(n.attrs["axes"]), keepdims=bool(n.attrs["keepdims"])).astype(xs[0].dtype),
+    "Pad": lambda n, xs: np.pad(xs[0], [(0, 0), (0, 0), *zip(n.attrs["pads"][:2], n.attrs["pads"][2:])]),
     **{k: (lambda f: lambda n, xs: f(xs[0], n.attrs).astype(xs[0].dtype))(f) for k, f in ACTIVATIONS.items()},
 }
 

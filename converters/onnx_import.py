@@ -25,6 +25,8 @@ SUPPORTED_OPS = sorted([
     "ConvTranspose", "Resize", "Transpose", "Gelu",
     # transformer pieces: LayerNorm written out (fused by passes.fuse_layer_norm), attention's MatMuls
     "ReduceMean", "Pow", "Sqrt",
+    # standalone elementwise and layout ops, lowered to integer ops by converters/lower_ops.py
+    "Pad", "Split", "ReduceSum", "Exp", "Tanh", "Neg", "Reciprocal", "Abs",
     # shape arithmetic, accepted when it folds to constants:
     "Constant", "Identity", "Dropout", "Shape", "Gather", "Unsqueeze", "Squeeze", "Slice", "Cast", "Sub", "Div",
 ])
@@ -319,7 +321,11 @@ class _Importer:
             self.conv_transpose(node, a, ins, name)
         elif op == "Resize":
             self.resize(node, a, ins, name)
-        elif op == "ReduceMean":
+        elif op == "Pad":
+            self.pad(node, a, ins, name)
+        elif op == "Split":
+            self.split(node, a, ins, name)
+        elif op in ("ReduceMean", "ReduceSum"):
             axes = a.get("axes")
             if axes is None and len(ins) > 1 and ins[1]:
                 axes = self.const(ins[1])
@@ -327,13 +333,56 @@ class _Importer:
                     raise UnsupportedOpError(f"ReduceMean node '{name}': axes must be constant")
             if axes is None:
                 axes = list(range(len(self.shape(ins[0]))))
-            self.emit("ReduceMean", node, ins[:1], dict(axes=[int(v) for v in np.asarray(axes).reshape(-1)],
-                                                        keepdims=int(a.get("keepdims", 1))))
+            if not len(np.asarray(axes).reshape(-1)) and a.get("noop_with_empty_axes", 0):
+                self.alias[node.output[0]] = ins[0]
+                return
+            self.emit(op, node, ins[:1], dict(axes=[int(v) for v in np.asarray(axes).reshape(-1)],
+                                              keepdims=int(a.get("keepdims", 1))))
         elif op == "Transpose":
             perm = a["perm"] if "perm" in a else list(range(len(self.shape(ins[0]))))[::-1]
             self.emit("Transpose", node, ins, dict(perm=[int(p) for p in perm]))
         else:  # elementwise, activations and shape arithmetic keep their ONNX attributes
             self.emit(op, node, ins, {k: v for k, v in a.items() if isinstance(v, (int, float, str, list))})
+
+    def pad(self, node: onnx.NodeProto, a: dict, ins: list[str], name: str) -> None:
+        """Constant zero padding of H and W of a 4-D tensor (what convolution stems and SAME padding use)."""
+        mode = a.get("mode", "constant")
+        pads = a.get("pads") if len(ins) < 2 or not ins[1] else self.const(ins[1])
+        value = self.const(ins[2]) if len(ins) > 2 and ins[2] else np.zeros(1)
+        rank = len(self.shape(ins[0]))
+        if len(ins) > 3 and ins[3]:
+            raise UnsupportedOpError(f"Pad node '{name}': the axes input is not supported")
+        if mode != "constant" or pads is None or value is None or np.any(np.asarray(value) != 0):
+            raise UnsupportedOpError(f"Pad node '{name}': only constant padding with 0 and constant pads are "
+                                     f"supported (mode {mode})")
+        pads = [int(p) for p in np.asarray(pads).reshape(-1)]
+        begin, end = pads[:rank], pads[rank:]
+        if rank != 4 or any(begin[:2]) or any(end[:2]) or min(pads) < 0:
+            raise UnsupportedOpError(f"Pad node '{name}': only non-negative padding of H and W of a 4-D "
+                                     f"tensor is supported (pads {pads})")
+        self.emit("Pad", node, ins[:1], {"pads": [begin[2], begin[3], end[2], end[3]]})
+
+    def split(self, node: onnx.NodeProto, a: dict, ins: list[str], name: str) -> None:
+        """One Slice per output (each an integer gather once quantized)."""
+        shape = self.shape(ins[0])
+        axis = int(a.get("axis", 0)) % len(shape)
+        sizes = a.get("split") if len(ins) < 2 or not ins[1] else self.const(ins[1])
+        n = len(node.output)
+        if sizes is None:
+            if len(ins) > 1 and ins[1]:
+                raise UnsupportedOpError(f"Split node '{name}': split sizes must be constant")
+            step = -(-shape[axis] // n)
+            sizes = [min(step, shape[axis] - k * step) for k in range(n)]
+        sizes = [int(v) for v in np.asarray(sizes).reshape(-1)]
+        if len(sizes) != n or sum(sizes) != shape[axis] or min(sizes) < 1:
+            raise UnsupportedOpError(f"Split node '{name}': sizes {sizes} do not split axis {axis} of {shape} "
+                                     f"into {n} outputs")
+        g, start = self.graph, 0
+        for out, size in zip(node.output, sizes):
+            consts = [g.add_const(g.unique_name(f"{name}_{what}"), np.array([v], np.int64))
+                      for what, v in (("start", start), ("end", start + size), ("axis", axis))]
+            g.nodes.append(Node("Slice", f"{name}_{out}", [self.name(ins[0]), *consts], [out], {}))
+            start += size
 
     def _scalar(self, t: str, name: str) -> float:
         v = self.const(t)

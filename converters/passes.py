@@ -1,8 +1,9 @@
 """Graph passes on the float graph, run in this order by ``run_passes``:
 fold constants -> batch-moving transpose+slice rewritten -> infer shapes -> float casts dropped ->
 LayerNorm and Swish patterns -> constant Sub/Div as Add/Mul -> HardSwish patterns -> scales and bias Adds
-folded into weights -> fold BatchNorm (then scales and biases again) -> fuse clamp activations -> unary
-chains as one table -> non-overlapping ConvTranspose as 1x1 Conv + pixel shuffle -> large sequence Linear
+folded into weights -> fold BatchNorm -> standalone Pad/BatchNorm/Reduce/Pow/Sub/Div lowered to ops with
+integer kernels (lower_ops.py) -> scales and biases again -> fuse clamp activations -> unary chains as one
+table, lone unary functions as one table -> non-overlapping ConvTranspose as 1x1 Conv + pixel shuffle -> large sequence Linear
 layers as 1x1 Conv -> drop dead nodes.
 """
 
@@ -13,6 +14,7 @@ import numpy as np
 from edgeq.errors import ModelError
 from edgeq.ir import Graph, Node, Tensor
 from .float_ops import ACTIVATIONS, FLOAT_OPS, run_float
+from .lower_ops import lower_standalone_ops, unary_tables
 
 FUSABLE_PRODUCERS = ("Conv", "ConvTranspose", "FullyConnected", "Add")
 WEIGHTED = ("Conv", "ConvTranspose", "FullyConnected")
@@ -455,10 +457,13 @@ def run_passes(g: Graph) -> Graph:
     fold_conv_affine(g)
     fold_bias_adds(g)
     fold_batchnorm(g)
+    if lower_standalone_ops(g):
+        infer_shapes(g)
     fold_conv_affine(g)
     fold_bias_adds(g)
     fuse_activations(g)
     fuse_unary_chains(g)
+    unary_tables(g)
     pixel_shuffle_conv_transpose(g)
     sequence_linear_as_conv(g)
     g.prune()
