@@ -13,7 +13,6 @@ report gives the emulation's wall time, labelled as such.
 
 from __future__ import annotations
 
-import shutil
 import statistics
 import subprocess
 import tempfile
@@ -28,8 +27,7 @@ from .bundle import LoadedBundle, read_bundle
 from .devices import DeviceProfile
 from .errors import ExportError, FirmwareError, ToolchainError
 from .export_c import MCU_CFLAGS, export_c, resolve_device
-from .mcu_sim import REPORT_LINE, SimResult, _cached_kernels, _compile
-from .runtimes.executor import Executor, dequantize, quantize
+from .mcu_sim import REPORT_LINE, SimResult, compile_project, find_tools, read_outputs, write_inputs
 from .runtimes.registry import node_macs
 
 __all__ = ["linux_device", "simulate_linux"]
@@ -51,13 +49,7 @@ def linux_device(spec: str | DeviceProfile) -> DeviceProfile:
 
 
 def _tools(device: DeviceProfile) -> dict[str, str]:
-    names = {"cc": device.toolchain.cc, "qemu": device.toolchain.emulator}
-    found = {k: shutil.which(v) for k, v in names.items()}
-    missing = [names[k] for k, v in found.items() if v is None]
-    if missing:
-        raise ToolchainError(f"{', '.join(missing)} not found on PATH (needed to simulate {device.id}); "
-                             f"install with: {INSTALL_HINT}")
-    return {k: str(v) for k, v in found.items()}
+    return find_tools(device, {"cc": device.toolchain.cc, "qemu": device.toolchain.emulator}, INSTALL_HINT)
 
 
 def build_linux(project: Path, device: DeviceProfile, extra_cflags: Sequence[str] = ()) -> dict[str, Any]:
@@ -69,15 +61,8 @@ def build_linux(project: Path, device: DeviceProfile, extra_cflags: Sequence[str
     (project / "sim_main.c").write_text(data.joinpath("mcu", "sim_main.c").read_text())
     (project / "edgeq_board.h").write_text(data.joinpath("mcu", "edgeq_board.h").read_text())
     (project / "edgeq_board.c").write_text(data.joinpath("linux", "edgeq_board.c").read_text())
-    kernels_o, kwarn = _cached_kernels(tools["cc"], cflags, project / "edgeq_kernels.c")
-    warnings = [kwarn] if kwarn else []
-    objs = [kernels_o]
-    for name in ("sim_main.c", "model.c", "edgeq_board.c"):
-        src = project / name
-        obj = project / (src.stem + ".o")
-        w = _compile(tools["cc"], [*cflags, f"-I{project}"], src, obj)
-        warnings += [w] if w else []
-        objs.append(obj)
+    objs, warnings = compile_project(tools["cc"], cflags, project,
+                                     [project / n for n in ("sim_main.c", "model.c", "edgeq_board.c")])
     exe = project / "model.elf"
     proc = subprocess.run([tools["cc"], *LINUX_LDFLAGS, *map(str, objs), "-lm", "-o", str(exe)],
                           capture_output=True, text=True, cwd=project)
@@ -118,31 +103,18 @@ def simulate_linux(bundle: str | Path | LoadedBundle, device: str | DeviceProfil
     dev = linux_device(device)
     _tools(dev)
     g = lb.graph
-    n = Executor(g, "reference", lb.plan).check_inputs(inputs)
-    q_in = {k: quantize(inputs[k], g.tensors[k]) for k in g.inputs}
     with tempfile.TemporaryDirectory(prefix="edgeq-sim-") as tmp:
         work = (Path(build_dir) if build_dir is not None else Path(tmp)).resolve()
         t0 = time.perf_counter()
         exp = export_c(lb, work)
         build = build_linux(work, dev, extra_cflags)
         build_s = time.perf_counter() - t0
-        np.concatenate([q_in[k].reshape(n, -1) for k in g.inputs], axis=1).tofile(work / "input.bin")
-        out_file = work / "output.bin"
-        out_file.unlink(missing_ok=True)
+        n = write_inputs(lb, inputs, work)
         t1 = time.perf_counter()
         console = run_linux(build["exe"], dev, work, timeout)
         sim_s = time.perf_counter() - t1
-        raw = np.fromfile(out_file, dtype=np.int8) if out_file.is_file() else np.zeros(0, np.int8)
+        outputs, outputs_q = read_outputs(lb, exp.outputs, work, n, f"program for {dev.id}")
         exe_bytes = build["exe"].stat().st_size
-    total = sum(e["bytes"] for e in exp.outputs)
-    if raw.size != n * total:
-        raise FirmwareError(f"program for {dev.id} wrote {raw.size} output bytes, expected {n * total}")
-    raw = raw.reshape(n, total)
-    outputs_q, col = {}, 0
-    for e in exp.outputs:
-        outputs_q[e["name"]] = raw[:, col: col + e["bytes"]].reshape((n,) + tuple(g.tensors[e["name"]].shape[1:]))
-        col += e["bytes"]
-    outputs = {k: dequantize(v, g.tensors[k]) for k, v in outputs_q.items()}
     ns = [int(m.group(3)) for line in console.splitlines()
           if (m := REPORT_LINE.match(line.strip())) and m.group(1) == "SAMPLE"]
     if len(ns) != n:

@@ -39,7 +39,8 @@ from .export_c import (DEFAULT_STACK_BYTES, INSTALL_HINT, MCU_CFLAGS, MCU_LDFLAG
 from .runtimes.executor import Executor, dequantize, quantize
 from .runtimes.registry import node_macs
 
-__all__ = ["SimResult", "build_firmware", "elf_sizes", "run_firmware", "simulate", "stack_bound"]
+__all__ = ["SimResult", "build_firmware", "elf_sizes", "read_outputs", "run_firmware", "simulate", "stack_bound",
+           "write_inputs"]
 
 # Extra stack the static bound does not see: an exception frame with lazy FP state (up to 104 bytes on
 # v7E-M/v8.1-M), SysTick_Handler's frame, and library leaf calls (memcpy, memset, 64-bit division).
@@ -58,16 +59,21 @@ class SimResult:
     report: dict[str, Any]
 
 
-def _tools(device: DeviceProfile) -> dict[str, str]:
-    cc = device.toolchain.cc
-    names = {"cc": cc, "size": cc[: -len("gcc")] + "size" if cc.endswith("gcc") else "size",
-             "qemu": device.toolchain.emulator}
+def find_tools(device: DeviceProfile, names: dict[str, str], install_hint: str) -> dict[str, str]:
+    """Full paths of the programs ``names`` (role -> program) on PATH, or a one-line ToolchainError with
+    the command that installs them."""
     found = {k: shutil.which(v) for k, v in names.items()}
     missing = [names[k] for k, v in found.items() if v is None]
     if missing:
         raise ToolchainError(f"{', '.join(missing)} not found on PATH (needed to simulate {device.id}); "
-                             f"install with: {INSTALL_HINT}")
+                             f"install with: {install_hint}")
     return {k: str(v) for k, v in found.items()}
+
+
+def _tools(device: DeviceProfile) -> dict[str, str]:
+    cc = device.toolchain.cc
+    return find_tools(device, {"cc": cc, "size": cc[: -len("gcc")] + "size" if cc.endswith("gcc") else "size",
+                               "qemu": device.toolchain.emulator}, INSTALL_HINT)
 
 
 def _cache_dir() -> Path:
@@ -153,6 +159,19 @@ def _fit_error(device: DeviceProfile, stderr: str, arena: int, pool: int, stack:
     return DoesNotFitError(f"model does not fit {device.id}: {'; '.join(parts)}")
 
 
+def compile_project(cc: str, cflags: Sequence[str], project: Path, sources: Sequence[Path]) -> tuple[list[Path], list[str]]:
+    """Objects for the exported kernels (cached) and ``sources`` (in ``project``), and the compiler's warnings."""
+    kernels_o, kwarn = _cached_kernels(cc, cflags, project / "edgeq_kernels.c")
+    warnings = [kwarn] if kwarn else []
+    objs = [kernels_o]
+    for src in sources:
+        obj = project / (src.stem + ".o")
+        w = _compile(cc, [*cflags, f"-I{project}"], src, obj)
+        warnings += [w] if w else []
+        objs.append(obj)
+    return objs, warnings
+
+
 def build_firmware(project: Path, device: DeviceProfile, main_c: Path, arena: int = 0, pool: int = 0,
                    stack_bytes: int = DEFAULT_STACK_BYTES, extra_cflags: Sequence[str] = ()) -> dict[str, Any]:
     """Compile and link ``main_c`` with the exported project in ``project`` (which has the device files);
@@ -163,14 +182,7 @@ def build_firmware(project: Path, device: DeviceProfile, main_c: Path, arena: in
     :class:`DoesNotFitError` when the link overflows a memory region, :class:`ToolchainError` otherwise."""
     tools = _tools(device)
     cflags = [*device.toolchain.cflags, *MCU_CFLAGS, *extra_cflags]
-    kernels_o, kwarn = _cached_kernels(tools["cc"], cflags, project / "edgeq_kernels.c")
-    warnings = [w for w in [kwarn] if w]
-    objs = [kernels_o]
-    for src in (main_c, project / "model.c", project / "edgeq_board.c"):
-        obj = project / (src.stem + ".o")
-        w = _compile(tools["cc"], [*cflags, f"-I{project}"], src, obj)
-        warnings += [w] if w else []
-        objs.append(obj)
+    objs, warnings = compile_project(tools["cc"], cflags, project, [main_c, project / "model.c", project / "edgeq_board.c"])
     elf = project / "fw.elf"
     cmd = [tools["cc"], *device.toolchain.cflags, *MCU_LDFLAGS, "-T", str(project / "link.ld"),
            *map(str, objs), *MCU_LIBS, "-o", str(elf)]
@@ -182,7 +194,7 @@ def build_firmware(project: Path, device: DeviceProfile, main_c: Path, arena: in
         lines = proc.stderr.strip().splitlines() or ["no message"]
         first = next((l for l in lines if "undefined reference" in l or "error:" in l), lines[-1])
         raise ToolchainError(f"linking the firmware for {device.id} failed: {first.split(': ', 1)[-1]}")
-    cis = [kernels_o.with_suffix(".ci")] + [o.with_suffix(".ci") for o in objs[1:]]
+    cis = [o.with_suffix(".ci") for o in objs]
     static, path = stack_bound(cis)
     return {"elf": elf, "warnings": warnings, "stack_static_bytes": static + INTERRUPT_AND_LIBRARY_STACK,
             "stack_path": path}
@@ -234,9 +246,6 @@ def simulate(bundle: str | Path | LoadedBundle, device: str | DeviceProfile, inp
     lb = bundle if isinstance(bundle, LoadedBundle) else read_bundle(bundle)
     dev = mcu_device(device)
     _tools(dev)
-    g = lb.graph
-    n = Executor(g, "reference", lb.plan).check_inputs(inputs)
-    q_in = {k: quantize(inputs[k], g.tensors[k]) for k in g.inputs}
     with tempfile.TemporaryDirectory(prefix="edgeq-sim-") as tmp:
         work = (Path(build_dir) if build_dir is not None else Path(tmp)).resolve()
         t0 = time.perf_counter()
@@ -250,25 +259,41 @@ def simulate(bundle: str | Path | LoadedBundle, device: str | DeviceProfile, inp
             raise DoesNotFitError(f"stack reserve of {stack_bytes} bytes is below the kernels' static bound of {need} "
                                   f"bytes ({' -> '.join(fw['stack_path'])}); raise it with --stack-bytes")
         build_s = time.perf_counter() - t0
-        np.concatenate([q_in[k].reshape(n, -1) for k in g.inputs], axis=1).tofile(work / "input.bin")
-        out_file = work / "output.bin"
-        out_file.unlink(missing_ok=True)
+        n = write_inputs(lb, inputs, work)
         t1 = time.perf_counter()
         console = run_firmware(fw["elf"], dev, work, timeout)
         sim_s = time.perf_counter() - t1
-        raw = np.fromfile(out_file, dtype=np.int8) if out_file.is_file() else np.zeros(0, np.int8)
-        total = sum(e["bytes"] for e in exp.outputs)
-        if raw.size != n * total:
-            raise FirmwareError(f"firmware for {dev.id} wrote {raw.size} output bytes, expected {n * total}")
+        outputs, outputs_q = read_outputs(lb, exp.outputs, work, n, f"firmware for {dev.id}")
         sizes = elf_sizes(fw["elf"], dev)
-    raw = raw.reshape(n, total)
-    outputs_q, col = {}, 0
-    for e in exp.outputs:
-        outputs_q[e["name"]] = raw[:, col: col + e["bytes"]].reshape((n,) + tuple(g.tensors[e["name"]].shape[1:]))
-        col += e["bytes"]
-    outputs = {k: dequantize(v, g.tensors[k]) for k, v in outputs_q.items()}
     report = _report(dev, exp, fw, sizes, console, n, lb, build_s, sim_s, stack_bytes, extra_cflags)
     return SimResult(outputs, outputs_q, report)
+
+
+def write_inputs(lb: LoadedBundle, inputs: dict[str, np.ndarray], work: Path) -> int:
+    """Check and quantize float ``inputs`` as ``edgeq run`` does and write them to ``work/input.bin``
+    (int8, samples back to back, inputs in model order); clears any old output.bin. Returns the batch."""
+    g = lb.graph
+    n = Executor(g, "reference", lb.plan).check_inputs(inputs)
+    np.concatenate([quantize(inputs[k], g.tensors[k]).reshape(n, -1) for k in g.inputs], axis=1).tofile(work / "input.bin")
+    (work / "output.bin").unlink(missing_ok=True)
+    return n
+
+
+def read_outputs(lb: LoadedBundle, entries: list[dict[str, Any]], work: Path, n: int,
+                 who: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``work/output.bin`` split into the model's outputs: (dequantized, raw int8). ``who`` names the
+    program in the error raised when it wrote the wrong number of bytes."""
+    out_file = work / "output.bin"
+    raw = np.fromfile(out_file, dtype=np.int8) if out_file.is_file() else np.zeros(0, np.int8)
+    total = sum(e["bytes"] for e in entries)
+    if raw.size != n * total:
+        raise FirmwareError(f"{who} wrote {raw.size} output bytes, expected {n * total}")
+    raw = raw.reshape(n, total)
+    outputs_q, col = {}, 0
+    for e in entries:
+        outputs_q[e["name"]] = raw[:, col: col + e["bytes"]].reshape((n,) + tuple(lb.graph.tensors[e["name"]].shape[1:]))
+        col += e["bytes"]
+    return {k: dequantize(v, lb.graph.tensors[k]) for k, v in outputs_q.items()}, outputs_q
 
 
 def _report(device: DeviceProfile, exp: Any, fw: dict[str, Any], sizes: dict[str, int], console: str, n: int,
