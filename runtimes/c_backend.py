@@ -52,6 +52,11 @@ SANITIZE_FLAGS = ("-O1", "-g", "-std=c99", "-fsanitize=address,undefined", "-fno
                   "-fno-sanitize-recover=all", "-fopenmp")
 SOURCES = ("edgeq_kernels.c", "edgeq_kernels.h")
 
+# Thread tuning (CBackend.tune_threads): timed runs per thread count, and the speed-up a node must show
+# to be given more than one thread.
+TUNE_RUNS = 5
+TUNE_MARGIN = 0.10
+
 # Return codes of the C entry points (edgeq_kernels.h).
 ERRORS = {
     -1: "unknown opcode in the program",
@@ -302,13 +307,16 @@ class CBackend:
         return self._ffi, self._lib
 
     def execute(self, words: np.ndarray, arena: np.ndarray, pool: np.ndarray, in_buf: np.ndarray,
-                in_desc: np.ndarray, out_buf: np.ndarray, out_desc: np.ndarray) -> None:
+                in_desc: np.ndarray, out_buf: np.ndarray, out_desc: np.ndarray,
+                node_threads: np.ndarray | None = None, node_seconds: np.ndarray | None = None) -> None:
         """Run the program on every sample of ``in_buf`` into ``out_buf`` (see ``executor.py``).
 
         The program is checked against the buffers first (every operand inside the arena or pool), so
         a corrupt bundle raises BackendError instead of touching memory it does not own. The check and
         the buffer conversions are cached for the next call with the same program, arena and pool (an
         executor's steady state), and redone whenever their identity or the program's bytes change.
+        Optional schedule, one entry per node record: ``node_threads`` (int8) threads each node runs
+        with, ``node_seconds`` (float64, added to) each node's wall time.
         """
         ffi, lib = self._loaded()
         need("C", in_buf, np.int8, 2, "in_buf")
@@ -320,11 +328,48 @@ class CBackend:
         _check(lib.edgeq_execute(c_words, words.size, c_arena, c_pool, ffi.from_buffer("int8_t[]", in_buf),
                                  in_buf.shape[0], in_buf.shape[1], c_in_desc, in_desc.shape[0],
                                  ffi.from_buffer("int8_t[]", out_buf, require_writable=True), out_buf.shape[1],
-                                 c_out_desc, out_desc.shape[0]))
+                                 c_out_desc, out_desc.shape[0], *self._schedule(node_threads, node_seconds)))
+
+    def _schedule(self, node_threads: np.ndarray | None, node_seconds: np.ndarray | None) -> tuple[Any, Any, int]:
+        """cffi arguments (threads pointer, seconds pointer, node count) of an optional schedule."""
+        ffi = self._ffi
+        if node_threads is None and node_seconds is None:
+            return ffi.NULL, ffi.NULL, 0
+        sizes = set()
+        if node_threads is not None:
+            need("C", node_threads, np.int8, 1, "node_threads")
+            sizes.add(node_threads.size)
+        if node_seconds is not None:
+            need("C", node_seconds, np.float64, 1, "node_seconds", writable=True)
+            sizes.add(node_seconds.size)
+        if len(sizes) != 1:
+            raise BackendError(f"C backend: node_threads and node_seconds differ in length ({sorted(sizes)})")
+        return (ffi.NULL if node_threads is None else ffi.from_buffer("int8_t[]", node_threads),
+                ffi.NULL if node_seconds is None else ffi.from_buffer("double[]", node_seconds, require_writable=True),
+                sizes.pop())
+
+    def tune_threads(self, words: np.ndarray, arena: np.ndarray, pool: np.ndarray, in_buf: np.ndarray,
+                     in_desc: np.ndarray, out_desc: np.ndarray, out_bytes: int, n_nodes: int, threads: int,
+                     runs: int = TUNE_RUNS) -> np.ndarray:
+        """Threads per node, measured: the program runs ``runs`` times on the first sample of ``in_buf``
+        with every node at 1 thread and ``runs`` times at ``threads``, interleaved; each node keeps the
+        count with the smaller median time (1 unless ``threads`` is TUNE_MARGIN faster: a fork that
+        barely pays is noise on a busy machine)."""
+        one = np.ascontiguousarray(in_buf[:1])
+        out = np.empty((1, out_bytes), dtype=np.int8)
+        counts = (1, max(1, int(threads)))
+        seconds = np.zeros((len(counts), runs, n_nodes))
+        tables = [np.full(n_nodes, c, dtype=np.int8) for c in counts]
+        self.execute(words, arena, pool, one, in_desc, out, out_desc, tables[1])  # warm caches and the pool
+        for r in range(runs):
+            for k, table in enumerate(tables):
+                self.execute(words, arena, pool, one, in_desc, out, out_desc, table, seconds[k, r])
+        median = np.median(seconds, axis=1)
+        return np.where(median[1] < median[0] * (1 - TUNE_MARGIN), counts[1], counts[0]).astype(np.int8)
 
     def execute_float(self, words: np.ndarray, arena: np.ndarray, pool: np.ndarray, x: np.ndarray,
                       in_desc: np.ndarray, in_qp: np.ndarray, y: np.ndarray, out_desc: np.ndarray,
-                      out_qp: np.ndarray) -> None:
+                      out_qp: np.ndarray, node_threads: np.ndarray | None = None) -> None:
         """:meth:`execute` with the float boundary inside C: ``x`` float32 [N, total input elements] is
         quantized into the arena with ``in_qp`` rows (scale, zero point) exactly as
         ``executor.quantize`` does, and the outputs are dequantized into ``y`` float32 [N, total output
@@ -341,7 +386,7 @@ class CBackend:
         _check(lib.edgeq_execute_float(c_words, words.size, c_arena, c_pool, ffi.from_buffer("float[]", x),
                                        x.shape[0], x.shape[1], c_in_desc, c_in_qp, in_desc.shape[0],
                                        ffi.from_buffer("float[]", y, require_writable=True), y.shape[1],
-                                       c_out_desc, c_out_qp, out_desc.shape[0]))
+                                       c_out_desc, c_out_qp, out_desc.shape[0], *self._schedule(node_threads, None)))
 
     def _qparams(self, qp: np.ndarray, n: int, name: str, slot: int) -> Any:
         """The cffi pointer of a [n, 2] float32 (scale, zero point) table, cached by identity."""
@@ -425,15 +470,23 @@ def set_threads(n: int) -> None:
 
 
 def execute(words: np.ndarray, arena: np.ndarray, pool: np.ndarray, in_buf: np.ndarray, in_desc: np.ndarray,
-            out_buf: np.ndarray, out_desc: np.ndarray) -> None:
+            out_buf: np.ndarray, out_desc: np.ndarray, node_threads: np.ndarray | None = None,
+            node_seconds: np.ndarray | None = None) -> None:
     """Run a compiled program over a batch: see :meth:`CBackend.execute` and ``executor.py``."""
-    _default.execute(words, arena, pool, in_buf, in_desc, out_buf, out_desc)
+    _default.execute(words, arena, pool, in_buf, in_desc, out_buf, out_desc, node_threads, node_seconds)
 
 
 def execute_float(words: np.ndarray, arena: np.ndarray, pool: np.ndarray, x: np.ndarray, in_desc: np.ndarray,
-                  in_qp: np.ndarray, y: np.ndarray, out_desc: np.ndarray, out_qp: np.ndarray) -> None:
+                  in_qp: np.ndarray, y: np.ndarray, out_desc: np.ndarray, out_qp: np.ndarray,
+                  node_threads: np.ndarray | None = None) -> None:
     """Float32 in, float32 out, quantization inside C: see :meth:`CBackend.execute_float`."""
-    _default.execute_float(words, arena, pool, x, in_desc, in_qp, y, out_desc, out_qp)
+    _default.execute_float(words, arena, pool, x, in_desc, in_qp, y, out_desc, out_qp, node_threads)
+
+
+def tune_threads(words: np.ndarray, arena: np.ndarray, pool: np.ndarray, in_buf: np.ndarray, in_desc: np.ndarray,
+                 out_desc: np.ndarray, out_bytes: int, n_nodes: int, threads: int) -> np.ndarray:
+    """Threads per node, measured: see :meth:`CBackend.tune_threads`."""
+    return _default.tune_threads(words, arena, pool, in_buf, in_desc, out_desc, out_bytes, n_nodes, threads)
 
 
 def flags_used() -> tuple[str, ...]:

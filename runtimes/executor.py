@@ -7,7 +7,7 @@ after the last one. Everything in between is integer arithmetic.
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -58,6 +58,8 @@ class Executor:
         self.backend_name = backend
         self.plan = plan or plan_memory(graph)
         self._qp: tuple[np.ndarray, np.ndarray] | None = None  # (scale, zero point) of inputs, outputs
+        self._threads = 1
+        self.node_threads: np.ndarray | None = None  # per node, once tuned (C backend, threads > 1)
         self._views: list | None = None
         if backend == "reference":
             self._backend = None
@@ -74,9 +76,26 @@ class Executor:
         self._out_total = int(self.program.outputs[:, 1].sum())
 
     def set_threads(self, n: int) -> None:
-        """Number of threads the compiled kernels may use."""
+        """Number of threads the compiled kernels may use. On the C backend, with n > 1, the next run
+        first times every node at 1 and at n threads and gives each the faster (``node_threads``): many
+        nodes of a small model lose more to waking a thread than they gain from it."""
         if self._backend is not None:
             self._backend.set_threads(n)
+        self._threads = max(1, int(n))
+        self.node_threads = None
+
+    def _schedule(self, first_sample: Callable[[], np.ndarray]) -> dict[str, np.ndarray]:
+        """Keyword arguments giving the backend the per-node thread counts, tuned on first use on the
+        int8 input row ``first_sample()`` returns."""
+        tune = getattr(self._backend, "tune_threads", None)
+        if tune is None or self._threads <= 1:
+            return {}
+        if self.node_threads is None:
+            prog = self.program
+            self.node_threads = tune(prog.words, self._arena, self._pool, first_sample(), prog.inputs, prog.outputs,
+                                     self._out_total, len(self.graph.nodes), self._threads)
+            self.node_threads.flags.writeable = False
+        return {"node_threads": self.node_threads}
 
     def check_inputs(self, inputs: dict[str, np.ndarray], dtype: str | None = None) -> int:
         """Validate names, shapes (and dtype if given) of ``inputs``; return the batch size."""
@@ -111,7 +130,8 @@ class Executor:
         g, prog = self.graph, self.program
         in_buf = np.ascontiguousarray(np.concatenate([inputs[k].reshape(n, -1) for k in g.inputs], axis=1))
         out_buf = np.empty((n, self._out_total), dtype=np.int8)
-        self._backend.execute(prog.words, self._arena, self._pool, in_buf, prog.inputs, out_buf, prog.outputs)
+        self._backend.execute(prog.words, self._arena, self._pool, in_buf, prog.inputs, out_buf, prog.outputs,
+                              **self._schedule(lambda: in_buf))
         return self._split(out_buf, n)
 
     def _run_reference(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -145,7 +165,9 @@ class Executor:
                                       dtype=np.float32) for names in (g.inputs, g.outputs))
             for a in self._qp:
                 a.flags.writeable = False
-        execute_float(prog.words, self._arena, self._pool, x, prog.inputs, self._qp[0], y, prog.outputs, self._qp[1])
+        first = lambda: np.concatenate([quantize(inputs[k][:1], g.tensors[k]).reshape(1, -1) for k in g.inputs], axis=1)
+        execute_float(prog.words, self._arena, self._pool, x, prog.inputs, self._qp[0], y, prog.outputs, self._qp[1],
+                      **self._schedule(first))
         return self._split(y, n)
 
     def _split(self, buf: np.ndarray, n: int) -> dict[str, np.ndarray]:

@@ -19,6 +19,9 @@
  */
 #include <math.h>
 #include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "edgeq_kernels.h"
 
@@ -2994,13 +2997,27 @@ void edgeq_layer_norm(const int8_t *x, const int32_t *gamma, const int32_t *beta
 
 /* ---- Program decoding --------------------------------------------------------------------------- */
 
-/* Where operands live; with `validate` set only check operand spans against the sizes, else run. */
+/* Where operands live; with `validate` set only check operand spans against the sizes, else run.
+ * A schedule (n_nodes > 0) gives node i node_threads[i] threads and/or adds its wall time to
+ * node_seconds[i]; nodes past n_nodes run unscheduled. */
 typedef struct {
     int8_t *arena;
     const uint8_t *pool;
     int64_t arena_bytes, pool_bytes;
     int validate;
+    const int8_t *node_threads;
+    double *node_seconds;
+    int64_t n_nodes;
 } ctx_t;
+
+static double wall_seconds(void)
+{
+#ifdef _OPENMP
+    return omp_get_wtime();
+#else
+    return 0.0; /* single-threaded builds have no thread counts to choose between */
+#endif
+}
 
 #define CHECK(cond)                  \
     do {                             \
@@ -3490,19 +3507,26 @@ static int op_layer_norm(const ctx_t *cx, const int64_t *v, int64_t n)
 /* Decode (and run, unless validating) every record; reads only words[0, n_words). */
 static int walk_program(const ctx_t *cx, const int64_t *words, int64_t n_words)
 {
-    int64_t pos = 0;
+    int64_t pos = 0, node = 0;
+    const int threads = edgeq_threads;
     if (n_words < 0)
         return EDGEQ_E_RECORD;
-    while (pos < n_words) {
+    for (; pos < n_words; node++) {
         int64_t len;
         const int64_t *body;
         int rc;
+        const int scheduled = !cx->validate && node < cx->n_nodes;
+        double t0 = 0.0;
         if (n_words - pos < 2)
             return EDGEQ_E_RECORD;
         len = words[pos + 1];
         if (len < 2 || len > n_words - pos)
             return EDGEQ_E_RECORD;
         body = words + pos + 2;
+        if (scheduled && cx->node_threads)
+            edgeq_threads = cx->node_threads[node] < 1 ? 1 : cx->node_threads[node];
+        if (scheduled && cx->node_seconds)
+            t0 = wall_seconds();
         switch (words[pos]) {
         case EDGEQ_OP_CONV: rc = op_conv(cx, body, len - 2); break;
         case EDGEQ_OP_FC: rc = op_fc(cx, body, len - 2); break;
@@ -3520,8 +3544,11 @@ static int walk_program(const ctx_t *cx, const int64_t *words, int64_t n_words)
         case EDGEQ_OP_CONV_TRANSPOSE: rc = op_conv_transpose(cx, body, len - 2); break;
         case EDGEQ_OP_RESIZE: rc = op_resize(cx, body, len - 2); break;
         case EDGEQ_OP_LAYER_NORM: rc = op_layer_norm(cx, body, len - 2); break;
-        default: return EDGEQ_E_OPCODE;
+        default: rc = EDGEQ_E_OPCODE; break;
         }
+        edgeq_threads = threads;
+        if (scheduled && cx->node_seconds)
+            cx->node_seconds[node] += wall_seconds() - t0;
         if (rc != EDGEQ_OK)
             return rc;
         pos += len;
@@ -3529,7 +3556,8 @@ static int walk_program(const ctx_t *cx, const int64_t *words, int64_t n_words)
     return EDGEQ_OK;
 }
 
-int edgeq_run_program(const int64_t *words, int64_t n_words, int8_t *arena, const uint8_t *pool)
+static int run_scheduled(const int64_t *words, int64_t n_words, int8_t *arena, const uint8_t *pool,
+                         const int8_t *node_threads, double *node_seconds, int64_t n_nodes)
 {
     ctx_t cx;
     cx.arena = arena;
@@ -3537,7 +3565,15 @@ int edgeq_run_program(const int64_t *words, int64_t n_words, int8_t *arena, cons
     cx.arena_bytes = 0;
     cx.pool_bytes = 0;
     cx.validate = 0;
+    cx.node_threads = node_threads;
+    cx.node_seconds = node_seconds;
+    cx.n_nodes = node_threads || node_seconds ? n_nodes : 0;
     return walk_program(&cx, words, n_words);
+}
+
+int edgeq_run_program(const int64_t *words, int64_t n_words, int8_t *arena, const uint8_t *pool)
+{
+    return run_scheduled(words, n_words, arena, pool, NULL, NULL, 0);
 }
 
 /* Descriptor rows [offset, bytes] packed back to back within `stride`; with arena_bytes >= 0 each
@@ -3560,7 +3596,8 @@ static int check_desc(const int64_t *desc, int64_t n, int64_t stride, int64_t ar
 
 int edgeq_execute(const int64_t *words, int64_t n_words, int8_t *arena, const uint8_t *pool,
                   const int8_t *in_buf, int64_t batch, int64_t in_stride, const int64_t *in_desc, int64_t n_in,
-                  int8_t *out_buf, int64_t out_stride, const int64_t *out_desc, int64_t n_out)
+                  int8_t *out_buf, int64_t out_stride, const int64_t *out_desc, int64_t n_out,
+                  const int8_t *node_threads, double *node_seconds, int64_t n_nodes)
 {
     int64_t b, i;
     if (batch < 0)
@@ -3574,7 +3611,7 @@ int edgeq_execute(const int64_t *words, int64_t n_words, int8_t *arena, const ui
             memcpy(arena + in_desc[2 * i], src, (size_t)in_desc[2 * i + 1]);
             src += in_desc[2 * i + 1];
         }
-        TRY(edgeq_run_program(words, n_words, arena, pool));
+        TRY(run_scheduled(words, n_words, arena, pool, node_threads, node_seconds, n_nodes));
         for (i = 0; i < n_out; i++) {
             memcpy(dst, arena + out_desc[2 * i], (size_t)out_desc[2 * i + 1]);
             dst += out_desc[2 * i + 1];
@@ -3609,7 +3646,8 @@ static void dequantize_row(const int8_t *restrict q, int64_t n, float scale, int
 int edgeq_execute_float(const int64_t *words, int64_t n_words, int8_t *arena, const uint8_t *pool,
                         const float *x, int64_t batch, int64_t x_stride, const int64_t *in_desc,
                         const float *in_qp, int64_t n_in, float *y, int64_t y_stride, const int64_t *out_desc,
-                        const float *out_qp, int64_t n_out)
+                        const float *out_qp, int64_t n_out, const int8_t *node_threads, double *node_seconds,
+                        int64_t n_nodes)
 {
     int64_t b, i;
     if (batch < 0)
@@ -3624,7 +3662,7 @@ int edgeq_execute_float(const int64_t *words, int64_t n_words, int8_t *arena, co
             quantize_row(src, n, in_qp[2 * i], in_qp[2 * i + 1], arena + in_desc[2 * i]);
             src += n;
         }
-        TRY(edgeq_run_program(words, n_words, arena, pool));
+        TRY(run_scheduled(words, n_words, arena, pool, node_threads, node_seconds, n_nodes));
         for (i = 0; i < n_out; i++) {
             const int64_t n = out_desc[2 * i + 1];
             dequantize_row(arena + out_desc[2 * i], n, out_qp[2 * i], (int32_t)out_qp[2 * i + 1], dst);
@@ -3648,5 +3686,8 @@ int edgeq_validate(const int64_t *words, int64_t n_words, int64_t arena_bytes, i
     cx.arena_bytes = arena_bytes;
     cx.pool_bytes = pool_bytes;
     cx.validate = 1;
+    cx.node_threads = NULL;
+    cx.node_seconds = NULL;
+    cx.n_nodes = 0;
     return walk_program(&cx, words, n_words);
 }

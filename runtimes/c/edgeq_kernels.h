@@ -216,19 +216,24 @@ void edgeq_layer_norm(const int8_t *x, const int32_t *gamma, const int32_t *beta
 int edgeq_run_program(const int64_t *words, int64_t n_words, int8_t *arena, const uint8_t *pool);
 
 /* For each of `batch` samples: copy the inputs (packed back to back in in_buf + b * in_stride, placed
- * by in_desc rows [arena offset, bytes]) into the arena, run the program, copy the outputs out. */
+ * by in_desc rows [arena offset, bytes]) into the arena, run the program, copy the outputs out.
+ * Optional schedule over the first n_nodes node records (NULL pointers for none): node i runs with
+ * node_threads[i] threads (at most what edgeq_set_threads allows is the caller's business) and its wall
+ * time in seconds is added to node_seconds[i] (OpenMP builds; 0 otherwise). */
 int edgeq_execute(const int64_t *words, int64_t n_words, int8_t *arena, const uint8_t *pool,
                   const int8_t *in_buf, int64_t batch, int64_t in_stride, const int64_t *in_desc, int64_t n_in,
-                  int8_t *out_buf, int64_t out_stride, const int64_t *out_desc, int64_t n_out);
+                  int8_t *out_buf, int64_t out_stride, const int64_t *out_desc, int64_t n_out,
+                  const int8_t *node_threads, double *node_seconds, int64_t n_nodes);
 
 /* edgeq_execute with float32 inputs and outputs: x rows of x_stride floats are quantized into the
  * arena (in_qp rows [scale, zero point]: q = clamp(rint(x / scale) + zp, -128, 127) in float32, half to
  * even, NaN -> -128), outputs dequantized as (q - zp) * scale (out_qp rows likewise). Descriptor
- * byte counts are element counts (int8). */
+ * byte counts are element counts (int8). The schedule is edgeq_execute's. */
 int edgeq_execute_float(const int64_t *words, int64_t n_words, int8_t *arena, const uint8_t *pool,
                         const float *x, int64_t batch, int64_t x_stride, const int64_t *in_desc,
                         const float *in_qp, int64_t n_in, float *y, int64_t y_stride, const int64_t *out_desc,
-                        const float *out_qp, int64_t n_out);
+                        const float *out_qp, int64_t n_out, const int8_t *node_threads, double *node_seconds,
+                        int64_t n_nodes);
 
 /* Check a program and its I/O descriptors against buffer sizes without running it: every record
  * decodes, and every operand it reads or writes lies inside the arena or pool. */
