@@ -213,9 +213,13 @@ def cmd_bench(args: argparse.Namespace) -> None:
     data = {"bundle": args.bundle, "backend": ex.backend_name, "threads": args.threads, "batch": args.batch,
             "runs": args.runs, "first_run_ms": first, "median_ms": statistics.median(times), "min_ms": min(times),
             "mean_ms": statistics.fmean(times), "max_ms": max(times)}
+    tuned = ""
+    if ex.node_threads is not None:  # C backend, threads > 1: chosen per node on the first run
+        data["nodes_multithreaded"] = int(np.count_nonzero(ex.node_threads > 1))
+        tuned = f"; {data['nodes_multithreaded']} of {len(ex.node_threads)} nodes run on {args.threads} threads"
     _emit(args, data, f"{args.bundle} on {ex.backend_name}, {args.threads} thread(s), batch {args.batch}: "
                       f"median {data['median_ms']:.3f} ms, min {data['min_ms']:.3f} ms over {args.runs} runs; "
-                      f"first run (load + compile) {first:.1f} ms")
+                      f"first run (load + compile + thread tuning) {first:.1f} ms{tuned}")
 
 
 def _export_c(args: argparse.Namespace) -> None:
