@@ -154,7 +154,7 @@ def matvec(m: Matrix, xq: np.ndarray, xs: np.ndarray, build: CBackend | None = N
     xq = np.ascontiguousarray(xq, np.int8)
     xs = np.ascontiguousarray(xs, np.float32)
     n = xq.shape[0]
-    xsum = np.ascontiguousarray(xq.reshape(n, -1, 32).sum(-1, dtype=np.int32))
+    xsum = np.ascontiguousarray(xq.reshape(n, -1, llm_formats.SUB).sum(-1, dtype=np.int32))
     y = np.empty((n, m.rows), np.float32)
     _check(lib.edgeq_llm_matvec(mat, refs.ptr("int8_t[]", xq), refs.ptr("float[]", xs), refs.ptr("int32_t[]", xsum),
                                 n, ffi.from_buffer("float[]", y)))
@@ -169,7 +169,7 @@ def quantize(x: np.ndarray, build: CBackend | None = None) -> tuple[np.ndarray, 
     x = np.ascontiguousarray(x, np.float32)
     n, cols = x.shape
     xq, xs = np.empty((n, cols), np.int8), np.empty((n, cols // 32), np.float32)
-    xsum = np.empty((n, max(cols // 32, 1)), np.int32)
+    xsum = np.empty((n, max(cols // llm_formats.SUB, 1)), np.int32)
     lib.edgeq_llm_quantize(ffi.from_buffer("float[]", x), n, cols, ffi.from_buffer("int8_t[]", xq),
                            ffi.from_buffer("float[]", xs), ffi.from_buffer("int32_t[]", xsum))
     return xq, xs

@@ -87,7 +87,7 @@ typedef struct {
     float *v_cache; /* [n_layers, ctx, n_kv_heads, head_dim] */
     float *work;
     int8_t *xq;
-    int32_t *xsum;
+    int32_t *xsum;  /* sums of the quantized activations per 4 columns */
 } edgeq_llm_state;
 
 /* sizes[0] floats of work, sizes[1] bytes of xq, sizes[2] int32 of xsum; EDGEQ_LLM_E_MODEL if invalid. */
