@@ -96,11 +96,11 @@ class CDecoder:
         model.layers = layers
         self.model, self._layers = model, layers
         _check(lib.edgeq_llm_validate(model))
-        sizes = ffi.new("int64_t[3]")
+        sizes = ffi.new("int64_t[4]")
         _check(lib.edgeq_llm_state_sizes(model, max_batch, sizes))
         self.max_batch = max_batch
-        self.k_cache = np.zeros((c.n_layers, c.ctx, c.n_kv_heads, c.head_dim), np.float32)
-        self.v_cache = np.zeros_like(self.k_cache)
+        self.k_cache = np.zeros(sizes[3], np.float32)  # position blocks (edgeq_llm.h)
+        self.v_cache = np.zeros((c.n_layers, c.ctx, c.n_kv_heads, c.head_dim), np.float32)
         self._work = np.zeros(sizes[0], np.float32)
         self._xq = np.zeros(sizes[1], np.int8)
         self._xsum = np.zeros(max(sizes[2], 1), np.int32)

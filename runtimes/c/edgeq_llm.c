@@ -484,10 +484,10 @@ static int mat_ok(const edgeq_llm_mat *w, int32_t rows, int32_t cols)
 static void prefetch_rows(const edgeq_llm_mat *w, int32_t r0, int32_t r1)
 {
 #if defined(__GNUC__)
-    size_t row_bytes = (size_t)w->cols * FORMATS[w->fmt].bits / 8, i;
+    size_t row_bytes = (size_t)w->cols * FORMATS[w->fmt].bits / 8, i, end;
     const char *q = (const char *)w->q;
     r1 = r1 < w->rows ? r1 : w->rows;
-    for (i = (size_t)r0 * row_bytes; (int32_t)(i / row_bytes) < r1; i += 64)
+    for (i = (size_t)r0 * row_bytes, end = (size_t)r1 * row_bytes; i < end; i += 64)
         __builtin_prefetch(q + i, 0, 0);
 #else
     (void)w, (void)r0, (void)r1;
@@ -572,6 +572,13 @@ static void rope(float *x, int heads, int hd, const float *cos_row, const float 
 
 /* ---- the decoder ---------------------------------------------------------------------------- */
 
+/* Attention score slots (one per thread; attention runs on at most this many threads). */
+#define SCORE_SLOTS(m) (4 * (m)->n_heads)
+/* Position blocks of the key cache: [kv head][ctx / 16][head_dim][16], so the 16 scores of a block read
+   head_dim contiguous vectors. */
+#define POS_BLOCK 16
+#define CTX_BLOCKS(m) (((m)->ctx + POS_BLOCK - 1) / POS_BLOCK)
+
 typedef struct {
     float *x, *xn, *q, *k, *v, *att, *gate, *up, *tmp, *xs, *scores;
 } work_t;
@@ -593,7 +600,7 @@ static int64_t layout(const edgeq_llm_model *m, int32_t nb, float *base, work_t 
     sizes[3] = sizes[4] = nb * kvd;
     sizes[6] = sizes[7] = (int64_t)nb * m->ffn_dim;
     sizes[9] = (int64_t)nb * (max3(m->dim, m->ffn_dim, (int64_t)m->n_heads * m->head_dim) / 32);
-    sizes[10] = (int64_t)m->n_heads * 9 * m->ctx; /* per head: 8 score lanes + the scores */
+    sizes[10] = (int64_t)SCORE_SLOTS(m) * CTX_BLOCKS(m) * POS_BLOCK; /* attention scores, a slot per thread */
     for (i = 0; i < 11; i++) {
         p[i] = base ? base + off : 0;
         off += (sizes[i] + 15) / 16 * 16;
@@ -635,6 +642,7 @@ int edgeq_llm_state_sizes(const edgeq_llm_model *m, int32_t max_batch, int64_t *
     sizes[0] = layout(m, max_batch, 0, 0);
     sizes[1] = max_batch * widest;
     sizes[2] = max_batch * widest / 4;
+    sizes[3] = (int64_t)m->n_layers * m->n_kv_heads * m->head_dim * CTX_BLOCKS(m) * POS_BLOCK;
     return EDGEQ_LLM_OK;
 }
 
@@ -645,52 +653,82 @@ static void linear(edgeq_llm_state *s, work_t *w, const edgeq_llm_mat *mat, cons
     edgeq_llm_matvec(mat, s->xq, w->xs, s->xsum, n, y);
 }
 
-/* One token's attention over positions 0 .. last. The key cache is transposed, [kv head][dim][ctx], so the
-   lane-ordered score products (llm_reference.dot8: dimension i into lane i % 8) run along positions in
-   contiguous, vectorizable loops; the values stay [ctx][kv dim]. */
-static void attention(const edgeq_llm_model *m, const float *kt, const float *vc, const float *q, int32_t last,
-                      float *scratch, float *out)
+/* Element-wise vector arithmetic (GCC/Clang vector extensions): every lane does exactly the scalar
+   operations of llm_reference.py, so the bits do not depend on the SIMD width the compiler picks. */
+typedef float vf16 __attribute__((vector_size(64)));
+typedef float vf8 __attribute__((vector_size(32)));
+
+/* Scores of one query against the 16 positions of key block kb, times kq_scale, into sc[0 .. 15]
+   (llm_reference.dot8 order: dimension i into lane i % 8, lanes combined pairwise), in registers.
+   (Vectors never cross a function boundary: their ABI would depend on the target flags.) */
+static void scores16(const float *qh, const float *kb, int32_t hd, float scale, float *sc)
 {
-    int32_t hd = m->head_dim, kvd = m->n_kv_heads * hd, ctx = m->ctx, h;
-#pragma omp parallel for schedule(static)
-    for (h = 0; h < m->n_heads; h++) {
-        int32_t kvh = h / (m->n_heads / m->n_kv_heads), n = last + 1, i, j, p;
-        const float *qh = q + (size_t)h * hd, *k = kt + (size_t)kvh * hd * ctx;
-        float *lane = scratch + (size_t)h * 9 * ctx, *sc = lane + (size_t)8 * ctx, *o = out + (size_t)h * hd;
-        float mx, total;
-        for (j = 0; j < 8; j++)
-            for (p = 0; p < n; p++)
-                lane[(size_t)j * ctx + p] = qh[j] * k[(size_t)j * ctx + p];
-        for (i = 8; i < hd; i += 8)
-            for (j = 0; j < 8; j++) {
-                float qv = qh[i + j], *l = lane + (size_t)j * ctx;
-                const float *kr = k + (size_t)(i + j) * ctx;
-                for (p = 0; p < n; p++)
-                    l[p] = l[p] + qv * kr[p];
-            }
-        for (p = 0; p < n; p++) {
-            const float *l = lane + p;
-            sc[p] = (((l[0] + l[ctx]) + (l[2 * ctx] + l[3 * ctx])) + ((l[4 * ctx] + l[5 * ctx]) + (l[6 * ctx] + l[7 * ctx]))) *
-                    m->kq_scale;
+    vf16 l[8], r;
+    int i, j;
+    for (j = 0; j < 8; j++) {
+        memcpy(&r, kb + (size_t)j * POS_BLOCK, sizeof r);
+        l[j] = qh[j] * r;
+    }
+    for (i = 8; i < hd; i += 8)
+        for (j = 0; j < 8; j++) {
+            memcpy(&r, kb + (size_t)(i + j) * POS_BLOCK, sizeof r);
+            l[j] = l[j] + qh[i + j] * r;
         }
-        mx = sc[0];
-        for (p = 1; p < n; p++)
-            mx = sc[p] > mx ? sc[p] : mx;
-        for (p = 0; p < n; p++)
-            sc[p] = exp_f32(sc[p] - mx);
-        total = sc[0];
-        for (p = 1; p < n; p++)
-            total = total + sc[p];
-        for (j = 0; j < hd; j++)
-            o[j] = sc[0] * vc[(size_t)kvh * hd + j];
+    r = (((l[0] + l[1]) + (l[2] + l[3])) + ((l[4] + l[5]) + (l[6] + l[7]))) * scale;
+    memcpy(sc, &r, sizeof r);
+}
+
+/* One query head over positions 0 .. last (whole 16-position blocks are scored; the cache and sc are padded
+   to them, and the scores past `last` are not used). sc: scratch of CTX_BLOCKS * 16 floats. */
+static void attend(const edgeq_llm_model *m, const float *kt, const float *vc, const float *qh, int32_t h,
+                   int32_t last, float *sc, float *o)
+{
+    int32_t hd = m->head_dim, kvd = m->n_kv_heads * hd, kvh = h / (m->n_heads / m->n_kv_heads);
+    int32_t n = last + 1, p, j;
+    const float *k = kt + (size_t)kvh * CTX_BLOCKS(m) * POS_BLOCK * hd, *v = vc + (size_t)kvh * hd;
+    float mx, total;
+    for (p = 0; p < n; p += POS_BLOCK)
+        scores16(qh, k + (size_t)p * hd, hd, m->kq_scale, sc + p);
+    mx = sc[0];
+    for (p = 1; p < n; p++)
+        mx = sc[p] > mx ? sc[p] : mx;
+    for (p = 0; p < n; p++)
+        sc[p] = exp_f32(sc[p] - mx);
+    total = sc[0];
+    for (p = 1; p < n; p++)
+        total = total + sc[p];
+    for (j = 0; j < hd; j += 8) { /* head_dim is a multiple of 8 */
+        vf8 acc, r;
+        memcpy(&r, v + j, sizeof r);
+        acc = sc[0] * r;
         for (p = 1; p < n; p++) {
-            const float *vp = vc + (size_t)p * kvd + (size_t)kvh * hd;
-            float e = sc[p];
-            for (j = 0; j < hd; j++)
-                o[j] = o[j] + e * vp[j];
+            memcpy(&r, v + (size_t)p * kvd + j, sizeof r);
+            acc = acc + sc[p] * r;
         }
-        for (j = 0; j < hd; j++)
-            o[j] = o[j] / total;
+        acc = acc / total;
+        memcpy(o + j, &acc, sizeof acc);
+    }
+}
+
+/* Attention of n tokens (token t at position pos + t, its keys and values already cached), one parallel loop
+   over (token, head) pairs; each thread scores into its own slot of `scratch` (`slots` of them). */
+static void attention(const edgeq_llm_model *m, const float *kt, const float *vc, const float *q, int32_t n,
+                      int32_t pos, float *scratch, int32_t slots, float *out)
+{
+    int32_t qd = m->n_heads * m->head_dim, pairs = n * m->n_heads, i;
+    int threads = 1;
+#ifdef _OPENMP
+    threads = omp_get_max_threads() < slots ? omp_get_max_threads() : slots;
+#endif
+    (void)slots, (void)threads;
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (i = 0; i < pairs; i++) {
+        int32_t t = i / m->n_heads, h = i % m->n_heads, slot = 0;
+#ifdef _OPENMP
+        slot = omp_get_thread_num();
+#endif
+        attend(m, kt, vc, q + (size_t)t * qd + (size_t)h * m->head_dim, h, pos + t, scratch + (size_t)slot * CTX_BLOCKS(m) * POS_BLOCK,
+               out + (size_t)t * qd + (size_t)h * m->head_dim);
     }
 }
 
@@ -718,7 +756,7 @@ int edgeq_llm_forward(const edgeq_llm_model *m, edgeq_llm_state *s, const int32_
     }
     for (l = 0; l < m->n_layers; l++) {
         const edgeq_llm_layer *L = &m->layers[l];
-        float *kc = s->k_cache + (size_t)l * m->ctx * kvd, *vc = s->v_cache + (size_t)l * m->ctx * kvd;
+        float *kc = s->k_cache + (size_t)l * CTX_BLOCKS(m) * POS_BLOCK * kvd, *vc = s->v_cache + (size_t)l * m->ctx * kvd;
         for (t = 0; t < n; t++)
             rmsnorm(w.x + (size_t)t * dim, L->attn_norm, dim, m->eps, w.xn + (size_t)t * dim);
         edgeq_llm_quantize(w.xn, n, dim, s->xq, w.xs, s->xsum);
@@ -730,11 +768,11 @@ int edgeq_llm_forward(const edgeq_llm_model *m, edgeq_llm_state *s, const int32_
             rope(w.q + (size_t)t * qd, m->n_heads, hd, cr, sr);
             rope(w.k + (size_t)t * kvd, m->n_kv_heads, hd, cr, sr);
             for (i = 0; i < kvd; i++)
-                kc[(size_t)i * m->ctx + pos + t] = w.k[(size_t)t * kvd + i];
+                kc[(((size_t)(i / hd) * CTX_BLOCKS(m) + (pos + t) / POS_BLOCK) * hd + i % hd) * POS_BLOCK + (pos + t) % POS_BLOCK] =
+                    w.k[(size_t)t * kvd + i];
             memcpy(vc + (size_t)(pos + t) * kvd, w.v + (size_t)t * kvd, sizeof(float) * kvd);
         }
-        for (t = 0; t < n; t++)
-            attention(m, kc, vc, w.q + (size_t)t * qd, pos + t, w.scores, w.att + (size_t)t * qd);
+        attention(m, kc, vc, w.q, n, pos, w.scores, SCORE_SLOTS(m), w.att);
         linear(s, &w, &L->wo, w.att, n, w.tmp);
         for (i = 0; i < n * dim; i++)
             w.x[i] = w.x[i] + w.tmp[i];

@@ -83,14 +83,15 @@ typedef struct {
 /* Buffers owned by the caller, sized by edgeq_llm_state_sizes for max_batch tokens per call. */
 typedef struct {
     int32_t max_batch;
-    float *k_cache; /* [n_layers, n_kv_heads, head_dim, ctx] (transposed for the score loop) */
+    float *k_cache; /* [n_layers, n_kv_heads, ctx / 16 (rounded up), head_dim, 16] (blocks for the scores) */
     float *v_cache; /* [n_layers, ctx, n_kv_heads, head_dim] */
     float *work;
     int8_t *xq;
     int32_t *xsum;  /* sums of the quantized activations per 4 columns */
 } edgeq_llm_state;
 
-/* sizes[0] floats of work, sizes[1] bytes of xq, sizes[2] int32 of xsum; EDGEQ_LLM_E_MODEL if invalid. */
+/* sizes[0] floats of work, sizes[1] bytes of xq, sizes[2] int32 of xsum, sizes[3] floats of k_cache;
+   EDGEQ_LLM_E_MODEL if invalid. */
 int edgeq_llm_state_sizes(const edgeq_llm_model *m, int32_t max_batch, int64_t *sizes);
 int edgeq_llm_validate(const edgeq_llm_model *m);
 /* Run n tokens at positions pos .. pos+n-1; logits [n, vocab] (all_logits) or [vocab] (last token). */
