@@ -678,6 +678,29 @@ static void scores16(const float *qh, const float *kb, int32_t hd, float scale, 
     memcpy(sc, &r, sizeof r);
 }
 
+/* o[0 .. 8 nv) = sum over positions p in order of sc[p] * v[p] (rows kvd apart), then / total: nv vectors of 8
+   accumulate side by side (nv is 8 or 1, a constant after inlining). */
+static inline __attribute__((always_inline)) void weigh_values(const float *v, int32_t kvd, const float *sc, int32_t n,
+                                                               float total, const int nv, float *o)
+{
+    vf8 acc[8], r;
+    int32_t p;
+    int u;
+    for (u = 0; u < nv; u++) {
+        memcpy(&r, v + 8 * u, sizeof r);
+        acc[u] = sc[0] * r;
+    }
+    for (p = 1; p < n; p++)
+        for (u = 0; u < nv; u++) {
+            memcpy(&r, v + (size_t)p * kvd + 8 * u, sizeof r);
+            acc[u] = acc[u] + sc[p] * r;
+        }
+    for (u = 0; u < nv; u++) {
+        acc[u] = acc[u] / total;
+        memcpy(o + 8 * u, &acc[u], sizeof acc[u]);
+    }
+}
+
 /* One query head over positions 0 .. last (whole 16-position blocks are scored; the cache and sc are padded
    to them, and the scores past `last` are not used). sc: scratch of CTX_BLOCKS * 16 floats. */
 static void attend(const edgeq_llm_model *m, const float *kt, const float *vc, const float *qh, int32_t h,
@@ -697,17 +720,10 @@ static void attend(const edgeq_llm_model *m, const float *kt, const float *vc, c
     total = sc[0];
     for (p = 1; p < n; p++)
         total = total + sc[p];
-    for (j = 0; j < hd; j += 8) { /* head_dim is a multiple of 8 */
-        vf8 acc, r;
-        memcpy(&r, v + j, sizeof r);
-        acc = sc[0] * r;
-        for (p = 1; p < n; p++) {
-            memcpy(&r, v + (size_t)p * kvd + j, sizeof r);
-            acc = acc + sc[p] * r;
-        }
-        acc = acc / total;
-        memcpy(o + j, &acc, sizeof acc);
-    }
+    for (j = 0; j + 64 <= hd; j += 64)
+        weigh_values(v + j, kvd, sc, n, total, 8, o + j);
+    for (; j < hd; j += 8) /* head_dim is a multiple of 8 */
+        weigh_values(v + j, kvd, sc, n, total, 1, o + j);
 }
 
 /* Attention of n tokens (token t at position pos + t, its keys and values already cached), one parallel loop
