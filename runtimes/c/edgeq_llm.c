@@ -78,7 +78,12 @@ static int chunks_of(int cols)
 static void h2f_n(const uint16_t *h, int n, float *out)
 {
     int i = 0;
-#if defined(__F16C__)
+#if defined(__AVX512F__)
+    for (; i < n; i += 16) {
+        __mmask16 k = (__mmask16)(n - i >= 16 ? 0xffff : (1u << (n - i)) - 1);
+        _mm512_mask_storeu_ps(out + i, k, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, h + i)));
+    }
+#elif defined(__F16C__)
     for (; i + 8 <= n; i += 8)
         _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
 #endif
@@ -168,16 +173,21 @@ static inline float fold16(__m512 acc)
     return _mm_cvtss_f32(q);
 }
 
+/* Tiles: decode (one token) runs 8 rows at a time, batches 4 rows x 4 tokens (16 accumulators). */
+#define DECODE_ROWS 8
+#define BATCH_ROWS 4
+#define BATCH_TOKENS 4
+
 /* R rows x T tokens: y[t, r0 + i] for i < R, t < T (R, T, fmt constant after inlining: the codes of a chunk
    are decoded once for T tokens, the activations loaded once for R rows). */
 INLINE void tile(const int fmt, const int planes, const int offset, const int R, const int T, const edgeq_llm_mat *w,
-                 const float *ds, const float *ms, int dstride, int32_t r0, const int8_t *xq, const float *xs,
+                 const float *ds, const float *ms, int dstride, int mstride, int32_t r0, const int8_t *xq, const float *xs,
                  const int32_t *xsum, float *y)
 {
     const int cols = w->cols, nk = chunks_of(cols), nb = cols / 32, ns = cols / 4, shift = code_shift(fmt);
     const size_t row_bytes = (size_t)cols * FORMATS[fmt].bits / 8;
     const uint8_t *q = (const uint8_t *)w->q + (size_t)r0 * row_bytes;
-    __m512 acc[4][4];
+    __m512 acc[DECODE_ROWS][BATCH_TOKENS];
     int i, t, k, p;
     for (i = 0; i < R; i++)
         for (t = 0; t < T; t++)
@@ -210,7 +220,7 @@ INLINE void tile(const int fmt, const int planes, const int offset, const int R,
                 for (p = 1; p < planes; p++)
                     tt[t] = _mm512_add_ps(tt[t], _mm512_mul_ps(dv[p], _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(corr[t], c[p], x[t]))));
                 if (offset)
-                    tt[t] = _mm512_add_ps(tt[t], _mm512_mul_ps(_mm512_set1_ps(ms[(size_t)i * dstride + k]), xsf[t]));
+                    tt[t] = _mm512_add_ps(tt[t], _mm512_mul_ps(_mm512_set1_ps(ms[(size_t)i * mstride + k]), xsf[t]));
                 acc[i][t] = _mm512_mask_add_ps(acc[i][t], lanes, acc[i][t], _mm512_mul_ps(tt[t], xsv[t]));
             }
         }
@@ -220,44 +230,43 @@ INLINE void tile(const int fmt, const int planes, const int offset, const int R,
             y[(size_t)t * w->rows + r0 + i] = fold16(acc[i][t]);
 }
 
-#ifndef TILE_ROWS
-#define TILE_ROWS 4
-#endif
-#ifndef TILE_TOKENS
-#define TILE_TOKENS 4
-#endif
-
-/* Rows r0 .. r1-1 (a multiple of TILE_ROWS apart, but for the matrix's last rows) for all n tokens. */
+/* Rows r0 .. r1-1 (at most DECODE_ROWS) for all n tokens. */
 INLINE void rows_fmt(const int fmt, const int planes, const int offset, const edgeq_llm_mat *w, int32_t r0, int32_t r1,
                      const int8_t *xq, const float *xs, const int32_t *xsum, int32_t n, float *y)
 {
-    float ds[TILE_ROWS * MAX_PLANES * MAX_GROUPS], ms[TILE_ROWS * MAX_PLANES * MAX_GROUPS]; /* row i at i * dstride */
+    float ds[DECODE_ROWS * MAX_PLANES * MAX_GROUPS], ms[DECODE_ROWS * MAX_GROUPS];
     const int ng = FORMATS[fmt].group ? w->cols / FORMATS[fmt].group : 1, dstride = ng * planes;
     const int cols = w->cols, nb = cols / 32, ns = cols / 4;
-    int32_t r = r0, t, i;
-    while (r < r1) {
-        int R = r1 - r >= TILE_ROWS ? TILE_ROWS : 1;
-        for (i = 0; i < R; i++)
-            row_scales(w, &FORMATS[fmt], r + i, ds + i * dstride, ms + i * dstride);
-        for (t = 0; t + TILE_TOKENS <= n; t += TILE_TOKENS) {
+    int32_t r, t, i;
+    for (i = 0; i < r1 - r0; i++)
+        row_scales(w, &FORMATS[fmt], r0 + i, ds + i * dstride, ms + i * ng);
+    if (n == 1) {
+        if (r1 - r0 == DECODE_ROWS)
+            tile(fmt, planes, offset, DECODE_ROWS, 1, w, ds, ms, dstride, ng, r0, xq, xs, xsum, y);
+        else
+            for (r = r0; r < r1; r++)
+                tile(fmt, planes, offset, 1, 1, w, ds + (r - r0) * dstride, ms + (r - r0) * ng, dstride, ng, r, xq, xs,
+                     xsum, y);
+        return;
+    }
+    for (r = r0; r < r1;) {
+        const int R = r1 - r >= BATCH_ROWS ? BATCH_ROWS : 1;
+        const float *dr = ds + (r - r0) * dstride, *mr = ms + (r - r0) * ng;
+        for (t = 0; t < n;) {
+            const int T = n - t >= BATCH_TOKENS ? BATCH_TOKENS : 1;
             const int8_t *x = xq + (size_t)t * cols;
-            const float *s = xs + (size_t)t * nb;
+            const float *sx = xs + (size_t)t * nb;
             const int32_t *u = xsum + (size_t)t * ns;
             float *o = y + (size_t)t * w->rows;
-            if (R == TILE_ROWS)
-                tile(fmt, planes, offset, TILE_ROWS, TILE_TOKENS, w, ds, ms, dstride, r, x, s, u, o);
+            if (R == BATCH_ROWS && T == BATCH_TOKENS)
+                tile(fmt, planes, offset, BATCH_ROWS, BATCH_TOKENS, w, dr, mr, dstride, ng, r, x, sx, u, o);
+            else if (R == BATCH_ROWS)
+                tile(fmt, planes, offset, BATCH_ROWS, 1, w, dr, mr, dstride, ng, r, x, sx, u, o);
+            else if (T == BATCH_TOKENS)
+                tile(fmt, planes, offset, 1, BATCH_TOKENS, w, dr, mr, dstride, ng, r, x, sx, u, o);
             else
-                tile(fmt, planes, offset, 1, TILE_TOKENS, w, ds, ms, dstride, r, x, s, u, o);
-        }
-        for (; t < n; t++) {
-            const int8_t *x = xq + (size_t)t * cols;
-            const float *s = xs + (size_t)t * nb;
-            const int32_t *u = xsum + (size_t)t * ns;
-            float *o = y + (size_t)t * w->rows;
-            if (R == TILE_ROWS)
-                tile(fmt, planes, offset, TILE_ROWS, 1, w, ds, ms, dstride, r, x, s, u, o);
-            else
-                tile(fmt, planes, offset, 1, 1, w, ds, ms, dstride, r, x, s, u, o);
+                tile(fmt, planes, offset, 1, 1, w, dr, mr, dstride, ng, r, x, sx, u, o);
+            t += T;
         }
         r += R;
     }
@@ -287,7 +296,7 @@ static void rows_any(const edgeq_llm_mat *w, int32_t r0, int32_t r1, const int8_
         break;
     }
 }
-#define ROW_STEP TILE_ROWS
+#define ROW_STEP DECODE_ROWS
 #else
 /* ---- portable paths: a row is unpacked into signed plane values, lane dots per chunk, float in C ---- */
 #define ROW_STEP 1
