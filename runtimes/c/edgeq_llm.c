@@ -517,13 +517,25 @@ static void matvec_rows(const edgeq_llm_mat *w, const int8_t *xq, const float *x
     }
 }
 
+/* Several matrices over the same activations in one parallel region: y[i] = mats[i] x. Each region wakes
+   the worker threads (a futex round trip with passive waits), so q/k/v and gate/up share one. */
+static void matvecs(int count, const edgeq_llm_mat *const *mats, const int8_t *xq, const float *xs,
+                    const int32_t *xsum, int32_t n, float *const *ys)
+{
+#pragma omp parallel
+    {
+        int i;
+        for (i = 0; i < count; i++)
+            matvec_rows(mats[i], xq, xs, xsum, n, ys[i]);
+    }
+}
+
 int edgeq_llm_matvec(const edgeq_llm_mat *w, const int8_t *xq, const float *xs, const int32_t *xsum, int32_t n,
                      float *y)
 {
     if (!mat_ok(w, w->rows, w->cols))
         return EDGEQ_LLM_E_MODEL;
-#pragma omp parallel
-    matvec_rows(w, xq, xs, xsum, n, y);
+    matvecs(1, &w, xq, xs, xsum, n, &y);
     return EDGEQ_LLM_OK;
 }
 
@@ -785,9 +797,11 @@ int edgeq_llm_forward(const edgeq_llm_model *m, edgeq_llm_state *s, const int32_
         for (t = 0; t < n; t++)
             rmsnorm(w.x + (size_t)t * dim, L->attn_norm, dim, m->eps, w.xn + (size_t)t * dim);
         edgeq_llm_quantize(w.xn, n, dim, s->xq, w.xs, s->xsum);
-        edgeq_llm_matvec(&L->wq, s->xq, w.xs, s->xsum, n, w.q);
-        edgeq_llm_matvec(&L->wk, s->xq, w.xs, s->xsum, n, w.k);
-        edgeq_llm_matvec(&L->wv, s->xq, w.xs, s->xsum, n, w.v);
+        {
+            const edgeq_llm_mat *mats[3] = {&L->wq, &L->wk, &L->wv};
+            float *ys[3] = {w.q, w.k, w.v};
+            matvecs(3, mats, s->xq, w.xs, s->xsum, n, ys);
+        }
         for (t = 0; t < n; t++) {
             const float *cr = m->rope_cos + (size_t)(pos + t) * (hd / 2), *sr = m->rope_sin + (size_t)(pos + t) * (hd / 2);
             rope(w.q + (size_t)t * qd, m->n_heads, hd, cr, sr);
@@ -804,8 +818,11 @@ int edgeq_llm_forward(const edgeq_llm_model *m, edgeq_llm_state *s, const int32_
         for (t = 0; t < n; t++)
             rmsnorm(w.x + (size_t)t * dim, L->ffn_norm, dim, m->eps, w.xn + (size_t)t * dim);
         edgeq_llm_quantize(w.xn, n, dim, s->xq, w.xs, s->xsum);
-        edgeq_llm_matvec(&L->gate, s->xq, w.xs, s->xsum, n, w.gate);
-        edgeq_llm_matvec(&L->up, s->xq, w.xs, s->xsum, n, w.up);
+        {
+            const edgeq_llm_mat *mats[2] = {&L->gate, &L->up};
+            float *ys[2] = {w.gate, w.up};
+            matvecs(2, mats, s->xq, w.xs, s->xsum, n, ys);
+        }
         for (i = 0; i < n * ffn; i++) {
             float g = w.gate[i];
             w.gate[i] = (g / (1.0f + exp_f32(-g))) * w.up[i];
