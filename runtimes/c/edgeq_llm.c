@@ -91,13 +91,14 @@ static void h2f_n(const uint16_t *h, int n, float *out)
         out[i] = h2f(h[i]);
 }
 
-/* A row's scales (and offsets) in float32: ds[g * planes + p], ms[g]. */
-static void row_scales(const edgeq_llm_mat *w, const fmt_info *f, int32_t r, float *ds, float *ms)
+/* The scales (and offsets) of rows r0 .. r1-1 in float32, rows one after the other: ds[g * planes + p],
+   ms[g] for the first row. */
+static void row_scales(const edgeq_llm_mat *w, const fmt_info *f, int32_t r0, int32_t r1, float *ds, float *ms)
 {
     int ng = f->group ? w->cols / f->group : 1;
-    h2f_n(w->d + (size_t)r * ng * f->planes, ng * f->planes, ds);
+    h2f_n(w->d + (size_t)r0 * ng * f->planes, (r1 - r0) * ng * f->planes, ds);
     if (f->offset)
-        h2f_n(w->m + (size_t)r * ng, ng, ms);
+        h2f_n(w->m + (size_t)r0 * ng, (r1 - r0) * ng, ms);
 }
 
 #define MAX_GROUPS (EDGEQ_LLM_MAX_COLS / 32)
@@ -237,9 +238,8 @@ INLINE void rows_fmt(const int fmt, const int planes, const int offset, const ed
     float ds[DECODE_ROWS * MAX_PLANES * MAX_GROUPS], ms[DECODE_ROWS * MAX_GROUPS];
     const int ng = FORMATS[fmt].group ? w->cols / FORMATS[fmt].group : 1, dstride = ng * planes;
     const int cols = w->cols, nb = cols / 32, ns = cols / 4;
-    int32_t r, t, i;
-    for (i = 0; i < r1 - r0; i++)
-        row_scales(w, &FORMATS[fmt], r0 + i, ds + i * dstride, ms + i * ng);
+    int32_t r, t;
+    row_scales(w, &FORMATS[fmt], r0, r1, ds, ms);
     if (n == 1) {
         if (r1 - r0 == DECODE_ROWS)
             tile(fmt, planes, offset, DECODE_ROWS, 1, w, ds, ms, dstride, ng, r0, xq, xs, xsum, y);
@@ -439,7 +439,7 @@ static void rows_any(const edgeq_llm_mat *w, int32_t r0, int32_t r1, const int8_
     int32_t r, t;
     for (r = r0; r < r1; r++) {
         const int8_t *v = row_values(w, f, r, buf);
-        row_scales(w, f, r, ds, ms);
+        row_scales(w, f, r, r + 1, ds, ms);
         for (t = 0; t < n; t++)
             y[(size_t)t * w->rows + r] = row_dot(f, cols, v, ds, ms, xq + (size_t)t * cols, xs + (size_t)t * (cols / 32),
                                                  xsum + (size_t)t * (cols / 4));
@@ -490,17 +490,24 @@ static int mat_ok(const edgeq_llm_mat *w, int32_t rows, int32_t cols)
 #ifndef PREFETCH_ROWS
 #define PREFETCH_ROWS 8
 #endif
+#if !defined(__GNUC__)
+#define __builtin_prefetch(p, rw, loc) ((void)(p))
+#endif
+static void prefetch_span(const void *base, size_t row_bytes, int32_t r0, int32_t r1)
+{
+    const char *b = (const char *)base;
+    size_t i, end = (size_t)r1 * row_bytes;
+    for (i = (size_t)r0 * row_bytes; i < end; i += 64)
+        __builtin_prefetch(b + i, 0, 0);
+}
+
 static void prefetch_rows(const edgeq_llm_mat *w, int32_t r0, int32_t r1)
 {
-#if defined(__GNUC__)
-    size_t row_bytes = (size_t)w->cols * FORMATS[w->fmt].bits / 8, i, end;
-    const char *q = (const char *)w->q;
+    const fmt_info *f = &FORMATS[w->fmt];
     r1 = r1 < w->rows ? r1 : w->rows;
-    for (i = (size_t)r0 * row_bytes, end = (size_t)r1 * row_bytes; i < end; i += 64)
-        __builtin_prefetch(q + i, 0, 0);
-#else
-    (void)w, (void)r0, (void)r1;
-#endif
+    if (r0 >= r1)
+        return;
+    prefetch_span(w->q, (size_t)w->cols * f->bits / 8, r0, r1);
 }
 
 /* Rows split across the threads of an enclosing parallel region (or run alone): call from every thread. */
