@@ -122,17 +122,33 @@ INLINE __m512i chunk_codes(const int fmt, const uint8_t *q, const int planes, in
         __m256i h = tail ? _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)(q + 32 * k)))
                          : _mm256_loadu_si256((const __m256i *)(q + 32 * k));
         __m512i b = _mm512_broadcast_i64x4(h);
+#if defined(__GFNI__)
+        /* [bytes 0-15, 0-15, 16-31, 16-31], then one bit-matrix multiply per 128-bit lane picks the low or the
+           high nibble (gf2p8affine: byte 7-i of the lane's matrix selects output bit i) */
+        const __m512i nibble = _mm512_setr_epi64(0x0102040800000000LL, 0x0102040800000000LL, 0x1020408000000000LL,
+                                                 0x1020408000000000LL, 0x0102040800000000LL, 0x0102040800000000LL,
+                                                 0x1020408000000000LL, 0x1020408000000000LL);
+        return _mm512_gf2p8affine_epi64_epi8(_mm512_shuffle_i64x2(b, b, 0x50), nibble, 0);
+#else
         __m512i z = _mm512_mask_srli_epi16(b, 0xffff0000u, b, 4);
         z = _mm512_shuffle_i64x2(z, z, 0xd8);
         return _mm512_and_si512(z, _mm512_set1_epi8(15));
+#endif
     }
     if (fmt == EDGEQ_LLM_FMT_TERNARY || fmt == EDGEQ_LLM_FMT_PTQTP) {
-        /* byte j holds elements j, j+16, j+32, j+48 at bits 0, 2, 4, 6: 128-bit lane L shifts by 2L */
+        /* byte j holds elements j, j+16, j+32, j+48 at bits 0, 2, 4, 6: 128-bit lane L takes bits 2L, 2L+1 */
+        __m512i b = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(q + 16 * (k * planes + p))));
+#if defined(__GFNI__)
+        const __m512i trit = _mm512_setr_epi64(0x0102000000000000LL, 0x0102000000000000LL, 0x0408000000000000LL,
+                                               0x0408000000000000LL, 0x1020000000000000LL, 0x1020000000000000LL,
+                                               0x4080000000000000LL, 0x4080000000000000LL);
+        return _mm512_gf2p8affine_epi64_epi8(b, trit, 0);
+#else
         const __m512i shifts = _mm512_setr_epi64(0, 0, 0x0002000200020002LL, 0x0002000200020002LL,
                                                  0x0004000400040004LL, 0x0004000400040004LL,
                                                  0x0006000600060006LL, 0x0006000600060006LL);
-        __m512i b = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(q + 16 * (k * planes + p))));
         return _mm512_and_si512(_mm512_srlv_epi16(b, shifts), _mm512_set1_epi8(3));
+#endif
     }
     {
         uint64_t bits;
