@@ -722,28 +722,31 @@ static void scores16(const float *qh, const float *kb, int32_t hd, float scale, 
     memcpy(sc, &r, sizeof r);
 }
 
-/* o[0 .. 8 nv) = sum over positions p in order of sc[p] * v[p] (rows kvd apart), then / total: nv vectors of 8
-   accumulate side by side (nv is 8 or 1, a constant after inlining). */
-static inline __attribute__((always_inline)) void weigh_values(const float *v, int32_t kvd, const float *sc, int32_t n,
-                                                               float total, const int nv, float *o)
-{
-    vf8 acc[8], r;
-    int32_t p;
-    int u;
-    for (u = 0; u < nv; u++) {
-        memcpy(&r, v + 8 * u, sizeof r);
-        acc[u] = sc[0] * r;
+/* o[0 .. NV vectors of VT) = sum over positions p in order of sc[p] * v[p] (rows kvd apart), then / total;
+   the NV accumulators run side by side. One body for 64 dimensions in 16-wide vectors and 8 in 8-wide ones. */
+#define WEIGH_VALUES(name, VT, NV)                                                                             \
+    static void name(const float *v, int32_t kvd, const float *sc, int32_t n, float total, float *o)          \
+    {                                                                                                        \
+        const int w = (int)(sizeof(VT) / sizeof(float));                                                    \
+        VT acc[NV], r;                                                                                       \
+        int32_t p;                                                                                           \
+        int u;                                                                                               \
+        for (u = 0; u < NV; u++) {                                                                           \
+            memcpy(&r, v + w * u, sizeof r);                                                                 \
+            acc[u] = sc[0] * r;                                                                              \
+        }                                                                                                    \
+        for (p = 1; p < n; p++)                                                                              \
+            for (u = 0; u < NV; u++) {                                                                       \
+                memcpy(&r, v + (size_t)p * kvd + w * u, sizeof r);                                           \
+                acc[u] = acc[u] + sc[p] * r;                                                                 \
+            }                                                                                                \
+        for (u = 0; u < NV; u++) {                                                                           \
+            acc[u] = acc[u] / total;                                                                         \
+            memcpy(o + w * u, &acc[u], sizeof acc[u]);                                                       \
+        }                                                                                                    \
     }
-    for (p = 1; p < n; p++)
-        for (u = 0; u < nv; u++) {
-            memcpy(&r, v + (size_t)p * kvd + 8 * u, sizeof r);
-            acc[u] = acc[u] + sc[p] * r;
-        }
-    for (u = 0; u < nv; u++) {
-        acc[u] = acc[u] / total;
-        memcpy(o + 8 * u, &acc[u], sizeof acc[u]);
-    }
-}
+WEIGH_VALUES(weigh_values64, vf16, 4)
+WEIGH_VALUES(weigh_values8, vf8, 1)
 
 /* One query head over positions 0 .. last (whole 16-position blocks are scored; the cache and sc are padded
    to them, and the scores past `last` are not used). sc: scratch of CTX_BLOCKS * 16 floats. */
@@ -761,13 +764,26 @@ static void attend(const edgeq_llm_model *m, const float *kt, const float *vc, c
         mx = sc[p] > mx ? sc[p] : mx;
     for (p = 0; p < n; p++)
         sc[p] = exp_f32(sc[p] - mx);
-    total = sc[0];
-    for (p = 1; p < n; p++)
-        total = total + sc[p];
+    for (; p % POS_BLOCK; p++)
+        sc[p] = 0.0f;
+    {   /* position p into lane p % 16, lanes folded in halves (llm_reference) */
+        vf16 lanes, r;
+        float l[16];
+        memcpy(&lanes, sc, sizeof lanes);
+        for (p = POS_BLOCK; p < n; p += POS_BLOCK) {
+            memcpy(&r, sc + p, sizeof r);
+            lanes = lanes + r;
+        }
+        memcpy(l, &lanes, sizeof l);
+        for (j = 8; j >= 1; j /= 2)
+            for (p = 0; p < j; p++)
+                l[p] = l[p] + l[p + j];
+        total = l[0];
+    }
     for (j = 0; j + 64 <= hd; j += 64)
-        weigh_values(v + j, kvd, sc, n, total, 8, o + j);
+        weigh_values64(v + j, kvd, sc, n, total, o + j);
     for (; j < hd; j += 8) /* head_dim is a multiple of 8 */
-        weigh_values(v + j, kvd, sc, n, total, 1, o + j);
+        weigh_values8(v + j, kvd, sc, n, total, o + j);
 }
 
 /* Attention of n tokens (token t at position pos + t, its keys and values already cached), one parallel loop
