@@ -7,7 +7,7 @@ round), medians over the rounds, OMP_WAIT_POLICY=passive for both (they share li
 as in the peer script); prefill = one 512-token batch. llama.cpp types other than the source Q4_1 are made
 with llama.cpp's own quantizer.
 
-Run: python benchmarks/bench_llm.py [--rounds 3] [--threads 1 2] [--out DIR] [--json FILE]
+Run: python benchmarks/bench_llm.py [--rounds 3] [--threads 1 2] [--schemes int8 int4 ...] [--out DIR] [--json FILE]
 """
 
 from __future__ import annotations
@@ -131,13 +131,16 @@ def main() -> None:
     ap.add_argument("--out", default="/tmp/edgeq_llm_bench")
     ap.add_argument("--json", help="also write the figures here")
     ap.add_argument("--skip-ppl", action="store_true")
+    ap.add_argument("--schemes", nargs="+", choices=sorted({s for s, _ in PAIRS}),
+                    help="only these edgeq schemes (and their llama.cpp types)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    schemes = list(dict.fromkeys(s for s, _ in PAIRS))
-    types = list(dict.fromkeys(t for _, t in PAIRS))
+    pairs = [p for p in PAIRS if not args.schemes or p[0] in args.schemes]
+    schemes = list(dict.fromkeys(s for s, _ in pairs))
+    types = list(dict.fromkeys(t for _, t in pairs))
     files = {("edgeq", s): edgeq_file(s, args.out) for s in schemes}
     files.update({("llama", t): llama_file(t, args.out) for t in types})
-    tok = Tokenizer(edgeq.load(files[("edgeq", "int8")]))
+    tok = Tokenizer(edgeq.load(files[("edgeq", schemes[0])]))
     ids = tok.encode(corpus(), add_bos=False)
     res: dict[str, dict] = {f"{k[0]}:{k[1]}": {"bytes_per_token": None} for k in files}
     for s in schemes:
@@ -172,17 +175,17 @@ def main() -> None:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=2)
-    print_table(res, args)
+    print_table(res, args, pairs)
 
 
-def print_table(res: dict, args: argparse.Namespace) -> None:
+def print_table(res: dict, args: argparse.Namespace, pairs: list[tuple[str, str]]) -> None:
     th = args.threads
     head = "| edgeq scheme | llama.cpp type | ppl edgeq | ppl llama.cpp | " + " | ".join(
         f"decode t{t} edgeq / llama.cpp (ratio)" for t in th) + " | " + " | ".join(
         f"prefill t{t} edgeq / llama.cpp (ratio)" for t in th) + " | MB/token edgeq | decode t1 / bandwidth limit |"
     print(head)
     print("|" + "---|" * (head.count("|") - 1))
-    for s, t in PAIRS:
+    for s, t in pairs:
         e, ll = res[f"edgeq:{s}"], res[f"llama:{t}"]
         cells = [s, t, f"{e.get('perplexity', float('nan')):.2f}", f"{ll.get('perplexity', float('nan')):.2f}"]
         for kind in ("decode", "prefill"):

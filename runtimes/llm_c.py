@@ -96,11 +96,11 @@ class CDecoder:
         model.layers = layers
         self.model, self._layers = model, layers
         _check(lib.edgeq_llm_validate(model))
-        sizes = ffi.new("int64_t[3]")
+        sizes = ffi.new("int64_t[4]")
         _check(lib.edgeq_llm_state_sizes(model, max_batch, sizes))
         self.max_batch = max_batch
-        self.k_cache = np.zeros((c.n_layers, c.ctx, c.n_kv_heads, c.head_dim), np.float32)
-        self.v_cache = np.zeros_like(self.k_cache)
+        self.k_cache = np.zeros(sizes[3], np.float32)  # position blocks (edgeq_llm.h)
+        self.v_cache = np.zeros((c.n_layers, c.ctx, c.n_kv_heads, c.head_dim), np.float32)
         self._work = np.zeros(sizes[0], np.float32)
         self._xq = np.zeros(sizes[1], np.int8)
         self._xsum = np.zeros(max(sizes[2], 1), np.int32)
@@ -154,7 +154,7 @@ def matvec(m: Matrix, xq: np.ndarray, xs: np.ndarray, build: CBackend | None = N
     xq = np.ascontiguousarray(xq, np.int8)
     xs = np.ascontiguousarray(xs, np.float32)
     n = xq.shape[0]
-    xsum = np.ascontiguousarray(xq.reshape(n, -1, 32).sum(-1, dtype=np.int32))
+    xsum = np.ascontiguousarray(xq.reshape(n, -1, llm_formats.SUB).sum(-1, dtype=np.int32))
     y = np.empty((n, m.rows), np.float32)
     _check(lib.edgeq_llm_matvec(mat, refs.ptr("int8_t[]", xq), refs.ptr("float[]", xs), refs.ptr("int32_t[]", xsum),
                                 n, ffi.from_buffer("float[]", y)))
@@ -169,7 +169,7 @@ def quantize(x: np.ndarray, build: CBackend | None = None) -> tuple[np.ndarray, 
     x = np.ascontiguousarray(x, np.float32)
     n, cols = x.shape
     xq, xs = np.empty((n, cols), np.int8), np.empty((n, cols // 32), np.float32)
-    xsum = np.empty((n, max(cols // 32, 1)), np.int32)
+    xsum = np.empty((n, max(cols // llm_formats.SUB, 1)), np.int32)
     lib.edgeq_llm_quantize(ffi.from_buffer("float[]", x), n, cols, ffi.from_buffer("int8_t[]", xq),
                            ffi.from_buffer("float[]", xs), ffi.from_buffer("int32_t[]", xsum))
     return xq, xs

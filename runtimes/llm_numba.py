@@ -46,32 +46,28 @@ def _unpack_row(code: int, q: np.ndarray, cols: int, planes: int, out: np.ndarra
 def _matvec(code: int, q: np.ndarray, d: np.ndarray, m: np.ndarray, has_m: bool, rows: int, cols: int, group: int,
             planes: int, xq: np.ndarray, xs: np.ndarray, y: np.ndarray) -> None:
     n = xq.shape[0]
-    nb, per = cols // 32, group // 32
-    sums = np.zeros((n, nb), np.int32)
-    for t in range(n):
-        for b in range(nb):
-            s = 0
-            for j in range(32):
-                s += xq[t, b * 32 + j]
-            sums[t, b] = s
     vals = np.zeros((planes, cols), np.int8)
     acc = np.zeros(16, F32)
     for r in range(rows):
         _unpack_row(code, q[r], cols, planes, vals)
         for t in range(n):
             acc[:] = F32(0.0)
-            for b in range(nb):
-                g = b // per
+            for c in range(0, cols, 4):  # lane (c % 64) // 4 of chunk c // 64
+                g = c // group
+                xsum = 0
+                for j in range(c, c + 4):
+                    xsum += np.int32(xq[t, j])
                 tt = F32(0.0)
                 for p in range(planes):
                     dot = 0
-                    for j in range(b * 32, b * 32 + 32):
+                    for j in range(c, c + 4):
                         dot += np.int32(vals[p, j]) * np.int32(xq[t, j])
                     term = d[r, g * planes + p] * F32(dot)
                     tt = term if p == 0 else tt + term
                 if has_m:
-                    tt = tt + m[r, g] * F32(sums[t, b])
-                acc[b % 16] = acc[b % 16] + tt * xs[t, b]
+                    tt = tt + m[r, g] * F32(xsum)
+                lane = (c % 64) // 4
+                acc[lane] = acc[lane] + tt * xs[t, c // 32]
             h = 8
             while h >= 1:
                 for i in range(h):

@@ -10,7 +10,8 @@ RMSNorm -> output head. Every mat-vec quantizes its input per token to int8 and 
   combined as ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)). Used for RMSNorm and attention scores.
 - ``exp_f32``: clamp to [-87, 88], k = rint(x log2 e), r = (x - k ln2_hi) - k ln2_lo, a degree-6 Taylor
   polynomial in Horner form, times 2**k built from its bits. Used by softmax and SiLU.
-- softmax weights and the attention-weighted sum of V accumulate over positions in order.
+- the softmax total sums position p into lane p % 16 (in order), lanes folded by ``halving_sum``; the
+  attention-weighted sum of V accumulates over positions in order.
 - RoPE uses the precomputed float32 tables of :func:`rope_tables` (pairs (2i, 2i+1), GGML's "normal" mode).
 """
 
@@ -191,7 +192,9 @@ class ReferenceDecoder:
             vals = self.v_cache[li, :pos + 1].repeat(nh // nkv, axis=1)
             s = dot8(q[None], keys) * self.kq_scale                         # [T, nh]
             e = exp_f32(s - s.max(0))
-            total = np.cumsum(e, axis=0, dtype=F32)[-1]                     # in position order
+            lanes = np.zeros((-(-len(e) // 16) * 16, nh), F32)
+            lanes[:len(e)] = e
+            total = llm_formats.halving_sum(np.cumsum(lanes.reshape(-1, 16, nh), axis=0, dtype=F32)[-1].T)  # lane p % 16
             acc = np.cumsum(e[..., None] * vals, axis=0, dtype=F32)[-1]     # [nh, hd]
             att = (acc / total[:, None]).reshape(-1)
             x = x + self._mv(p + "attn_output", *llm_formats.quantize_act(att[None]))

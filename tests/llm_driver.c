@@ -35,7 +35,7 @@ int main(void)
 {
     int32_t h[10], i, rc, n_tokens, max_batch;
     float f[2];
-    int64_t sizes[3];
+    int64_t sizes[4];
     edgeq_llm_model m;
     edgeq_llm_layer *layers;
     edgeq_llm_state s;
@@ -68,7 +68,7 @@ int main(void)
     if ((rc = edgeq_llm_state_sizes(&m, max_batch, sizes)) != 0)
         return 10 - rc;
     s.max_batch = max_batch;
-    s.k_cache = calloc((size_t)m.n_layers * m.ctx * m.n_kv_heads * m.head_dim, sizeof(float));
+    s.k_cache = calloc((size_t)sizes[3], sizeof(float));
     s.v_cache = calloc((size_t)m.n_layers * m.ctx * m.n_kv_heads * m.head_dim, sizeof(float));
     s.work = calloc((size_t)sizes[0], sizeof(float));
     s.xq = calloc((size_t)sizes[1], 1);

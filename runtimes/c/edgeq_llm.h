@@ -1,14 +1,17 @@
 /*
- * edgeq LLM decoder kernels: C99, bit-exact with runtimes/llm_reference.py and runtimes/llm_formats.py.
+ * edgeq LLM decoder kernels: C99 plus GCC/Clang vector extensions, bit-exact with
+ * runtimes/llm_reference.py and runtimes/llm_formats.py.
  *
- * Weight formats (llm_formats.FORMATS; byte layouts in docs/llm-formats.md) share one mat-vec: a row is
- * unpacked into int8 plane values, integer dot products are taken per group and plane, and the float32
- * combination follows the fixed order of llm_formats.py. Build with -ffp-contract=off (or -std=c99, which
- * implies it with GCC) and without -ffast-math: the float order is part of the spec.
+ * Weight formats (llm_formats.FORMATS; byte layouts in docs/llm-formats.md) share one mat-vec: integer dot
+ * products per plane over lanes of 4 columns, combined in float32 in the fixed order of llm_formats.py
+ * (16 lanes per 64 columns, one per vpdpbusd / vdotq_s32 lane). Build with -ffp-contract=off (or -std=c99,
+ * which implies it with GCC) and without -ffast-math: the float order is part of the spec.
  *
- * SIMD paths are chosen by compile-time macros: AVX-512 VNNI (__AVX512VNNI__), AVX2, AArch64 NEON with
- * dotprod (__ARM_FEATURE_DOTPROD) or plain NEON, else scalar C. Rows of a mat-vec are split across OpenMP
- * threads when built with -fopenmp. Only integer sums are vectorized, so every path gives the same bits.
+ * SIMD paths are chosen by compile-time macros: AVX-512 VNNI (__AVX512VNNI__, with GFNI code decoding when
+ * __GFNI__), AVX2, AArch64 NEON with dotprod (__ARM_FEATURE_DOTPROD) or plain NEON, else scalar C. Rows of
+ * a mat-vec and (token, head) pairs of attention are split across OpenMP threads when built with -fopenmp.
+ * Float vector code only does element-wise IEEE operations in the spec's order, so every path gives the
+ * same bits.
  *
  *   EDGEQ_LLM_MAX_COLS  longest matrix row the stack buffers hold (default 16384).
  */
@@ -83,14 +86,15 @@ typedef struct {
 /* Buffers owned by the caller, sized by edgeq_llm_state_sizes for max_batch tokens per call. */
 typedef struct {
     int32_t max_batch;
-    float *k_cache; /* [n_layers, n_kv_heads, head_dim, ctx] (transposed for the score loop) */
+    float *k_cache; /* [n_layers, n_kv_heads, ctx / 16 (rounded up), head_dim, 16] (blocks for the scores) */
     float *v_cache; /* [n_layers, ctx, n_kv_heads, head_dim] */
     float *work;
     int8_t *xq;
-    int32_t *xsum;
+    int32_t *xsum;  /* sums of the quantized activations per 4 columns */
 } edgeq_llm_state;
 
-/* sizes[0] floats of work, sizes[1] bytes of xq, sizes[2] int32 of xsum; EDGEQ_LLM_E_MODEL if invalid. */
+/* sizes[0] floats of work, sizes[1] bytes of xq, sizes[2] int32 of xsum, sizes[3] floats of k_cache;
+   EDGEQ_LLM_E_MODEL if invalid. */
 int edgeq_llm_state_sizes(const edgeq_llm_model *m, int32_t max_batch, int64_t *sizes);
 int edgeq_llm_validate(const edgeq_llm_model *m);
 /* Run n tokens at positions pos .. pos+n-1; logits [n, vocab] (all_logits) or [vocab] (last token). */
