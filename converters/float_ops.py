@@ -59,18 +59,47 @@ def _windows(x: np.ndarray, kernel, strides, pads, dilations, pad_value: float) 
     return v[:, :, ::strides[0], ::strides[1], ::dilations[0], ::dilations[1]]
 
 
+def _tap(xp: np.ndarray, i: int, j: int, out_hw, strides, dilations) -> np.ndarray:
+    """The input pixels kernel tap (i, j) meets at every output position: a strided view of ``xp``."""
+    (oh, ow), (sh, sw), (dh, dw) = out_hw, strides, dilations
+    return xp[:, :, i * dh: i * dh + (oh - 1) * sh + 1: sh, j * dw: j * dw + (ow - 1) * sw + 1: sw]
+
+
+COLS_LIMIT = 1 << 24  # floats per im2col block: bounds the scratch of a large batch to 64 MB
+
+
 def conv(x, w, b=None, *, strides, pads, dilations, group, act=None):
-    """Grouped 2-D convolution, NCHW / OIHW."""
-    n, c = x.shape[:2]
+    """Grouped 2-D convolution, NCHW / OIHW: float32 BLAS matrix products over im2col columns, and
+    depthwise convolutions as one multiply-add per kernel tap (a matrix product per channel would be
+    a 1 x KH*KW one)."""
+    n, c, h, wd = x.shape
     oc, cg, kh, kw = w.shape
-    win = _windows(x, (kh, kw), strides, pads, dilations, 0.0)
-    oh, ow = win.shape[2:4]
-    win = win.reshape(n, group, cg, oh, ow, kh, kw)
-    y = np.einsum("ngchwkl,gockl->ngohw", win, w.reshape(group, oc // group, cg, kh, kw), optimize=True)
-    y = y.reshape(n, oc, oh, ow)
+    pt, pl, pb, pr = pads
+    oh = (h + pt + pb - (kh - 1) * dilations[0] - 1) // strides[0] + 1
+    ow = (wd + pl + pr - (kw - 1) * dilations[1] - 1) // strides[1] + 1
+    x = x.astype(np.float32, copy=False)
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr))) if any(pads) else x
+    taps = [(i, j) for i in range(kh) for j in range(kw)]
+    if cg == 1 and oc == group:
+        y = np.zeros((n, oc, oh, ow), dtype=np.float32)
+        for i, j in taps:
+            y += _tap(xp, i, j, (oh, ow), strides, dilations) * w[:, 0, i, j, None, None].astype(np.float32)
+    else:
+        wm = w.reshape(group, oc // group, cg * kh * kw).astype(np.float32)
+        if kh == kw == 1 and tuple(strides) == (1, 1):
+            y = np.matmul(wm, xp.reshape(n, group, cg, oh * ow))
+        else:
+            y = np.empty((n, group, oc // group, oh * ow), dtype=np.float32)
+            step = max(1, COLS_LIMIT // (c * kh * kw * oh * ow))
+            for s in range(0, n, step):
+                cols = np.empty((min(step, n - s), c, kh, kw, oh, ow), dtype=np.float32)
+                for i, j in taps:
+                    cols[:, :, i, j] = _tap(xp[s: s + step], i, j, (oh, ow), strides, dilations)
+                np.matmul(wm, cols.reshape(len(cols), group, cg * kh * kw, oh * ow), out=y[s: s + step])
+        y = y.reshape(n, oc, oh, ow)
     if b is not None:
         y = y + b[None, :, None, None]
-    return apply_activation(y.astype(np.float32), act)
+    return apply_activation(y.astype(np.float32, copy=False), act)
 
 
 def fully_connected(x, w, b=None, *, act=None):
@@ -103,13 +132,15 @@ def conv_transpose(x, w, b=None, *, strides, pads, dilations, group, out, act=No
     (sh, sw), (dh, dw) = strides, dilations
     full_h = max((h - 1) * sh + dh * (kh_n - 1) + 1, pads[0] + out[0])
     full_w = max((wd - 1) * sw + dw * (kw_n - 1) + 1, pads[1] + out[1])
-    xg = x.reshape(n, group, cg, h, wd)
-    wg = w.reshape(group, oc // group, cg, kh_n, kw_n)
+    # Every tap's contribution in one matrix product per group, then scattered onto the output grid.
+    wt = w.reshape(group, oc // group, cg, kh_n, kw_n).transpose(0, 3, 4, 1, 2).reshape(group, -1, cg)
+    z = np.matmul(wt.astype(np.float32), x.astype(np.float32).reshape(n, group, cg, h * wd))
+    z = z.reshape(n, group, kh_n, kw_n, oc // group, h, wd)
     y = np.zeros((n, group, oc // group, full_h, full_w), dtype=np.float32)
     for kh in range(kh_n):
         for kw in range(kw_n):
             y[:, :, :, kh * dh: kh * dh + (h - 1) * sh + 1: sh, kw * dw: kw * dw + (wd - 1) * sw + 1: sw] += \
-                np.einsum("ngcij,goc->ngoij", xg, wg[:, :, :, kh, kw])
+                z[:, :, kh, kw]
     y = y.reshape(n, oc, full_h, full_w)[:, :, pads[0]: pads[0] + out[0], pads[1]: pads[1] + out[1]]
     if b is not None:
         y = y + b[None, :, None, None]
@@ -201,10 +232,28 @@ FLOAT_OPS: dict[str, Callable[[Node, list[np.ndarray]], np.ndarray]] = {
 }
 
 
-def run_float(nodes: list[Node], values: dict[str, np.ndarray],
-              keep: Callable[[str], bool] = lambda name: True) -> dict[str, np.ndarray]:
-    """Evaluate ``nodes`` in order on ``values`` (inputs and constants); returns the values dict."""
-    for node in nodes:
+def run_float(nodes: list[Node], values: dict[str, np.ndarray], keep: Callable[[str], bool] | None = None,
+              observe: Callable[[str, np.ndarray], None] | None = None) -> dict[str, np.ndarray]:
+    """Evaluate ``nodes`` in order on ``values`` (inputs and constants); returns the values dict.
+
+    ``observe(name, value)`` sees every node output as soon as it is computed. With ``keep``, a node
+    output is dropped after its last reader unless ``keep(name)``: on large inputs (a batch of 640x640
+    pages) holding every intermediate would take gigabytes.
+    """
+    last: dict[str, int] = {}
+    if keep is not None:
+        produced = {o for node in nodes for o in node.outputs}
+        for at, node in enumerate(nodes):
+            for i in node.inputs:
+                if i in produced:
+                    last[i] = at
+    for at, node in enumerate(nodes):
         out = FLOAT_OPS[node.op](node, [values[i] for i in node.inputs if i])
         values[node.outputs[0]] = out
+        if observe is not None:
+            observe(node.outputs[0], out)
+        if keep is not None:
+            for i in set(node.inputs) | {node.outputs[0]}:
+                if last.get(i, -1) <= at and i in values and i in produced and not keep(i):
+                    del values[i]
     return values
