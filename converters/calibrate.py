@@ -10,6 +10,9 @@ keeps the one whose outputs are closest to the float model's on the calibration 
 
 from __future__ import annotations
 
+import threading
+import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Hashable, Protocol
@@ -26,6 +29,7 @@ METHODS = ("minmax", "percentile", "mse", "auto")
 SAMPLE_CAP = 1 << 16  # values kept per tensor for mse; enough for a stable estimate
 PERCENTILE = 99.99   # the percentile method's upper bound (and 100 - PERCENTILE its lower one)
 BATCH = 8            # samples per float forward pass (the first batch also decides channel splits)
+WORKERS = 2          # batches in flight: BLAS and NumPy's loops release the GIL, so each gets a core
 
 
 def load_calibration(path: str | Path) -> dict[str, np.ndarray]:
@@ -98,11 +102,11 @@ class RangeStats:
         self.count: dict[Hashable, int] = {}  # values the whole pass will show
         self.low: dict[Hashable, np.ndarray] = {}
         self.high: dict[Hashable, np.ndarray] = {}
-        self.kept: dict[Hashable, list[np.ndarray]] = {}
-        self.rng = np.random.default_rng(seed)
+        self.kept: dict[Hashable, list[tuple[int, np.ndarray]]] = {}
+        self.seed = seed
 
-    def add(self, key: Hashable, v: np.ndarray) -> None:
-        """Fold in one batch of ``key``'s values (the batch is the leading axis)."""
+    def add(self, key: Hashable, v: np.ndarray, batch: int = 0) -> None:
+        """Fold in batch number ``batch`` of ``key``'s values (the batch is the leading axis), in any order."""
         flat = v.reshape(-1)
         self.lo[key] = min(self.lo.get(key, np.inf), float(flat.min()))
         self.hi[key] = max(self.hi.get(key, -np.inf), float(flat.max()))
@@ -118,8 +122,9 @@ class RangeStats:
         if self.sampled:
             # Each batch contributes its share of SAMPLE_CAP; small tensors are kept whole.
             take = -(-SAMPLE_CAP * v.shape[0] // self.total)
-            self.kept.setdefault(key, []).append(
-                flat.copy() if take >= flat.size else flat[self.rng.integers(0, flat.size, take)])
+            rng = np.random.default_rng([self.seed, batch, zlib.crc32(repr(key).encode())])
+            self.kept.setdefault(key, []).append((batch, flat.copy() if take >= flat.size else
+                                                  flat[rng.integers(0, flat.size, take)]))
 
     def _value(self, key: Hashable, i: int) -> float:
         """The i-th smallest of all the values seen (within the kept tails)."""
@@ -139,7 +144,8 @@ class RangeStats:
             return {k: (self.lo[k], self.hi[k]) for k in self.lo}
         if method == "percentile":
             return {k: (self.percentile(k, 100 - PERCENTILE), self.percentile(k, PERCENTILE)) for k in self.lo}
-        return {k: _mse_range(np.concatenate(self.kept[k]).astype(np.float64), self.lo[k], self.hi[k]) for k in self.lo}
+        return {k: _mse_range(np.concatenate([v for _, v in sorted(self.kept[k], key=lambda bv: bv[0])]).astype(np.float64),
+                              self.lo[k], self.hi[k]) for k in self.lo}
 
 
 class Views(Protocol):
@@ -161,51 +167,55 @@ class Calibration:
 
 def calibrate(graph: Graph, calib: dict[str, np.ndarray], methods: tuple[str, ...], *, views: Views | None = None,
               keep_outputs: int = 0, progress: bool = True) -> Calibration:
-    """One float pass over the calibration samples, in batches of BATCH, that gathers everything the
-    methods need: min/max and a value sample of every activation tensor, of the channel ``views``
-    (decided from the first batch) and the float outputs of the first ``keep_outputs`` samples."""
+    """One float pass over the calibration samples, in batches of BATCH (WORKERS at a time), that
+    gathers everything the methods need for every activation tensor and channel ``views`` (decided
+    from the first batch), and the float outputs of the first ``keep_outputs`` samples. The result does
+    not depend on the order the batches finish in."""
     for method in methods:
         if method not in METHODS[:3]:
             raise CalibrationError(f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}")
     n = next(iter(calib.values())).shape[0]
     stats = RangeStats(n, methods)
-    outputs: dict[str, list[np.ndarray]] = {o: [] for o in graph.outputs}
+    lock = threading.Lock()
     chosen: dict[Hashable, tuple[str, np.ndarray]] = {}
     by_tensor: dict[str, list[Hashable]] = {}
-    held = views.tensors if views is not None else set()
+    outputs: dict[int, dict[str, np.ndarray]] = {}
 
-    def observe(name: str, v: np.ndarray) -> None:
-        if name in graph.consts:
-            return
-        if name not in held:
-            stats.add(name, v)
-        for key in by_tensor.get(name, ()):
-            stats.add(key, v[:, chosen[key][1]])
+    def add(name: str, v: np.ndarray, start: int) -> None:
+        with lock:
+            stats.add(name, v, start)
+            for key in by_tensor.get(name, ()):
+                stats.add(key, v[:, chosen[key][1]], start)
 
-    with Progress("calibrating", n, progress) as bar:
-        for start in range(0, n, BATCH):
-            values = dict(graph.consts)
-            values.update({k: v[start: start + BATCH] for k, v in calib.items()})
-            for name in graph.inputs:
-                observe(name, values[name])
-            keep = set(graph.outputs) | held
-            run_float(graph.nodes, values, keep=keep.__contains__, observe=observe)
-            if held:  # first batch: the views are decided now, then its held tensors are observed
-                chosen = views.decide({t: values[t] for t in held})
-                for key, (t, _) in chosen.items():
-                    by_tensor.setdefault(t, []).append(key)
-                for t in sorted(held):
-                    stats.add(t, values[t])
-                    for key in by_tensor.get(t, ()):
-                        stats.add(key, values[t][:, chosen[key][1]])
-                held = set()
-            for o, got in outputs.items():
-                have = sum(len(a) for a in got)
-                if have < keep_outputs:
-                    got.append(values[o][: keep_outputs - have].copy())
+    def run_batch(start: int, held: set[str], bar: Progress) -> dict[str, np.ndarray]:
+        values = dict(graph.consts)
+        values.update({k: v[start: start + BATCH] for k, v in calib.items()})
+        for name in graph.inputs:
+            add(name, values[name], start)
+        run_float(graph.nodes, values, keep=(set(graph.outputs) | held).__contains__,
+                  observe=lambda name, v: None if name in held else add(name, v, start))
+        if start < keep_outputs:
+            outputs[start] = {o: values[o][: keep_outputs - start].copy() for o in graph.outputs}
+        with lock:
             bar.advance(min(BATCH, n - start))
+        return values
+
+    starts = list(range(0, n, BATCH))
+    with Progress("calibrating", n, progress) as bar:
+        if views is not None:  # the first batch alone: it decides the views, then its held tensors count
+            values = run_batch(0, views.tensors, bar)
+            chosen.update(views.decide({t: values[t] for t in views.tensors}))
+            for key, (t, _) in chosen.items():
+                by_tensor.setdefault(t, []).append(key)
+            for t in sorted(views.tensors):
+                add(t, values[t], 0)
+            del values
+            starts = starts[1:]
+        with ThreadPoolExecutor(WORKERS) as pool:
+            list(pool.map(lambda start: run_batch(start, set(), bar), starts))
     return Calibration({m: stats.ranges(m) for m in methods},
-                       {o: np.concatenate(v) for o, v in outputs.items() if v})
+                       {o: np.concatenate([outputs[k][o] for k in sorted(outputs)]) for o in graph.outputs}
+                       if outputs else {})
 
 
 def collect_ranges(graph: Graph, calib: dict[str, np.ndarray], method: str = "minmax",

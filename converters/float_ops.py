@@ -82,8 +82,11 @@ def conv(x, w, b=None, *, strides, pads, dilations, group, act=None):
     taps = [(i, j) for i in range(kh) for j in range(kw)]
     if cg == 1 and oc == group:
         y = np.zeros((n, oc, oh, ow), dtype=np.float32)
+        prod = np.empty_like(y)  # reused: a fresh temporary per tap costs its page faults every time
         for i, j in taps:
-            y += _tap(xp, i, j, (oh, ow), strides, dilations) * w[:, 0, i, j, None, None].astype(np.float32)
+            np.multiply(_tap(xp, i, j, (oh, ow), strides, dilations), w[:, 0, i, j, None, None].astype(np.float32),
+                        out=prod)
+            y += prod
     else:
         wm = w.reshape(group, oc // group, cg * kh * kw).astype(np.float32)
         if kh == kw == 1 and tuple(strides) == (1, 1):

@@ -63,13 +63,16 @@ def _db(signal: float, noise: float) -> float:
 
 def _subset(data: dict[str, np.ndarray], graph: Graph, cap: int) -> tuple[int, int]:
     """(n, step): use the first n calibration samples, at most ``cap`` and SUBSET_VALUES input values, in
-    runs of ``step`` samples (1, or the batch of a fixed-batch model, which n is a multiple of)."""
+    runs of ``step`` samples (of at most a quarter of SUBSET_VALUES, which bounds the buffers of a run
+    holding every layer's output; a fixed-batch model runs its batch, n is then a multiple of it)."""
     total = next(iter(data.values())).shape[0]
-    step = 1 if graph.dynamic_batch else graph.tensors[graph.inputs[0]].shape[0]
+    per_sample = max(sum(int(np.prod(v.shape[1:])) for v in data.values()), 1)
+    n = max(1, min(cap, total, -(-SUBSET_VALUES // per_sample)))
+    if graph.dynamic_batch:
+        return n, max(1, min(n, SUBSET_VALUES // 4 // per_sample))
+    step = graph.tensors[graph.inputs[0]].shape[0]
     if total < step:
         raise CalibrationError(f"the model has a fixed batch of {step}; give at least {step} calibration samples")
-    per_sample = sum(int(np.prod(v.shape[1:])) for v in data.values())
-    n = max(1, min(cap, total, -(-SUBSET_VALUES // max(per_sample, 1))))
     return max(step, n - n % step), step
 
 
