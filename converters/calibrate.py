@@ -108,8 +108,6 @@ class RangeStats:
     def add(self, key: Hashable, v: np.ndarray, batch: int = 0) -> None:
         """Fold in batch number ``batch`` of ``key``'s values (the batch is the leading axis), in any order."""
         flat = v.reshape(-1)
-        self.lo[key] = min(self.lo.get(key, np.inf), float(flat.min()))
-        self.hi[key] = max(self.hi.get(key, -np.inf), float(flat.max()))
         if self.tails:
             n = self.count.setdefault(key, self.total * (flat.size // max(v.shape[0], 1)))
             k = int(np.ceil((n - 1) * (100 - PERCENTILE) / 100)) + 2
@@ -119,6 +117,11 @@ class RangeStats:
             else:  # only values beyond the k-th kept one can enter a full tail: one comparison per value
                 self.low[key] = _smallest(np.concatenate((low, flat if low.size < k else flat[flat < low[-1]])), k)
                 self.high[key] = _largest(np.concatenate((high, flat if high.size < k else flat[flat > high[0]])), k)
+            # the tails hold the extremes too
+            self.lo[key], self.hi[key] = float(self.low[key][0]), float(self.high[key][-1])
+        else:
+            self.lo[key] = min(self.lo.get(key, np.inf), float(flat.min()))
+            self.hi[key] = max(self.hi.get(key, -np.inf), float(flat.max()))
         if self.sampled:
             # Each batch contributes its share of SAMPLE_CAP; small tensors are kept whole.
             take = -(-SAMPLE_CAP * v.shape[0] // self.total)

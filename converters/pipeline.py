@@ -110,8 +110,8 @@ def _calibration(raw: dict[str, np.ndarray] | None, graph: Graph, sample: Any) -
 def _report(fg: Graph, qg: Graph, calib: dict[str, np.ndarray], device: DeviceProfile, plan: PatchPlan,
             sample: Any) -> dict[str, Any]:
     n, step = _subset(calib, fg, REPORT_SAMPLES)
-    # Every layer's int8 output from the compiled backend (bit-exact with the reference kernels), one
-    # sample at a time, against the float graph's; only the running sums are kept.
+    # Every layer's int8 output from the compiled backend (bit-exact with the reference kernels) against
+    # the float graph's, a run of samples at a time; only the running sums are kept.
     every = copy.copy(qg)
     every.outputs = [o for node in qg.nodes for o in node.outputs[:1] if o in fg.tensors and o not in qg.inputs]
     ex = Executor(every, "auto")
