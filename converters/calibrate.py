@@ -15,7 +15,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Hashable, Protocol
+from typing import Callable, Hashable, Protocol
 
 import numpy as np
 
@@ -28,7 +28,9 @@ from .float_ops import run_float
 METHODS = ("minmax", "percentile", "mse", "auto")
 SAMPLE_CAP = 1 << 16  # values kept per tensor for mse; enough for a stable estimate
 PERCENTILE = 99.99   # the percentile method's upper bound (and 100 - PERCENTILE its lower one)
-BATCH = 8            # samples per float forward pass (the first batch also decides channel splits)
+BATCH = 8            # samples per float forward pass, at most ...
+BATCH_VALUES = 1 << 20  # ... input values: 640x640 pages go one by one (a batch of 8 pages ran 2x slower:
+                        # its 200 MB temporaries are fresh mmaps, page-faulted on every op)
 WORKERS = 2          # batches in flight: BLAS and NumPy's loops release the GIL, so each gets a core
 
 
@@ -154,10 +156,12 @@ class RangeStats:
 class Views(Protocol):
     """Channel views decided from the first calibration batch (see ``channel_split.SplitPlanner``)."""
 
-    tensors: set[str]
+    tensors: set[str]  # the tensors decide() reads
+    samples: int       # ... over this many first samples
 
-    def decide(self, values: dict[str, np.ndarray]) -> dict[Hashable, tuple[str, np.ndarray]]:
-        """{view key: (tensor, channel indices)} from the first batch's values of ``tensors``."""
+    def decide(self, first: Callable[[str], np.ndarray]) -> dict[Hashable, tuple[str, np.ndarray]]:
+        """{view key: (tensor, channel indices)}, given ``first(t)``: the values of a tensor t of
+        ``tensors`` over (at least) the first ``samples`` samples."""
 
 
 @dataclass
@@ -170,10 +174,10 @@ class Calibration:
 
 def calibrate(graph: Graph, calib: dict[str, np.ndarray], methods: tuple[str, ...], *, views: Views | None = None,
               keep_outputs: int = 0, progress: bool = True) -> Calibration:
-    """One float pass over the calibration samples, in batches of BATCH (WORKERS at a time), that
-    gathers everything the methods need for every activation tensor and channel ``views`` (decided
-    from the first batch), and the float outputs of the first ``keep_outputs`` samples. The result does
-    not depend on the order the batches finish in."""
+    """One float pass over the calibration samples, in batches (WORKERS at a time), that gathers
+    everything the methods need for every activation tensor and channel ``views`` (decided from the
+    first samples), and the float outputs of the first ``keep_outputs`` samples. The result does not
+    depend on the order the batches finish in."""
     for method in methods:
         if method not in METHODS[:3]:
             raise CalibrationError(f"unknown calibration method '{method}'; choose one of {', '.join(METHODS)}")
@@ -192,7 +196,7 @@ def calibrate(graph: Graph, calib: dict[str, np.ndarray], methods: tuple[str, ..
 
     def run_batch(start: int, held: set[str], bar: Progress) -> dict[str, np.ndarray]:
         values = dict(graph.consts)
-        values.update({k: v[start: start + BATCH] for k, v in calib.items()})
+        values.update({k: v[start: start + batch] for k, v in calib.items()})
         for name in graph.inputs:
             add(name, values[name], start)
         run_float(graph.nodes, values, keep=(set(graph.outputs) | held).__contains__,
@@ -200,20 +204,24 @@ def calibrate(graph: Graph, calib: dict[str, np.ndarray], methods: tuple[str, ..
         if start < keep_outputs:
             outputs[start] = {o: values[o][: keep_outputs - start].copy() for o in graph.outputs}
         with lock:
-            bar.advance(min(BATCH, n - start))
-        return values
+            bar.advance(min(batch, n - start))
+        return {t: values[t] for t in held}
 
-    starts = list(range(0, n, BATCH))
+    per_sample = max(sum(int(np.prod(v.shape[1:])) for v in calib.values()), 1)
+    batch = max(1, min(BATCH, BATCH_VALUES // per_sample))
+    starts = list(range(0, n, batch))
     with Progress("calibrating", n, progress) as bar:
-        if views is not None:  # the first batch alone: it decides the views, then its held tensors count
-            values = run_batch(0, views.tensors, bar)
-            chosen.update(views.decide({t: values[t] for t in views.tensors}))
+        if views is not None:  # the batches of the first views.samples alone: they decide the views
+            first = [start for start in starts if start < views.samples]
+            held = {start: run_batch(start, views.tensors, bar) for start in first}
+            chosen.update(views.decide(lambda t: np.concatenate([held[s][t] for s in first])))
             for key, (t, _) in chosen.items():
                 by_tensor.setdefault(t, []).append(key)
-            for t in sorted(views.tensors):
-                add(t, values[t], 0)
-            del values
-            starts = starts[1:]
+            for start in first:  # then their held tensors count like the others
+                batch_values = held.pop(start)
+                for t in sorted(views.tensors):
+                    add(t, batch_values[t], start)
+            starts = starts[len(first):]
         with ThreadPoolExecutor(WORKERS) as pool:
             list(pool.map(lambda start: run_batch(start, set(), bar), starts))
     return Calibration({m: stats.ranges(m) for m in methods},

@@ -10,6 +10,8 @@ existing kernels; the split is chosen from per-channel ranges on calibration sam
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from edgeq.ir import Graph, Node, Tensor
@@ -121,15 +123,16 @@ class SplitPlanner:
         self.cands = _candidates(g)
         self.groups: dict[str, list[np.ndarray]] = {}  # depthwise conv name -> channel groups
         self.tensors = {t for cand in self.cands for t in _chain_tensors(cand)}
+        self.samples = SAMPLES
 
-    def decide(self, values: dict[str, np.ndarray]) -> dict[tuple[str, int], tuple[str, np.ndarray]]:
-        """Split where the channel ranges (of the first SAMPLES samples) call for it; returns the views
-        {(tensor, part): (tensor, channels)} of the tensors to be split."""
+    def decide(self, first: Callable[[str], np.ndarray]) -> dict[tuple[str, int], tuple[str, np.ndarray]]:
+        """Split where the channel ranges over the first SAMPLES samples (``first(tensor)`` gives them)
+        call for it; returns the views {(tensor, part): (tensor, channels)} of the tensors to be split."""
         views = {}
         for cand in self.cands:
             b = cand[2]
             # Ranges (including 0, as qparams does) of the tensor the depthwise conv reads.
-            t = values[b.inputs[0]][:SAMPLES]
+            t = first(b.inputs[0])[:SAMPLES]
             widths = np.maximum(t.max(axis=(0, 2, 3)), 0) - np.minimum(t.min(axis=(0, 2, 3)), 0)
             groups, one, split = _groups(widths.astype(np.float64))
             if len(groups) < 2 or split * MIN_GAIN > one:

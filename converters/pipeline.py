@@ -35,7 +35,8 @@ from .quantize import quantize_graph
 IMPLEMENTED_SCHEMES = ("int8",)
 REPORT_SAMPLES = 64  # calibration samples used for the error report (enough for stable SQNR)
 AUTO_SAMPLES = 32    # calibration samples on which --calib-method auto compares its candidates
-# ... at most as many as hold this many input values: a few 640x640 pages already give stable scores
+# ... at most as many as hold this many input values (the report: half as many): a few 640x640 pages
+# already give stable scores
 SUBSET_VALUES = 1 << 22
 
 
@@ -61,13 +62,13 @@ def _db(signal: float, noise: float) -> float:
     return float("inf") if noise == 0 else float(10 * np.log10(max(signal, 1e-30) / noise))
 
 
-def _subset(data: dict[str, np.ndarray], graph: Graph, cap: int) -> tuple[int, int]:
-    """(n, step): use the first n calibration samples, at most ``cap`` and SUBSET_VALUES input values, in
+def _subset(data: dict[str, np.ndarray], graph: Graph, cap: int, values: int = SUBSET_VALUES) -> tuple[int, int]:
+    """(n, step): use the first n calibration samples, at most ``cap`` and ``values`` input values, in
     runs of ``step`` samples (of at most a quarter of SUBSET_VALUES, which bounds the buffers of a run
     holding every layer's output; a fixed-batch model runs its batch, n is then a multiple of it)."""
     total = next(iter(data.values())).shape[0]
     per_sample = max(sum(int(np.prod(v.shape[1:])) for v in data.values()), 1)
-    n = max(1, min(cap, total, -(-SUBSET_VALUES // per_sample)))
+    n = max(1, min(cap, total, -(-values // per_sample)))
     if graph.dynamic_batch:
         return n, max(1, min(n, SUBSET_VALUES // 4 // per_sample))
     step = graph.tensors[graph.inputs[0]].shape[0]
@@ -109,7 +110,7 @@ def _calibration(raw: dict[str, np.ndarray] | None, graph: Graph, sample: Any) -
 
 def _report(fg: Graph, qg: Graph, calib: dict[str, np.ndarray], device: DeviceProfile, plan: PatchPlan,
             sample: Any) -> dict[str, Any]:
-    n, step = _subset(calib, fg, REPORT_SAMPLES)
+    n, step = _subset(calib, fg, REPORT_SAMPLES, SUBSET_VALUES // 2)
     # Every layer's int8 output from the compiled backend (bit-exact with the reference kernels) against
     # the float graph's, a run of samples at a time; only the running sums are kept.
     every = copy.copy(qg)

@@ -184,8 +184,11 @@ def _split_model(rng: np.random.Generator) -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)]).SerializeToString()
 
 
-def test_split_views_equal_calibrating_the_split_graph():
-    """The parts of a split tensor get the ranges calibrating the split graph itself would give them."""
+@pytest.mark.parametrize("batch_values", [calibration.BATCH_VALUES, 1])
+def test_split_views_equal_calibrating_the_split_graph(batch_values, monkeypatch):
+    """The parts of a split tensor get the ranges calibrating the split graph itself would give them (also
+    when the views are decided from several one-sample batches)."""
+    monkeypatch.setattr(calibration, "BATCH_VALUES", batch_values)
     rng = np.random.default_rng(3)
     g, _ = import_onnx(_split_model(rng))
     run_passes(g)
