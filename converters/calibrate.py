@@ -116,9 +116,13 @@ class RangeStats:
             low, high = self.low.get(key), self.high.get(key)
             if low is None:
                 self.low[key], self.high[key] = _smallest(flat, k), _largest(flat, k)
-            else:  # only values beyond the k-th kept one can enter a full tail: one comparison per value
-                self.low[key] = _smallest(np.concatenate((low, flat if low.size < k else flat[flat < low[-1]])), k)
-                self.high[key] = _largest(np.concatenate((high, flat if high.size < k else flat[flat > high[0]])), k)
+            else:
+                # Only values beyond the k-th kept one can enter a full tail; the batch's extremes (fast
+                # reductions) tell whether any does: a ReLU's low tail of zeros never needs the scan.
+                if low.size < k or flat.min() < low[-1]:
+                    self.low[key] = _smallest(np.concatenate((low, flat if low.size < k else flat[flat < low[-1]])), k)
+                if high.size < k or flat.max() > high[0]:
+                    self.high[key] = _largest(np.concatenate((high, flat if high.size < k else flat[flat > high[0]])), k)
             # the tails hold the extremes too
             self.lo[key], self.hi[key] = float(self.low[key][0]), float(self.high[key][-1])
         else:
