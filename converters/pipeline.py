@@ -35,9 +35,10 @@ from .quantize import quantize_graph
 IMPLEMENTED_SCHEMES = ("int8",)
 REPORT_SAMPLES = 64  # calibration samples used for the error report (enough for stable SQNR)
 AUTO_SAMPLES = 32    # calibration samples on which --calib-method auto compares its candidates
-# ... at most as many as hold this many input values (the report: half as many): a few 640x640 pages
-# already give stable scores
+# ... at most as many as hold this many input values (auto; a few 640x640 pages give stable scores) or
+# layer output values (the report), the report in runs of a quarter of that (its all-layer buffers)
 SUBSET_VALUES = 1 << 22
+REPORT_VALUES = 1 << 27
 
 
 @dataclass
@@ -62,15 +63,15 @@ def _db(signal: float, noise: float) -> float:
     return float("inf") if noise == 0 else float(10 * np.log10(max(signal, 1e-30) / noise))
 
 
-def _subset(data: dict[str, np.ndarray], graph: Graph, cap: int, values: int = SUBSET_VALUES) -> tuple[int, int]:
-    """(n, step): use the first n calibration samples, at most ``cap`` and ``values`` input values, in
-    runs of ``step`` samples (of at most a quarter of SUBSET_VALUES, which bounds the buffers of a run
-    holding every layer's output; a fixed-batch model runs its batch, n is then a multiple of it)."""
+def _subset(data: dict[str, np.ndarray], graph: Graph, cap: int, budget: int, per_sample: int) -> tuple[int, int]:
+    """(n, step): use the first n calibration samples, at most ``cap`` and ``budget`` values at
+    ``per_sample`` values each, in runs of ``step`` samples (a quarter of the budget; a fixed-batch
+    model runs its batch, n is then a multiple of it)."""
     total = next(iter(data.values())).shape[0]
-    per_sample = max(sum(int(np.prod(v.shape[1:])) for v in data.values()), 1)
-    n = max(1, min(cap, total, -(-values // per_sample)))
+    per_sample = max(per_sample, 1)
+    n = max(1, min(cap, total, -(-budget // per_sample)))
     if graph.dynamic_batch:
-        return n, max(1, min(n, SUBSET_VALUES // 4 // per_sample))
+        return n, max(1, min(n, budget // 4 // per_sample))
     step = graph.tensors[graph.inputs[0]].shape[0]
     if total < step:
         raise CalibrationError(f"the model has a fixed batch of {step}; give at least {step} calibration samples")
@@ -110,11 +111,12 @@ def _calibration(raw: dict[str, np.ndarray] | None, graph: Graph, sample: Any) -
 
 def _report(fg: Graph, qg: Graph, calib: dict[str, np.ndarray], device: DeviceProfile, plan: PatchPlan,
             sample: Any) -> dict[str, Any]:
-    n, step = _subset(calib, fg, REPORT_SAMPLES, SUBSET_VALUES // 2)
     # Every layer's int8 output from the compiled backend (bit-exact with the reference kernels) against
     # the float graph's, a run of samples at a time; only the running sums are kept.
     every = copy.copy(qg)
     every.outputs = [o for node in qg.nodes for o in node.outputs[:1] if o in fg.tensors and o not in qg.inputs]
+    n, step = _subset(calib, fg, REPORT_SAMPLES, REPORT_VALUES,
+                      sum(int(np.prod(qg.tensors[o].shape[1:])) for o in every.outputs))
     ex = Executor(every, "auto")
     sums = {o: [0.0, 0.0] for o in every.outputs}
     max_diff = {o: 0.0 for o in qg.outputs}
@@ -181,7 +183,7 @@ def _auto_quantize(fg: Graph, data: dict[str, np.ndarray],
     (``channel_split``), all from one float pass over the calibration samples; a candidate with the same
     ranges as one already scored is that one. Returns the float graph the winner was quantized from, the
     integer graph and the scores."""
-    n, _ = _subset(data, fg, AUTO_SAMPLES)
+    n, _ = _subset(data, fg, AUTO_SAMPLES, SUBSET_VALUES, sum(int(np.prod(v.shape[1:])) for v in data.values()))
     inputs = {k: v[:n] for k, v in data.items()}
     planner = SplitPlanner(fg)
     cal = calibrate(fg, data, ("minmax", "percentile"), views=planner, keep_outputs=n, progress=progress)
