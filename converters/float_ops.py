@@ -15,8 +15,8 @@ from .resize_tables import resize_float
 ACTIVATIONS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
     "Relu": lambda x, a: np.maximum(x, 0),
     "Clip": lambda x, a: np.clip(x, a.get("min", -np.inf), a.get("max", np.inf)),
-    "HardSigmoid": lambda x, a: np.clip(a.get("alpha", 0.2) * x + a.get("beta", 0.5), 0, 1),
-    "HardSwish": lambda x, a: x * np.clip(x / 6 + 0.5, 0, 1),
+    "HardSigmoid": lambda x, a: _hard_sigmoid(np.multiply(x, a.get("alpha", 0.2), dtype=_float(x)), a.get("beta", 0.5)),
+    "HardSwish": lambda x, a: _hard_sigmoid(np.divide(x, 6, dtype=_float(x)), 0.5, x),
     "Sigmoid": lambda x, a: 1 / (1 + np.exp(-x)),
     # x * sigmoid(alpha * x): SiLU/Swish as exported (x * Sigmoid(x * alpha)), fused by passes.fuse_swish
     "Swish": lambda x, a: x / (1 + np.exp(-a.get("alpha", 1.0) * x)),
@@ -24,6 +24,20 @@ ACTIVATIONS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
     # consecutive unary steps fused by passes.fuse_unary_chains: one table once quantized
     "Chain": lambda x, a: _chain(x, a["steps"]),
 }
+
+
+def _float(x: np.ndarray) -> np.dtype:
+    return np.result_type(x, np.float32)
+
+
+def _hard_sigmoid(t: np.ndarray, beta: float, times: np.ndarray | None = None) -> np.ndarray:
+    """clip(t + beta, 0, 1) (* times), in place in the fresh ``t``: the same arithmetic as the plain
+    expression without its three temporaries (these run on every 640x640 det feature map)."""
+    t += beta
+    np.clip(t, 0, 1, out=t)
+    if times is not None:
+        t *= times
+    return t
 
 
 def _chain(x: np.ndarray, steps: list[dict]) -> np.ndarray:
@@ -127,8 +141,8 @@ def conv(x, w, b=None, *, strides, pads, dilations, group, act=None):
             np.matmul(wm, cols.reshape(len(cols), group, cg * kh * kw, oh * ow), out=y[s: s + step])
     y = y.reshape(n, oc, oh, ow)
     if b is not None:
-        y = y + b[None, :, None, None]
-    return apply_activation(y.astype(np.float32, copy=False), act)
+        y += b[None, :, None, None]  # y is always a fresh array here
+    return apply_activation(y, act)
 
 
 def fully_connected(x, w, b=None, *, act=None):
