@@ -115,7 +115,7 @@ def _chain_tensors(cand: tuple) -> list[str]:
 
 
 class SplitPlanner:
-    """Chooses the splits of a graph from the first calibration batch, inside the one calibration pass
+    """Chooses the splits of a graph from the first calibration samples, inside the one calibration pass
     (``calibrate``'s views): every part of a split tensor is a channel view of the unsplit tensor, so its
     range is gathered with the others and the split graph needs no float pass of its own."""
 
