@@ -38,7 +38,7 @@ AUTO_SAMPLES = 32    # calibration samples on which --calib-method auto compares
 # ... at most as many as hold this many input values (auto; a few 640x640 pages give stable scores) or
 # layer output values (the report), the report in runs of a quarter of that (its all-layer buffers)
 SUBSET_VALUES = 1 << 22
-REPORT_VALUES = 1 << 27
+REPORT_VALUES = 1 << 26
 
 
 @dataclass
