@@ -10,10 +10,12 @@ existing kernels; the split is chosen from per-channel ranges on calibration sam
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from edgeq.ir import Graph, Node, Tensor
-from .float_ops import ACTIVATIONS, run_float
+from .float_ops import ACTIVATIONS
 
 MAX_GROUPS = 3
 MIN_GAIN = 4.0     # split only when the summed relative quantization noise drops by this factor
@@ -93,10 +95,12 @@ def _candidates(g: Graph) -> list[tuple[Node, list[Node], Node, list[Node], list
     return found
 
 
-def _fresh(g: Graph, base: str) -> str:
-    """A new activation name, reserved at once (its shape is recorded after the rewrite)."""
+def _part(g: Graph, base: str, whole: str, part: int, channels: int, parts_of: dict[str, tuple[str, int]]) -> str:
+    """A new tensor: channels ``channels`` (part ``part``) of the tensor ``whole``."""
     name = g.unique_name(base)
-    g.tensors[name] = Tensor(name, (), "float32")
+    t = g.tensors[whole]
+    g.tensors[name] = Tensor(name, (t.shape[0], channels) + tuple(t.shape[2:]), t.dtype)
+    parts_of[name] = (whole, part)
     return name
 
 
@@ -104,45 +108,69 @@ def _take(g: Graph, name: str, base: str, index: np.ndarray, axis: int = 0) -> s
     return g.add_const(g.unique_name(base), np.ascontiguousarray(np.take(g.consts[name], index, axis=axis)))
 
 
-def split_wide_channels(g: Graph, calib: dict[str, np.ndarray]) -> list[str]:
-    """Split every pointwise -> (activations) -> depthwise pair whose channel ranges call for it; returns
-    the names of the split depthwise convolutions."""
-    cands = _candidates(g)
-    if not cands:
-        return []
-    values = dict(g.consts)
-    values.update({k: v[:SAMPLES] for k, v in calib.items()})
-    run_float(g.nodes, values)
-    done = []
-    for a, between, b, after, users in cands:
-        # Ranges (including 0, as qparams does) of the tensor the depthwise conv reads.
-        t = values[b.inputs[0]]
-        widths = np.maximum(t.max(axis=(0, 2, 3)), 0) - np.minimum(t.min(axis=(0, 2, 3)), 0)
-        groups, one, split = _groups(widths.astype(np.float64))
-        if len(groups) < 2 or split * MIN_GAIN > one:
+def _chain_tensors(cand: tuple) -> list[str]:
+    """The tensors a split replaces by per-group parts: outputs of A, the nodes between, B, the nodes after."""
+    a, between, b, after, _ = cand
+    return [n.outputs[0] for n in [a] + between + [b] + after]
+
+
+class SplitPlanner:
+    """Chooses the splits of a graph from the first calibration samples, inside the one calibration pass
+    (``calibrate``'s views): every part of a split tensor is a channel view of the unsplit tensor, so its
+    range is gathered with the others and the split graph needs no float pass of its own."""
+
+    def __init__(self, g: Graph):
+        self.cands = _candidates(g)
+        self.groups: dict[str, list[np.ndarray]] = {}  # depthwise conv name -> channel groups
+        self.tensors = {t for cand in self.cands for t in _chain_tensors(cand)}
+        self.samples = SAMPLES
+
+    def decide(self, first: Callable[[str], np.ndarray]) -> dict[tuple[str, int], tuple[str, np.ndarray]]:
+        """Split where the channel ranges over the first SAMPLES samples (``first(tensor)`` gives them)
+        call for it; returns the views {(tensor, part): (tensor, channels)} of the tensors to be split."""
+        views = {}
+        for cand in self.cands:
+            b = cand[2]
+            # Ranges (including 0, as qparams does) of the tensor the depthwise conv reads.
+            t = first(b.inputs[0])[:SAMPLES]
+            widths = np.maximum(t.max(axis=(0, 2, 3)), 0) - np.minimum(t.min(axis=(0, 2, 3)), 0)
+            groups, one, split = _groups(widths.astype(np.float64))
+            if len(groups) < 2 or split * MIN_GAIN > one:
+                continue
+            self.groups[b.name] = groups
+            views.update({(name, i): (name, idx) for name in _chain_tensors(cand) for i, idx in enumerate(groups)})
+        return views
+
+
+def split_wide_channels(g: Graph, groups: dict[str, list[np.ndarray]]) -> dict[str, tuple[str, int]]:
+    """Split every pointwise -> (activations) -> depthwise pair whose depthwise conv has channel
+    ``groups`` (from :class:`SplitPlanner`); returns {new tensor: (tensor it is a channel part of, part)}."""
+    parts_of: dict[str, tuple[str, int]] = {}
+    for a, between, b, after, users in _candidates(g):
+        if b.name not in groups:
             continue
         parts = []
-        for i, idx in enumerate(groups):
+        for i, idx in enumerate(groups[b.name]):
             tag = f"{b.name}_part{i}"
             bias_a = a.inputs[2] if len(a.inputs) > 2 and a.inputs[2] else None
             a_in = [a.inputs[0], _take(g, a.inputs[1], tag + "_wa", idx)] + \
                 ([_take(g, bias_a, tag + "_ba", idx)] if bias_a else [])
-            x = _fresh(g, tag + "_a")
+            x = _part(g, tag + "_a", a.outputs[0], i, len(idx), parts_of)
             nodes = [Node("Conv", tag + "_pw", a_in, [x], dict(a.attrs))]
             for n in between:
-                y = _fresh(g, tag + "_" + n.op.lower())
+                y = _part(g, tag + "_" + n.op.lower(), n.outputs[0], i, len(idx), parts_of)
                 nodes.append(Node(n.op, f"{tag}_{n.name}", [x], [y], dict(n.attrs)))
                 x = y
             bias_b = b.inputs[2] if len(b.inputs) > 2 and b.inputs[2] else None
             b_in = [x, _take(g, b.inputs[1], tag + "_wb", idx)] + ([_take(g, bias_b, tag + "_bb", idx)] if bias_b else [])
-            x = _fresh(g, tag + "_dw")
+            x = _part(g, tag + "_dw", b.outputs[0], i, len(idx), parts_of)
             nodes.append(Node("Conv", tag + "_dw", b_in, [x], dict(b.attrs, group=len(idx))))
             for n in after:
-                y = _fresh(g, tag + "_" + n.op.lower())
+                y = _part(g, tag + "_" + n.op.lower(), n.outputs[0], i, len(idx), parts_of)
                 nodes.append(Node(n.op, f"{tag}_{n.name}", [x], [y], dict(n.attrs)))
                 x = y
             parts.append((nodes, x))
-        perm = np.concatenate(groups)
+        perm = np.concatenate(groups[b.name])
         for u in users:
             u.inputs = [u.inputs[0], _take(g, u.inputs[1], u.name + "_wperm", perm, axis=1)] + u.inputs[2:]
         last = after[-1] if after else b
@@ -151,18 +179,6 @@ def split_wide_channels(g: Graph, calib: dict[str, np.ndarray]) -> list[str]:
         for n in [a] + between + [b] + after:
             g.nodes.remove(n)
         g.nodes[at:at] = [n for nodes, _ in parts for n in nodes] + [concat]
-        done.append(b.name)
-    if done:
-        _record_shapes(g)
-    return done
-
-
-def _record_shapes(g: Graph) -> None:
-    """Record the shapes of the new tensors and drop the ones no longer used."""
-    values = dict(g.consts)
-    values.update({k: np.zeros(g.tensors[k].shape, np.float32) for k in g.inputs})
-    run_float(g.nodes, values)
-    for node in g.nodes:
-        for o in node.outputs:
-            g.tensors[o] = Tensor(o, tuple(values[o].shape), values[o].dtype.name)
-    g.prune()
+    if parts_of:
+        g.prune()
+    return parts_of

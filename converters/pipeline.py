@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from edgeq import __version__
 from edgeq.bundle import write_bundle
@@ -21,9 +22,9 @@ from edgeq.devices import DeviceProfile, get_device
 from edgeq.export_c import DEFAULT_STACK_BYTES
 from edgeq.errors import CalibrationError, DoesNotFitError, EdgeqError
 from edgeq.ir import Graph
-from edgeq.runtimes.executor import Executor, dequantize, quantize
-from .calibrate import check_calibration, collect_range_sets, collect_ranges, hybrid_ranges, load_calibration
-from .channel_split import split_wide_channels
+from edgeq.runtimes.executor import Executor
+from .calibrate import calibrate, check_calibration, collect_ranges, hybrid_ranges, load_calibration
+from .channel_split import SplitPlanner, split_wide_channels
 from .image_calib import load_image_folder
 from .float_ops import run_float
 from .onnx_import import import_onnx
@@ -34,6 +35,10 @@ from .quantize import quantize_graph
 IMPLEMENTED_SCHEMES = ("int8",)
 REPORT_SAMPLES = 64  # calibration samples used for the error report (enough for stable SQNR)
 AUTO_SAMPLES = 32    # calibration samples on which --calib-method auto compares its candidates
+# ... at most as many as hold this many input values (auto; a few 640x640 pages give stable scores) or
+# layer output values (the report), the report in runs of a quarter of that (its all-layer buffers)
+SUBSET_VALUES = 1 << 22
+REPORT_VALUES = 1 << 26
 
 
 @dataclass
@@ -46,11 +51,31 @@ class ConversionResult:
 
 def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
     """Signal-to-quantization-noise ratio in dB (inf when identical)."""
-    noise = float(np.sum((ref.astype(np.float64) - test) ** 2))
-    signal = float(np.sum(ref.astype(np.float64) ** 2))
-    if noise == 0:
-        return float("inf")
-    return 10 * np.log10(max(signal, 1e-30) / noise)
+    return _db(*_signal_noise(ref, test))
+
+
+def _signal_noise(ref: np.ndarray, test: np.ndarray) -> tuple[float, float]:
+    ref = ref.astype(np.float64)
+    return float(np.sum(ref ** 2)), float(np.sum((ref - test) ** 2))
+
+
+def _db(signal: float, noise: float) -> float:
+    return float("inf") if noise == 0 else float(10 * np.log10(max(signal, 1e-30) / noise))
+
+
+def _subset(data: dict[str, np.ndarray], graph: Graph, cap: int, budget: int, per_sample: int) -> tuple[int, int]:
+    """(n, step): use the first n calibration samples, at most ``cap`` and ``budget`` values at
+    ``per_sample`` values each, in runs of ``step`` samples (a quarter of the budget; a fixed-batch
+    model runs its batch, n is then a multiple of it)."""
+    total = next(iter(data.values())).shape[0]
+    per_sample = max(per_sample, 1)
+    n = max(1, min(cap, total, -(-budget // per_sample)))
+    if graph.dynamic_batch:
+        return n, max(1, min(n, budget // 4 // per_sample))
+    step = graph.tensors[graph.inputs[0]].shape[0]
+    if total < step:
+        raise CalibrationError(f"the model has a fixed batch of {step}; give at least {step} calibration samples")
+    return max(step, n - n % step), step
 
 
 def _raw_calibration(calib: Any, preprocess: str | None, progress: bool) -> dict[str, np.ndarray] | None:
@@ -86,17 +111,30 @@ def _calibration(raw: dict[str, np.ndarray] | None, graph: Graph, sample: Any) -
 
 def _report(fg: Graph, qg: Graph, calib: dict[str, np.ndarray], device: DeviceProfile, plan: PatchPlan,
             sample: Any) -> dict[str, Any]:
-    n = min(REPORT_SAMPLES, next(iter(calib.values())).shape[0])
-    inputs = {k: v[:n] for k, v in calib.items()}
-    fvals = run_float(fg.nodes, {**fg.consts, **inputs})
-    ex = Executor(qg, "reference")
-    qvals = ex.run_reference_all({k: quantize(v, qg.tensors[k]) for k, v in inputs.items()})
-    layers = []
-    for node in qg.nodes:
-        out = node.outputs[0]
-        if out in fvals:
-            layers.append({"name": node.name, "op": node.op, "tensor": out,
-                           "sqnr_db": round(float(sqnr_db(fvals[out], dequantize(qvals[out], qg.tensors[out]))), 2)})
+    # Every layer's int8 output from the compiled backend (bit-exact with the reference kernels) against
+    # the float graph's, a run of samples at a time; only the running sums are kept.
+    every = copy.copy(qg)
+    every.outputs = [o for node in qg.nodes for o in node.outputs[:1] if o in fg.tensors and o not in qg.inputs]
+    n, step = _subset(calib, fg, REPORT_SAMPLES, REPORT_VALUES,
+                      sum(int(np.prod(qg.tensors[o].shape[1:])) for o in every.outputs))
+    ex = Executor(every, "auto")
+    sums = {o: [0.0, 0.0] for o in every.outputs}
+    max_diff = {o: 0.0 for o in qg.outputs}
+    for i in range(0, n, step):
+        qvals = ex.run({k: v[i: i + step] for k, v in calib.items()})
+
+        def observe(name: str, v: np.ndarray) -> None:
+            if name in sums:
+                signal, noise = _signal_noise(v, qvals[name])
+                sums[name][0] += signal
+                sums[name][1] += noise
+            if name in max_diff:
+                max_diff[name] = max(max_diff[name], float(np.abs(v - qvals[name]).max()))
+
+        run_float(fg.nodes, {**fg.consts, **{k: v[i: i + step] for k, v in calib.items()}}, keep=lambda t: False,
+                  observe=observe)
+    layers = [{"name": node.name, "op": node.op, "tensor": node.outputs[0], "sqnr_db": round(_db(*sums[node.outputs[0]]), 2)}
+              for node in qg.nodes if node.outputs[0] in sums]
     float_bytes = sum(int(v.nbytes) for v in fg.consts.values())
     int_bytes = sum(int(v.nbytes) for v in qg.consts.values())
     budget_w, budget_a = device.budget_weights_bytes, device.budget_activation_bytes
@@ -114,12 +152,11 @@ def _report(fg: Graph, qg: Graph, calib: dict[str, np.ndarray], device: DevicePr
         "patches": plan.summary(),
         "budget": {"weights_bytes": budget_w, "activation_bytes": budget_a, "weights_fit": fits_w,
                    "activations_fit": fits_a, "fits": fits_w and fits_a},
-        "output_max_abs_diff": {o: float(np.abs(fvals[o] - dequantize(qvals[o], qg.tensors[o])).max())
-                                for o in qg.outputs},
+        "output_max_abs_diff": max_diff,
         "report_samples": n,
     }
     if sample is not None:
-        logits = ex.run({qg.inputs[0]: sample.x_test})[qg.outputs[0]]
+        logits = Executor(qg, "auto").run({qg.inputs[0]: sample.x_test})[qg.outputs[0]]
         report["accuracy"] = {"float": sample.float_accuracy,
                               "int8": round(float((logits.argmax(1) == sample.y_test).mean() * 100), 2),
                               "samples": int(sample.y_test.size)}
@@ -139,35 +176,44 @@ def _top1_agreement(want: np.ndarray, got: np.ndarray) -> float:
 
 def _auto_quantize(fg: Graph, data: dict[str, np.ndarray],
                    progress: bool) -> tuple[Graph, Graph, dict[str, Any]]:
-    """Quantize with each candidate and keep the one whose outputs agree best with the float model on
-    (up to AUTO_SAMPLES) calibration samples: top-1 agreement along the last axis when every output is a
+    """Quantize with each candidate and keep the one whose outputs agree best with the float model on the
+    first calibration samples (see _subset): top-1 agreement along the last axis when every output is a
     Softmax (class scores, CTC steps; see _top1_agreement), else the mean output SQNR. Candidates: the
     minmax, percentile and hybrid range sets, each without and with channel splitting
-    (``channel_split``). Returns the float graph the winner was quantized from, the integer graph and
-    the scores."""
-    n = min(AUTO_SAMPLES, next(iter(data.values())).shape[0])
+    (``channel_split``), all from one float pass over the calibration samples; a candidate with the same
+    ranges as one already scored is that one. Returns the float graph the winner was quantized from, the
+    integer graph and the scores."""
+    n, _ = _subset(data, fg, AUTO_SAMPLES, SUBSET_VALUES, sum(int(np.prod(v.shape[1:])) for v in data.values()))
     inputs = {k: v[:n] for k, v in data.items()}
-    want = run_float(fg.nodes, {**fg.consts, **inputs})
+    planner = SplitPlanner(fg)
+    cal = calibrate(fg, data, ("minmax", "percentile"), views=planner, keep_outputs=n, progress=progress)
     producers = fg.producers()
     classes = all(producers[o].op == "Softmax" for o in fg.outputs if o in producers)
-    scores, graphs = {}, {}
-    variants = [("", fg)]
-    split = copy.deepcopy(fg)
-    if split_wide_channels(split, data):
-        variants.append(("+split", split))
-    for suffix, g in variants:
-        sets = collect_range_sets(g, data, ("minmax", "percentile"), progress=progress)
+    scores, graphs, scored = {}, {}, []
+    variants = [("", fg, {})]
+    if planner.groups:
+        split = copy.deepcopy(fg)
+        variants.append(("+split", split, split_wide_channels(split, planner.groups)))
+    for suffix, g, parts_of in variants:
+        sets = {m: {t: cal.ranges[m][parts_of.get(t, t)] for t in g.tensors
+                    if t not in g.consts and parts_of.get(t, t) in cal.ranges[m]} for m in ("minmax", "percentile")}
         sets["hybrid"] = hybrid_ranges(g, sets["minmax"], sets["percentile"])
         for name, ranges in sets.items():
             key = name + suffix
+            same = next((k for k, r in scored if graphs[k][0] is g and r == ranges), None)
+            if same is not None:
+                graphs[key], scores[key] = graphs[same], scores[same]
+                continue
             graphs[key] = (g, quantize_graph(g, ranges))
+            scored.append((key, ranges))
             got = Executor(graphs[key][1], "auto").run(inputs)
             if classes:
-                scores[key] = round(float(np.mean([_top1_agreement(want[o], got[o]) for o in fg.outputs])), 4)
+                scores[key] = round(float(np.mean([_top1_agreement(cal.outputs[o], got[o]) for o in fg.outputs])), 4)
             else:
-                scores[key] = round(float(np.mean([min(sqnr_db(want[o], got[o]), 200.0) for o in fg.outputs])), 2)
+                scores[key] = round(float(np.mean([min(sqnr_db(cal.outputs[o], got[o]), 200.0) for o in fg.outputs])), 2)
     best = max(scores, key=scores.get)
-    return (*graphs[best], {"chosen": best, ("top1_agreement" if classes else "output_sqnr_db"): scores})
+    return (*graphs[best], {"chosen": best, ("top1_agreement" if classes else "output_sqnr_db"): scores,
+                            "samples_compared": n})
 
 
 def _plan(qg: Graph, profile: DeviceProfile, patch: str | int) -> PatchPlan:
@@ -185,6 +231,9 @@ def _plan(qg: Graph, profile: DeviceProfile, patch: str | int) -> PatchPlan:
     return plan
 
 
+# One BLAS thread for the float passes: on a shared machine OpenBLAS's spinning workers made its GEMMs
+# 10x slower (4 against 58 GFLOP/s, 2 cores at load 6); the C backend's threads are OpenMP, not limited.
+@threadpool_limits.wrap(limits=1, user_api="blas")
 def convert(model: str | Path | bytes | None = None, device: str = "host", output: str | Path | None = None,
             scheme: str | None = None, calib: Any = None, calib_method: str | None = None,
             input_shapes: dict[str, tuple[int, ...]] | None = None, progress: bool = True,

@@ -77,6 +77,9 @@ def resize_float(x: np.ndarray, *, mode: str, coord: str, nearest_mode: str, siz
     out = x.astype(np.float32)
     for axis, (n_out, scale) in zip((2, 3), zip(size, scales)):
         i0, i1, w1 = resize_taps(out.shape[axis], n_out, mode, coord, nearest_mode, scale)
+        if not w1.any():  # nearest (or an integer-aligned bilinear): a gather, no blend
+            out = np.take(out, i0, axis=axis)
+            continue
         shape = [1] * out.ndim
         shape[axis] = n_out
         w = w1.reshape(shape).astype(np.float32)
