@@ -108,6 +108,11 @@ def convert_gguf(model: str | Path, device: str = "rpi5", scheme: str | None = N
 
     names = list(g.matrix_names())
     calib: dict[str, Any] = {"method": method}
+    if method != "plain":  # tokenize first: a text too short fails before any work
+        windows = llm_calib.calibration_windows(
+            g, llm_calib.builtin_text() if calib_text is None else calib_text, calib_tokens)
+        calib.update(source="builtin: docstrings of " + ", ".join(llm_calib.CALIB_MODULES)
+                     if calib_text is None else "user text", tokens=int(windows.size), windows=int(windows.shape[0]))
     with Progress(f"converting to {scheme} ({method})", len(names), enabled=progress) as bar, \
             threadpool_limits(1):  # one BLAS thread: two spin-waiting ones collapse on a shared 2-core machine
         emb = quantize("token_embd", g.load("token_embd"))  # one float tensor alive at a time
@@ -116,11 +121,6 @@ def convert_gguf(model: str | Path, device: str = "rpi5", scheme: str | None = N
                 if name != "token_embd":
                     quantize(name, g.load(name))
         else:
-            text = llm_calib.builtin_text() if calib_text is None else calib_text
-            windows = llm_calib.calibration_windows(g, text, calib_tokens)
-            calib.update(source="builtin: docstrings of " + ", ".join(llm_calib.CALIB_MODULES)
-                         if calib_text is None else "user text", tokens=int(windows.size),
-                         windows=int(windows.shape[0]))
             layers = llm_calib.LayerPass(g.config, emb, windows)
             del emb
             for li in range(g.config.n_layers):

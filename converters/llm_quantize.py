@@ -67,7 +67,9 @@ class Levels:
 
     def nearest(self, wg: np.ndarray) -> np.ndarray:
         """Index of the level closest to each weight: wg [n, g] -> [n, g] (ties to the lower level)."""
-        rank = (wg[:, :, None] > self.mids[:, None, :]).sum(-1)
+        rank = np.zeros(wg.shape, np.intp)
+        for k in range(self.mids.shape[1]):  # K - 1 flat compares beat one [n, g, K - 1] reduction
+            rank += wg > self.mids[:, k:k + 1]
         return np.take_along_axis(self.order, rank, 1)
 
 
@@ -76,15 +78,20 @@ def nearest(wg: np.ndarray, lv: np.ndarray) -> np.ndarray:
     return Levels(lv).nearest(wg)
 
 
-def weighted_error(wg: np.ndarray, v: np.ndarray, d: np.ndarray, m: np.ndarray, imp: np.ndarray) -> np.ndarray:
-    """Per group, sum of imp * (w - sum_p d_p v_p - m)^2."""
-    return (imp * (wg - np.einsum("ngp,np->ng", v, d) - m[:, None]) ** 2).sum(1)
+def weighted_error(wg: np.ndarray, planes: list[np.ndarray], d: np.ndarray, m: np.ndarray,
+                   imp: np.ndarray) -> np.ndarray:
+    """Per group, sum of imp * (w - sum_p d_p v_p - m)^2 for plane values ``planes[p]`` [n, g]."""
+    r = wg - m[:, None]
+    for p, v in enumerate(planes):
+        r = r - d[:, p:p + 1] * v
+    return (imp * r * r).sum(1)
 
 
-def least_squares(wg: np.ndarray, v: np.ndarray, offset: bool, imp: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def least_squares(wg: np.ndarray, planes: list[np.ndarray], offset: bool, imp: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
     """Scales [n, P] (and offsets [n]) minimising each group's imp-weighted squared error for fixed plane
-    values v [n, g, P]."""
-    cols = [v[..., p] for p in range(v.shape[-1])] + ([None] if offset else [])  # None: the offset's ones
+    values ``planes[p]`` [n, g]."""
+    cols = list(planes) + ([None] if offset else [])  # None: the offset's column of ones
     k = len(cols)
     wcols = [imp if c is None else imp * c for c in cols]
     ata = np.empty((len(wg), k, k))
@@ -113,23 +120,26 @@ def _round_scale(wg: np.ndarray, d: np.ndarray, vmin: int, vmax: int, imp: np.nd
     out = None
     for _ in range(2):
         d = f16(d)
-        v = np.clip(np.rint(_safe_div(wg, d[:, None])), vmin, vmax)[..., None]
+        v = np.clip(np.rint(_safe_div(wg, d[:, None])), vmin, vmax)
         m = np.zeros(len(wg))
-        out = _keep_better(out, (v, d[:, None], m, weighted_error(wg, v, d[:, None], m, imp)))
-        den = (imp * v[..., 0] ** 2).sum(1)
-        d = np.where(den > 0, (imp * wg * v[..., 0]).sum(1) / np.where(den > 0, den, 1), d)
+        out = _keep_better(out, (v[..., None], d[:, None], m, weighted_error(wg, [v], d[:, None], m, imp)))
+        den = (imp * v * v).sum(1)
+        d = np.where(den > 0, (imp * wg * v).sum(1) / np.where(den > 0, den, 1), d)
     return out
 
 
 def _als(wg: np.ndarray, fmt: WeightFormat, table: np.ndarray, d: np.ndarray, m: np.ndarray,
          imp: np.ndarray) -> tuple:
     """Alternate nearest-level codes and least-squares scales from (d, m); finish on float16 scales."""
+    def planes(d: np.ndarray, m: np.ndarray) -> list[np.ndarray]:
+        idx = nearest(wg, levels(d, m, table))
+        return [table[:, p][idx] for p in range(table.shape[1])]
+
     for _ in range(ALS_ITERS):
-        v = table[nearest(wg, levels(d, m, table))]
-        d, m = least_squares(wg, v, fmt.offset, imp)
+        d, m = least_squares(wg, planes(d, m), fmt.offset, imp)
     d, m = f16(d), f16(m)
-    v = table[nearest(wg, levels(d, m, table))]
-    return v, d, m, weighted_error(wg, v, d, m, imp)
+    v = planes(d, m)
+    return np.stack(v, -1), d, m, weighted_error(wg, v, d, m, imp)
 
 
 def _fit_chunk(wg: np.ndarray, fmt: WeightFormat, imp: np.ndarray) -> tuple:
@@ -138,8 +148,8 @@ def _fit_chunk(wg: np.ndarray, fmt: WeightFormat, imp: np.ndarray) -> tuple:
     amax = np.abs(wg).max(1)
     if fmt.name == "int8":
         d = f16(amax / 127)[:, None]
-        v = np.clip(np.rint(_safe_div(wg, d)), -127, 127)[..., None]
-        return v, d, zeros, weighted_error(wg, v, d, zeros, imp)
+        v = np.clip(np.rint(_safe_div(wg, d)), -127, 127)
+        return v[..., None], d, zeros, weighted_error(wg, [v], d, zeros, imp)
     if fmt.name == "int4":
         # Q4_0's scale (the signed max maps to -8), a grid around it, and the all-positive-range variant.
         signed_max = wg[np.arange(n), np.abs(wg).argmax(1)]
@@ -209,49 +219,105 @@ def fit_matrix(w: np.ndarray, fmt: WeightFormat, imp: np.ndarray | None = None
     return _to_planes(v, r, c, g), d.reshape(r, -1), m.reshape(r, -1)
 
 
-def gptq(w: np.ndarray, hessian: np.ndarray, fmt: WeightFormat, damp: float = GPTQ_DAMP
+def gptq(w: np.ndarray, hessian: np.ndarray, fmt: WeightFormat, damp: float = GPTQ_DAMP, act_order: bool = True
          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """GPTQ of ``w[rows, cols]`` against ``hessian[cols, cols]`` (sum of x x^T over calibration inputs):
-    values [P, rows, cols], scales [rows, groups * P], offsets [rows, groups] of format ``fmt``."""
+    values [P, rows, cols], scales [rows, groups * P], offsets [rows, groups] of format ``fmt``.
+
+    ``act_order``: quantize the columns with the largest input energy first (GPTQ's act-order) with every
+    group's scales fitted beforehand on the original weights ("static groups": a group's columns are no
+    longer adjacent in that order); otherwise in column order, each group fitted on the error-updated
+    weights when its first column comes up. Either way :func:`refit_scales` finishes.
+    """
     r, c = w.shape
     g = fmt.group_size(c)
     if GPTQ_BLOCK % g:
         raise ValueError(f"GPTQ needs groups that divide {GPTQ_BLOCK} columns ({fmt.name} has {g})")
-    W = w.astype(np.float64).copy()
     H = np.array(hessian, dtype=np.float64)
     diag = np.diag(H).copy()
     dead = diag <= 0  # inputs that were always zero: their weights do not matter
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    H[np.diag_indices(c)] += damp * max(float(np.mean(diag[~dead])) if (~dead).any() else 1.0, 1e-30)
-    # Upper Cholesky factor U of H^-1 (H^-1 = U^T U): row j of U carries column j's error to the later ones.
-    L = np.linalg.cholesky(H)
-    linv = np.linalg.solve(L, np.eye(c))
-    U = np.linalg.cholesky(linv.T @ linv).T
     imp = np.where(dead, 0.0, diag)
     table = combos(fmt)
-    values = np.zeros((fmt.planes, r, c), np.int8)
     d_all = np.zeros((r, c // g, fmt.planes))
     m_all = np.zeros((r, c // g))
+    lv_groups: list[Levels | None] = [None] * (c // g)
+    if act_order:
+        v0, d0, m0 = fit_matrix(w, fmt, imp)
+        d_all, m_all = d0.reshape(r, -1, fmt.planes), m0
+        lv_groups = [Levels(levels(d_all[:, k], m_all[:, k], table)) for k in range(c // g)]
+    perm = np.argsort(-diag, kind="stable") if act_order else np.arange(c)
+    W = w.astype(np.float64)[:, perm]
+    H = H[perm][:, perm]
+    W[:, dead[perm]] = 0.0
+    H[np.diag_indices(c)] += np.where(dead[perm], 1.0, 0.0) + \
+        damp * max(float(np.mean(diag[~dead])) if (~dead).any() else 1.0, 1e-30)
+    # Upper Cholesky factor U of H^-1 (H^-1 = U^T U): row j of U carries column j's error to the later ones.
+    linv = np.linalg.solve(np.linalg.cholesky(H), np.eye(c))
+    U = np.linalg.cholesky(linv.T @ linv).T
+    values = np.zeros((fmt.planes, r, c), np.int8)
     rows = np.arange(r)
     for i1 in range(0, c, GPTQ_BLOCK):
         i2 = min(i1 + GPTQ_BLOCK, c)
         W1 = W[:, i1:i2].copy()
         E = np.zeros_like(W1)
-        lv = None
         for j in range(i2 - i1):
-            col = i1 + j
-            if col % g == 0:
+            col = perm[i1 + j]
+            if not act_order and col % g == 0:
                 _, d, m = fit_groups(W1[:, j:j + g], fmt, imp[None, col:col + g])
                 d_all[:, col // g], m_all[:, col // g] = d, m
-                lv = Levels(levels(d, m, table))
+                lv_groups[col // g] = Levels(levels(d, m, table))
+            lv = lv_groups[col // g]
             idx = lv.nearest(W1[:, j:j + 1])[:, 0]
             values[:, :, col] = table[idx].T
-            e = (W1[:, j] - lv.lv[rows, idx]) / U[col, col]
-            W1[:, j + 1:] -= np.outer(e, U[col, col + 1:i2])
+            e = (W1[:, j] - lv.lv[rows, idx]) / U[i1 + j, i1 + j]
+            W1[:, j + 1:] -= np.outer(e, U[i1 + j, i1 + j + 1:i2])
             E[:, j] = e
         W[:, i2:] -= E @ U[i1:i2, i2:]
+    d_all, m_all = refit_scales(w, values, np.asarray(hessian, np.float64), fmt, d_all, m_all)
     return values, d_all.reshape(r, -1), m_all
+
+
+def _h_error(e: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Per row of e [rows, cols], e H e^T: the output error the row causes over the calibration inputs."""
+    return np.einsum("rc,rc->r", e @ h, e)
+
+
+def refit_scales(w: np.ndarray, values: np.ndarray, h: np.ndarray, fmt: WeightFormat, d: np.ndarray,
+                 m: np.ndarray, rows_per_chunk: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """For fixed codes, the scales (and offsets) of every group of a row that minimise the row's output
+    error ``(w - w_q) H (w - w_q)^T`` jointly (GPTQ fixed each group's scales before seeing its later
+    columns; the codes it chose usually deserve other scales). Solves, per row, the normal equations over
+    all its groups' parameters; keeps the old float16 scales for rows where the rounded new ones are not
+    better. ``d [rows, groups, P]``, ``m [rows, groups]``."""
+    planes, r, c = values.shape
+    g = fmt.group_size(c)
+    n_g, k = c // g, planes + int(fmt.offset)
+    d, m = d.copy(), m.copy()
+    for r0 in range(0, r, rows_per_chunk):
+        rs = slice(r0, min(r0 + rows_per_chunk, r))
+        n = rs.stop - r0
+        basis = np.concatenate([values[:, rs].astype(np.float64)] + ([np.ones((1, n, c))] if fmt.offset else []))
+        b = basis.transpose(2, 1, 0)  # [c, n, k]
+        bg = b.reshape(n_g, g, n, k)
+        normal = np.empty((n, n_g, k, n_g, k))
+        for j in range(n_g):  # H restricted to group j's columns times its basis, seen from every column
+            hb = (h[:, j * g:(j + 1) * g] @ bg[j].reshape(g, n * k)).reshape(n_g, g, n, k)
+            normal[:, :, :, j, :] = np.einsum("agnk,agnl->nakl", bg, hb)
+        rhs = np.einsum("agnk,nag->nak", bg, (w[rs].astype(np.float64) @ h).reshape(n, n_g, g))
+        a = normal.reshape(n, n_g * k, n_g * k)
+        a += 1e-9 * (np.trace(a, axis1=1, axis2=2)[:, None, None] + 1e-30) * np.eye(n_g * k)
+        sol = np.linalg.solve(a, rhs.reshape(n, -1, 1))[..., 0].reshape(n, n_g, k)
+        new_d, new_m = f16(sol[..., :planes]), f16(sol[..., planes]) if fmt.offset else m[rs]
+
+        def deq(dd: np.ndarray, mm: np.ndarray) -> np.ndarray:
+            vg = values[:, rs].astype(np.float64).reshape(planes, n, n_g, g)
+            return np.einsum("pnag,nap->nag", vg, dd).reshape(n, c) + np.repeat(mm, g, axis=1)
+
+        wr = w[rs].astype(np.float64)
+        better = _h_error(wr - deq(new_d, new_m), h) < _h_error(wr - deq(d[rs], m[rs]), h)
+        d[rs] = np.where(better[:, None, None], new_d, d[rs])
+        m[rs] = np.where(better[:, None], new_m, m[rs])
+    return d, m
 
 
 METHODS = ("gptq", "imatrix", "plain")

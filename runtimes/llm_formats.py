@@ -10,8 +10,8 @@ plane, plus (lut formats) a float16 offset ``m``:
 format   group   planes  plane values  meaning
 =======  ======  =====  ===========  ======================================================
 int8     row     1       -127..127   per-row absmax scale (also the embedding / output head)
-int4     32      1       -8..7       groupwise symmetric, scale searched for least error
-ternary  64      1       -1, 0, 1    BitNet b1.58: d = mean |w| of the group
+int4     32      1       -8..7       groupwise symmetric (the Q4_0 layout)
+ternary  64      1       -1, 0, 1    BitNet b1.58 ternary with one scale per group
 ptqtp    64      2       -1, 0, 1    two ternary trit-planes with their own scales (PTQTP)
 lut2     64      2       0, 1        bit planes with free per-plane scales + offset (ELUTQ/HLQ)
 lut3     64      3       0, 1        the same with three planes
