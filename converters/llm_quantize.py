@@ -249,8 +249,8 @@ def gptq(w: np.ndarray, hessian: np.ndarray, fmt: WeightFormat, damp: float = GP
     W = w.astype(np.float64)[:, perm]
     H = H[perm][:, perm]
     W[:, dead[perm]] = 0.0
-    H[np.diag_indices(c)] += np.where(dead[perm], 1.0, 0.0) + \
-        damp * max(float(np.mean(diag[~dead])) if (~dead).any() else 1.0, 1e-30)
+    damp_abs = damp * max(float(np.mean(diag[~dead])) if (~dead).any() else 1.0, 1e-30)
+    H[np.diag_indices(c)] += np.where(dead[perm], 1.0, 0.0) + damp_abs
     # Upper Cholesky factor U of H^-1 (H^-1 = U^T U): row j of U carries column j's error to the later ones.
     linv = np.linalg.solve(np.linalg.cholesky(H), np.eye(c))
     U = np.linalg.cholesky(linv.T @ linv).T
@@ -273,7 +273,10 @@ def gptq(w: np.ndarray, hessian: np.ndarray, fmt: WeightFormat, damp: float = GP
             W1[:, j + 1:] -= np.outer(e, U[i1 + j, i1 + j + 1:i2])
             E[:, j] = e
         W[:, i2:] -= E @ U[i1:i2, i2:]
-    d_all, m_all = refit_scales(w, values, np.asarray(hessian, np.float64), fmt, d_all, m_all)
+    # The refit sees the damped H too: the bare H is blind in directions calibration never excited (a head
+    # whose output stays near zero), where it would accept any scales; damping keeps those near the weights.
+    hd = np.asarray(hessian, np.float64) + np.diag(np.where(dead, 1.0, 0.0) + damp_abs)
+    d_all, m_all = refit_scales(w, values, hd, fmt, d_all, m_all)
     return values, d_all.reshape(r, -1), m_all
 
 

@@ -60,6 +60,22 @@ def test_gptq_lowers_layer_output_error(fmt):
     assert np.mean(((wq - w) @ x.T) ** 2) < 0.9 * imatrix
 
 
+@pytest.mark.parametrize("fmt", GROUPED)
+def test_gptq_stays_near_the_weights_where_calibration_is_blind(fmt):
+    """Channels the calibration inputs barely excite (a quiet attention head) must not soak up arbitrary
+    error: the weights stay about as close to the originals as the plain fit's (an undamped H would let the
+    scale refit run off to tens of times the weights)."""
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((64, 256)) * 0.05
+    x = rng.standard_normal((1024, 256)) @ (np.eye(256) + 0.1 * rng.standard_normal((256, 256)))
+    x[:, 192:] *= 1e-4
+    f = llm_formats.FORMATS[fmt]
+    v, d, m = llm_quantize.gptq(w, x.T @ x, f)
+    wq = llm_formats.unpack(llm_formats.encode(v, d, m if f.offset else None, fmt), fmt)
+    plain = llm_formats.unpack(llm_quantize.quantize_matrix(w, fmt), fmt)
+    assert np.sqrt(np.mean((wq - w) ** 2)) < 1.5 * np.sqrt(np.mean((plain - w) ** 2))
+
+
 def test_refit_scales_lowers_output_error():
     """Refitting the scales of fixed codes against H never makes a row worse, and helps overall."""
     rng = np.random.default_rng(8)
