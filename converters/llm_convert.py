@@ -111,7 +111,7 @@ def convert_gguf(model: str | Path, device: str = "rpi5", scheme: str | None = N
     if method != "plain":  # tokenize first: a text too short fails before any work
         windows = llm_calib.calibration_windows(
             g, llm_calib.builtin_text() if calib_text is None else calib_text, calib_tokens)
-        calib.update(source="builtin: docstrings of " + ", ".join(llm_calib.CALIB_MODULES)
+        calib.update(source=f"built-in: docstrings of {len(llm_calib.CALIB_MODULES)} standard-library modules"
                      if calib_text is None else "user text", tokens=int(windows.size), windows=int(windows.shape[0]))
     with Progress(f"converting to {scheme} ({method})", len(names), enabled=progress) as bar, \
             threadpool_limits(1):  # one BLAS thread: two spin-waiting ones collapse on a shared 2-core machine
