@@ -305,7 +305,7 @@ def refit_scales(w: np.ndarray, values: np.ndarray, h: np.ndarray, fmt: WeightFo
         normal = np.empty((n, n_g, k, n_g, k))
         for j in range(n_g):  # H restricted to group j's columns times its basis, seen from every column
             hb = (h[:, j * g:(j + 1) * g] @ bg[j].reshape(g, n * k)).reshape(n_g, g, n, k)
-            normal[:, :, :, j, :] = np.einsum("agnk,agnl->nakl", bg, hb)
+            normal[:, :, :, j, :] = np.matmul(bg.transpose(0, 2, 3, 1), hb.transpose(0, 2, 1, 3)).transpose(1, 0, 2, 3)
         rhs = np.einsum("agnk,nag->nak", bg, (w[rs].astype(np.float64) @ h).reshape(n, n_g, g))
         a = normal.reshape(n, n_g * k, n_g * k)
         a += 1e-9 * (np.trace(a, axis1=1, axis2=2)[:, None, None] + 1e-30) * np.eye(n_g * k)
