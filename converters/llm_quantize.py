@@ -12,9 +12,10 @@ module only chooses the numbers, in three levels of effort:
   several starts (residual ternary / uniform 9 levels; min/max with clipping), the best start kept per group.
 - **GPTQ** (:func:`gptq`): the columns of a matrix are quantized one at a time and each column's rounding
   error is spread over the not yet quantized columns through the inverse of the calibration Hessian
-  ``H = sum x x^T`` (Frantar et al. 2022, lazy batches of 128 columns). A group's scales are fitted (as
-  above, importance = diag H) when GPTQ reaches its first column, on the error-updated weights; GPTQ only
-  changes which codes are chosen, so it serves every format.
+  ``H = sum x x^T`` (Frantar et al. 2022, lazy batches of 128 columns, 1% damping). By default in
+  act-order (largest input energy first) with every group's scales fitted beforehand (as above,
+  importance = diag H); GPTQ only changes which codes are chosen, so it serves every format. Then
+  :func:`refit_scales` solves each row's scales/offsets jointly for the chosen codes against the damped H.
 - :func:`quantize_matrix` picks between them and lays the result out.
 
 All arithmetic is float64 until the scales are rounded to float16, after which the codes are picked for
