@@ -1,6 +1,6 @@
 """GGUF -> LLM bundle: stream every tensor through its weight format, write the ``kind: llm`` container.
 
-Layer matrices get the chosen scheme (lut3 and lut2 keep attn_v and ffn_down at more bits, see MIXES); the
+Layer matrices get the chosen scheme (lut3 and lut2 give some matrices more bits, see MIXES); the
 embedding (and the output head, tied or not) stay int8, since the head is read every token and is the
 most sensitive matrix. The report gives per-tensor relative
 weight error, bits per weight, bytes read per token and the device's predicted decode speed
@@ -9,11 +9,14 @@ weight error, bits per weight, bytes read per token and the device's predicted d
 
 from __future__ import annotations
 
+import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from edgeq import __version__
 from edgeq.bundle import encode_container, write_atomic
@@ -21,16 +24,20 @@ from edgeq.devices import get_device
 from edgeq.errors import EdgeqError
 from edgeq.progress import Progress
 from edgeq.runtimes import llm_formats
-from edgeq.runtimes.llm_reference import LLMWeights, Matrix
+from edgeq.runtimes.llm_reference import LAYER_MATS, LLMWeights, Matrix
+from . import llm_calib, llm_quantize
 from .gguf_import import GGUFModel
 
 SCHEMES = ("int8", "int4", "ternary", "ptqtp", "lut2", "lut3")
 # Schemes that destroy a model not trained for them (REFERENCE.md section 5): warn and measure.
 RISKY = ("ternary", "ptqtp", "lut2")
 HEAD_FORMAT = "int8"
-# Like llama.cpp's *_M mixes: the matrices quantization hurts most (the value projection and the
-# feed-forward output) get more bits in the lowest-bit LUT schemes.
-MIXES: dict[str, dict[str, str]] = {"lut3": {"attn_v": "int4", "ffn_down": "int4"},
+# Like llama.cpp's *_M mixes: the matrices quantization hurts most get more bits in the LUT schemes. lut3
+# keeps the big feed-forward gate/up (half the layer weights) at 3 bits and the rest at 4 (the value
+# projection at 8): 4.36 bits/weight on SmolLM2, below the 4.63 of llama.cpp's Q3_K_M file there, and
+# measured better than it (benchmarks/RESULTS.md; with attn_q/attn_k at lut3 too, 4.30 bits, it was level).
+MIXES: dict[str, dict[str, str]] = {"lut3": {"attn_q": "int4", "attn_k": "int4", "attn_v": "int8",
+                                             "attn_output": "int4", "ffn_down": "int4"},
                                     "lut2": {"attn_v": "int4", "ffn_down": "lut3"}}
 
 
@@ -49,14 +56,25 @@ class LLMConversion:
     report: dict[str, Any]
 
 
-def _rel_err(w: np.ndarray, m: Matrix) -> float:
-    wd = llm_formats.unpack(m.arrays, m.fmt)
+def _rel_err(w: np.ndarray, wd: np.ndarray) -> float:
     return float(np.sqrt(np.mean((wd - w) ** 2) / max(float(np.mean(w.astype(np.float64) ** 2)), 1e-30)))
 
 
+def _calibrated(scheme: str) -> bool:
+    """Whether any matrix of ``scheme`` gains from calibration (int8 rows use absmax, data-independent)."""
+    return any(tensor_format(f"blk.0.{n}", scheme) != "int8" for n in LAYER_MATS)
+
+
 def convert_gguf(model: str | Path, device: str = "rpi5", scheme: str | None = None,
-                 output: str | Path | None = None, progress: bool = True) -> LLMConversion:
-    """Convert a Llama-architecture GGUF into an LLM bundle for ``device`` with weight ``scheme``."""
+                 output: str | Path | None = None, progress: bool = True, quantizer: str = "gptq",
+                 calib_text: str | None = None, calib_tokens: int = llm_calib.DEFAULT_TOKENS) -> LLMConversion:
+    """Convert a Llama-architecture GGUF into an LLM bundle for ``device`` with weight ``scheme``.
+
+    ``quantizer``: ``gptq`` (default), ``imatrix`` or ``plain`` (no calibration); see llm_quantize.
+    ``calib_text``: calibration text (default: llm_calib.builtin_text(), disjoint from the evaluation
+    text); its first ``calib_tokens`` tokens are used.
+    """
+    t_start = time.perf_counter()
     profile = get_device(device)
     scheme = scheme or profile.default_scheme
     if scheme not in SCHEMES:
@@ -64,27 +82,55 @@ def convert_gguf(model: str | Path, device: str = "rpi5", scheme: str | None = N
     if scheme not in profile.schemes:
         raise EdgeqError(f"device '{profile.id}' does not support scheme '{scheme}' "
                          f"(supports: {', '.join(profile.schemes)})")
+    if quantizer not in llm_quantize.METHODS:
+        raise EdgeqError(f"unknown quantizer {quantizer!r} (choose from {', '.join(llm_quantize.METHODS)})")
+    if calib_tokens < llm_calib.MIN_TOKENS:
+        raise EdgeqError(f"--calib-tokens must be at least {llm_calib.MIN_TOKENS}")
     g = GGUFModel(model)
     out = Path(output) if output else Path(g.path).with_suffix(f".{profile.id}.{scheme}.edgeq")
     if out.parent and not out.parent.exists():
         raise EdgeqError(f"output directory '{out.parent}' does not exist")
+    method = quantizer if _calibrated(scheme) else "plain"
     consts: dict[str, np.ndarray] = {}
     specs: dict[str, Any] = {}
     mats: dict[str, Matrix] = {}
     errors: dict[str, float] = {}
+
+    def quantize(name: str, w: np.ndarray, hessian: np.ndarray | None = None) -> np.ndarray:
+        fmt = tensor_format(name, scheme)
+        arrays = llm_quantize.quantize_matrix(w, fmt, hessian, method if hessian is not None else "plain",
+                                              tensor=name + ".weight")
+        m = Matrix(fmt, w.shape[0], w.shape[1], arrays)
+        wq = llm_formats.unpack(arrays, fmt)
+        errors[name] = round(_rel_err(w, wq), 5)
+        mats[name] = m
+        specs[name] = {"format": fmt, "rows": m.rows, "cols": m.cols}
+        consts.update({f"{name}.{k}": v for k, v in arrays.items()})
+        bar.advance()
+        return wq
+
     names = list(g.matrix_names())
-    with Progress(f"converting to {scheme}", len(names), enabled=progress) as bar:
-        for name in names:
-            fmt = tensor_format(name, scheme)
-            w = g.load(name)  # one float tensor alive at a time
-            arrays = llm_formats.pack(w, fmt, tensor=name + ".weight")
-            m = Matrix(fmt, w.shape[0], w.shape[1], arrays)
-            errors[name] = round(_rel_err(w, m), 5)
-            del w
-            mats[name] = m
-            specs[name] = {"format": fmt, "rows": m.rows, "cols": m.cols}
-            consts.update({f"{name}.{k}": v for k, v in arrays.items()})
-            bar.advance()
+    calib: dict[str, Any] = {"method": method}
+    if method != "plain":  # tokenize first: a text too short fails before any work
+        windows = llm_calib.calibration_windows(
+            g, llm_calib.builtin_text() if calib_text is None else calib_text, calib_tokens)
+        calib.update(source=f"built-in: docstrings of {len(llm_calib.CALIB_MODULES)} standard-library modules"
+                     if calib_text is None else "user text", tokens=int(windows.size), windows=int(windows.shape[0]))
+    with Progress(f"converting to {scheme} ({method})", len(names), enabled=progress) as bar, \
+            threadpool_limits(1):  # one BLAS thread: two spin-waiting ones collapse on a shared 2-core machine
+        emb = quantize("token_embd", g.load("token_embd"))  # one float tensor alive at a time
+        if method == "plain":
+            for name in names:
+                if name != "token_embd":
+                    quantize(name, g.load(name))
+        else:
+            layers = llm_calib.LayerPass(g.config, emb, windows)
+            del emb
+            for li in range(g.config.n_layers):
+                layers.layer(li, g.load, quantize)
+            if "output" in g.tensors:
+                quantize("output", g.load("output"))
+        calib["seconds"] = round(time.perf_counter() - t_start, 1)
     norms = {n: g.load(n).astype(np.float32) for n in g.norm_names()}
     consts.update(norms)
     tok_blob = np.frombuffer(g.tokenizer_gguf(), dtype=np.uint8)
@@ -93,6 +139,7 @@ def convert_gguf(model: str | Path, device: str = "rpi5", scheme: str | None = N
     bpt = weights.bytes_per_token()
     layer_params = sum(m.rows * m.cols for k, m in mats.items() if k.startswith("blk."))
     layer_bytes = sum(llm_formats.packed_nbytes(m.arrays) for k, m in mats.items() if k.startswith("blk."))
+    weights_bytes = sum(llm_formats.packed_nbytes(m.arrays) for m in mats.values())
     worst = sorted(errors, key=errors.get, reverse=True)[:5]
     bw = profile.mem_bandwidth_bytes_per_s
     report = {
@@ -100,7 +147,10 @@ def convert_gguf(model: str | Path, device: str = "rpi5", scheme: str | None = N
         "source": {"format": "gguf", "name": g.path.name},
         "config": g.config.to_dict(),
         "layer_bits_per_weight": round(8 * layer_bytes / layer_params, 4),
-        "weights_bytes": sum(llm_formats.packed_nbytes(m.arrays) for m in mats.values()),
+        "bits_per_weight": round(8 * weights_bytes / sum(m.rows * m.cols for m in mats.values()), 4),
+        "formats": dict(Counter(m.fmt for k, m in mats.items() if k.startswith("blk."))),
+        "weights_bytes": weights_bytes,
+        "quantizer": calib,
         "bytes_per_token": bpt,
         "predicted_decode_tokens_per_s": round(bw / bpt, 1) if bw else None,
         "mean_relative_weight_error": round(float(np.mean([errors[k] for k in errors if k.startswith("blk.")])), 5),
@@ -114,8 +164,8 @@ def convert_gguf(model: str | Path, device: str = "rpi5", scheme: str | None = N
         "source": {"format": "gguf", "sha256": g.sha256(), "name": g.path.name},
         "config": g.config.to_dict(), "tensors": specs,
         "tokenizer": {"blob": "tokenizer.gguf", **g.tokenizer_info()},
-        "report": {k: report[k] for k in ("layer_bits_per_weight", "bytes_per_token", "mean_relative_weight_error",
-                                          "worst_tensors", "warning")},
+        "report": {k: report[k] for k in ("layer_bits_per_weight", "bits_per_weight", "bytes_per_token", "quantizer",
+                                          "mean_relative_weight_error", "worst_tensors", "warning")},
     }
     chunks = encode_container(manifest, consts)
     write_atomic(out, chunks)

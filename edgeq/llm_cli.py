@@ -67,16 +67,29 @@ def add_convert_args(p: argparse.ArgumentParser) -> None:
                                         "pydoc topics)")
     p.add_argument("--eval", choices=["auto", "always", "never"], default="auto",
                    help="GGUF models: measure perplexity after converting (auto: for ternary/ptqtp/lut2)")
+    p.add_argument("--quantizer", choices=["gptq", "imatrix", "plain"], default="gptq",
+                   help="GGUF models: gptq = error compensation with calibration statistics (default), imatrix = "
+                        "importance-weighted fits only, plain = no calibration")
+    p.add_argument("--calib-text", help="GGUF models: UTF-8 calibration text (default: docstrings of standard-library "
+                                         "modules, disjoint from the default evaluation text)")
+    p.add_argument("--calib-tokens", type=int, default=4096, help="GGUF models: calibration tokens used (default 4096)")
 
 
 def cmd_convert_gguf(args: argparse.Namespace) -> None:
     """``edgeq convert MODEL.gguf --device D --scheme S``."""
     from .converters.llm_convert import RISKY, convert_gguf
     res = convert_gguf(args.model, device=args.device, scheme=args.scheme, output=args.output,
-                       progress=not args.json and not args.quiet)
+                       progress=not args.json and not args.quiet, quantizer=args.quantizer,
+                       calib_text=_read_text(args.calib_text) if args.calib_text else None,
+                       calib_tokens=args.calib_tokens)
     r = res.report
+    q = r["quantizer"]
     lines = [f"wrote {r['output']} ({_mb(r['bundle_bytes'])}) for {r['device']}: layers {r['scheme']} "
-             f"({r['layer_bits_per_weight']:.2f} bits/weight), embedding and head {r['head_format']}",
+             f"({r['layer_bits_per_weight']:.2f} bits/weight; "
+             + ", ".join(f"{k} x{v}" for k, v in r["formats"].items()) + f"), embedding and head {r['head_format']}; "
+             f"all weights {r['bits_per_weight']:.2f} bits/weight",
+             f"quantizer {q['method']}" + (f", calibrated on {q['tokens']} tokens ({q['source']})" if "tokens" in q else "")
+             + f", {q['seconds']:.0f} s",
              f"weights read per token: {_mb(r['bytes_per_token'])}"
              + (f" -> predicted decode on {r['device']}: {r['predicted_decode_tokens_per_s']:.0f} tokens/s "
                 f"(memory bandwidth / bytes per token)" if r["predicted_decode_tokens_per_s"] else ""),

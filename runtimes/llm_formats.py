@@ -10,8 +10,8 @@ plane, plus (lut formats) a float16 offset ``m``:
 format   group   planes  plane values  meaning
 =======  ======  =====  ===========  ======================================================
 int8     row     1       -127..127   per-row absmax scale (also the embedding / output head)
-int4     32      1       -8..7       groupwise symmetric, scale searched for least error
-ternary  64      1       -1, 0, 1    BitNet b1.58: d = mean |w| of the group
+int4     32      1       -8..7       groupwise symmetric (the Q4_0 layout)
+ternary  64      1       -1, 0, 1    BitNet b1.58 ternary with one scale per group
 ptqtp    64      2       -1, 0, 1    two ternary trit-planes with their own scales (PTQTP)
 lut2     64      2       0, 1        bit planes with free per-plane scales + offset (ELUTQ/HLQ)
 lut3     64      3       0, 1        the same with three planes
@@ -39,7 +39,8 @@ fixed order (no fused multiply-add)::
 Sixteen lanes match one AVX-512 register (four NEON registers); the halving order is how a vector is
 folded.
 
-This module needs only NumPy: the converter packs with it and the runtime checks against it.
+This module needs only NumPy: the converter lays out its chosen numbers with :func:`encode` and the runtime
+checks against :func:`matvec`; choosing the numbers (fitting) is the converter's (converters/llm_quantize.py).
 """
 
 from __future__ import annotations
@@ -149,111 +150,50 @@ def get_format(name: str) -> WeightFormat:
     return FORMATS[name]
 
 
-# ---- fitting: float weights -> plane values, scales, offsets ------------------------------------------
+# ---- the packed arrays of a matrix ---------------------------------------------------------------
 
-def _f16(a: np.ndarray) -> np.ndarray:
-    """Round to float16 (finite), back in float32: the scales the kernels will see."""
-    return np.clip(a, -65504, 65504).astype(np.float16).astype(F32)
+def check_matrix(w: np.ndarray, fmt_name: str, tensor: str = "weight") -> WeightFormat:
+    """The format of ``fmt_name`` after checking that ``w`` can be stored in it.
 
-
-def _safe_div(w: np.ndarray, d: np.ndarray) -> np.ndarray:
-    return np.where(d != 0, w / np.where(d != 0, d, 1), 0)
-
-
-def _combos(fmt: WeightFormat) -> np.ndarray:
-    """Every tuple of plane values, [n_combos, planes]."""
-    vals = np.arange(fmt.vmin, fmt.vmax + 1)
-    return np.stack(np.meshgrid(*[vals] * fmt.planes, indexing="ij"), -1).reshape(-1, fmt.planes).astype(F32)
-
-
-def _best_codes(wg: np.ndarray, d: np.ndarray, m: np.ndarray, combos: np.ndarray) -> np.ndarray:
-    """Per weight, the combination of plane values closest to it under scales d [n, P] and offset m [n]."""
-    levels = combos @ d.T.astype(np.float64)  # [K, n]
-    levels = levels.T[:, None, :] + m[:, None, None]  # [n, 1, K]
-    idx = np.abs(wg[:, :, None] - levels).argmin(-1)  # [n, g]
-    return combos[idx]  # [n, g, P]
-
-
-def _least_squares(wg: np.ndarray, v: np.ndarray, offset: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Scales (and offset) minimising the group's squared error for fixed plane values v [n, g, P]."""
-    cols = [v[..., p] for p in range(v.shape[-1])] + ([np.ones_like(wg)] if offset else [])
-    a = np.stack(cols, -1).astype(np.float64)  # [n, g, k]
-    ata = np.einsum("ngi,ngj->nij", a, a)
-    ridge = 1e-9 * (np.trace(ata, axis1=1, axis2=2)[:, None, None] + 1e-30) * np.eye(a.shape[-1])
-    sol = np.linalg.solve(ata + ridge, np.einsum("ngi,ng->ni", a, wg)[..., None])[..., 0]
-    return (sol[:, :-1], sol[:, -1]) if offset else (sol, np.zeros(len(wg)))
-
-
-def _fit_groups(wg: np.ndarray, fmt: WeightFormat) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """wg [n, g] float64 -> values [n, g, P] int8, scales [n, P] and offsets [n] (float16-representable)."""
-    n = len(wg)
-    amax = np.abs(wg).max(1)
-    if fmt.name == "int8":
-        d = _f16(amax / 127)[:, None]
-        return np.clip(np.rint(_safe_div(wg, d)), -127, 127).astype(np.int8)[..., None], d, np.zeros(n, F32)
-    if fmt.name == "int4":
-        # Candidate scales around the Q4_0 choice (signed max / -8); keep the one with least error.
-        signed_max = wg[np.arange(n), np.abs(wg).argmax(1)]
-        best, best_err = None, None
-        for f in (1.0, 0.95, 0.9, 0.85, 0.8, -16 / 14, -1.0):
-            d = _f16(signed_max / -8 * f)[:, None]
-            v = np.clip(np.rint(_safe_div(wg, d)), -8, 7)
-            err = ((v * d - wg) ** 2).sum(1)
-            if best is None:
-                best, best_err = (v, d), err
-            else:
-                better = err < best_err
-                best = (np.where(better[:, None], v, best[0]), np.where(better[:, None], d, best[1]))
-                best_err = np.minimum(err, best_err)
-        return best[0].astype(np.int8)[..., None], best[1], np.zeros(n, F32)
-    if fmt.name == "ternary":
-        d = _f16(np.abs(wg).mean(1))[:, None]
-        return np.clip(np.rint(_safe_div(wg, d)), -1, 1).astype(np.int8)[..., None], d, np.zeros(n, F32)
-    # ptqtp / lut: alternate least-squares scales and nearest-level codes (PTQTP, HLQ).
-    combos = _combos(fmt)
-    if fmt.name == "ptqtp":
-        d1 = np.abs(wg).mean(1)
-        t1 = np.clip(np.rint(_safe_div(wg, d1[:, None])), -1, 1)
-        r = wg - t1 * d1[:, None]
-        d2 = np.abs(r).mean(1)
-        d = np.stack([d1, d2], 1)
-        m = np.zeros(n)
-    else:
-        lo, hi = wg.min(1), wg.max(1)
-        step = (hi - lo) / (2 ** fmt.planes - 1)
-        d = step[:, None] * 2.0 ** np.arange(fmt.planes)
-        m = lo
-    for _ in range(4):
-        v = _best_codes(wg, d, m, combos)
-        d, m = _least_squares(wg, v, fmt.offset)
-    d, m = _f16(d), _f16(m)
-    v = _best_codes(wg, d, m, combos)
-    return v.astype(np.int8), d, m.astype(F32)
-
-
-def pack(w: np.ndarray, fmt_name: str, tensor: str = "weight") -> dict[str, np.ndarray]:
-    """Quantize a float matrix ``w[rows, cols]`` into format ``fmt_name``: ``{"q", "d"[, "m"]}``.
-
-    Raises ModelError (naming ``tensor``) when ``cols`` is not a multiple of the group size or the
-    weights are not finite.
+    Raises ModelError (naming ``tensor``) for a non-matrix, columns that are not a multiple of the group
+    size and of 32, or weights that are not finite.
     """
     fmt = get_format(fmt_name)
     if w.ndim != 2:
         raise ModelError(f"tensor '{tensor}': expected a matrix, got shape {w.shape}")
-    r, c = w.shape
+    c = w.shape[1]
     g = fmt.group_size(c)
     if c % g or c % 32:
         raise ModelError(f"tensor '{tensor}': {c} columns are not a multiple of the {fmt.name} group size "
                          f"{g} and of 32")
     if not np.isfinite(w).all():
         raise ModelError(f"tensor '{tensor}' has NaN or infinite weights")
-    wg = w.astype(np.float64).reshape(r * (c // g), g)
-    v, d, m = _fit_groups(wg, fmt)
-    values = v.reshape(r, c // g, g, fmt.planes).transpose(3, 0, 1, 2).reshape(fmt.planes, r, c)
-    out = {"q": fmt.pack_codes(values, g), "d": d.astype(np.float16).reshape(r, -1)}
+    return fmt
+
+
+def encode(values: np.ndarray, d: np.ndarray, m: np.ndarray | None, fmt_name: str) -> dict[str, np.ndarray]:
+    """Lay out chosen numbers: plane values ``[planes, rows, cols]`` int8, scales ``d[rows, groups * planes]``
+    (plane index fastest) and offsets ``m[rows, groups]`` (lut formats; else None) -> ``{"q", "d"[, "m"]}``."""
+    fmt = get_format(fmt_name)
+    p, r, c = values.shape
+    g = fmt.group_size(c)
+    if p != fmt.planes or values.min(initial=fmt.vmin) < fmt.vmin or values.max(initial=fmt.vmax) > fmt.vmax:
+        raise ModelError(f"{fmt.name}: plane values out of range or wrong plane count {p}")
+    out = {"q": fmt.pack_codes(values.astype(np.int8), g), "d": np.asarray(d, F32).astype(np.float16).reshape(r, -1)}
     if fmt.offset:
-        out["m"] = m.astype(np.float16).reshape(r, -1)
+        out["m"] = np.asarray(m, F32).astype(np.float16).reshape(r, -1)
     return out
+
+
+def pack(w: np.ndarray, fmt_name: str, tensor: str = "weight") -> dict[str, np.ndarray]:
+    """Quantize a float matrix ``w[rows, cols]`` into format ``fmt_name`` without calibration data:
+    ``{"q", "d"[, "m"]}``. Raises ModelError (naming ``tensor``) for matrices the format cannot hold.
+
+    The fitting lives with the converter (``edgeq.converters.llm_quantize``, imported only when called):
+    the runtime itself never quantizes weights.
+    """
+    from edgeq.converters.llm_quantize import quantize_matrix
+    return quantize_matrix(w, fmt_name, tensor=tensor)
 
 
 def plane_values(packed: dict[str, np.ndarray], fmt_name: str) -> np.ndarray:

@@ -53,7 +53,7 @@ def test_convert_every_scheme_and_backends_agree(tiny, tmp_path):
         assert b.scheme == scheme and b.config.vocab == 49152
         from edgeq.converters.llm_convert import tensor_format
         assert all(m.fmt == tensor_format(k, scheme) for k, m in b.weights.mats.items())
-        assert b.weights.mats["blk.1.attn_q"].fmt == scheme
+        assert b.weights.mats["blk.1.ffn_up"].fmt == scheme
         assert (res.report["warning"] is not None) == (scheme in ("ternary", "ptqtp", "lut2"))
         want = b.session("reference", ctx=8).feed(toks, all_logits=True)
         for backend in ("c", "numba"):
