@@ -25,7 +25,7 @@ from edgeq.runtimes.executor import Executor, dequantize, quantize
 from .calibrate import check_calibration, collect_range_sets, collect_ranges, hybrid_ranges, load_calibration
 from .channel_split import split_wide_channels
 from .image_calib import load_image_folder
-from .mixed_precision import DEFAULT_BUDGET, SAMPLES as MIXED_SAMPLES, choose_wide
+from .mixed_precision import DEFAULT_BUDGET, SAMPLES as MIXED_SAMPLES, choose_wide, parse_budget
 from .float_ops import run_float
 from .onnx_import import import_onnx
 from .patches import PatchPlan, plan_patches
@@ -202,6 +202,9 @@ def convert(model: str | Path | bytes | None = None, device: str = "host", outpu
     within ``int16_budget`` (see ``converters.mixed_precision``).
     """
     profile = get_device(device)
+    if mixed_precision not in ("off", "auto"):
+        raise InputError(f"--mixed-precision must be off or auto, not '{mixed_precision}'")
+    parse_budget(int16_budget, 0)  # a bad budget fails before any work
     scheme = scheme or profile.default_scheme
     if scheme not in profile.schemes:
         raise EdgeqError(f"device '{profile.id}' does not support scheme '{scheme}' (supports: {', '.join(profile.schemes)})")
@@ -218,8 +221,6 @@ def convert(model: str | Path | bytes | None = None, device: str = "host", outpu
     run_passes(fg)
     data = _calibration(raw, fg, sample)
     method = calib_method or profile.calibration
-    if mixed_precision not in ("off", "auto"):
-        raise InputError(f"--mixed-precision must be off or auto, not '{mixed_precision}'")
     if method == "auto":
         if mixed_precision == "auto":
             raise CalibrationError("--mixed-precision auto needs a fixed --calib-method (minmax, percentile or mse)")

@@ -308,17 +308,18 @@ if _IMPORT_ERROR is None:
             oc = wd[10]
             w, bias = p8[wd[1]:], p32[wd[2] >> 2:(wd[2] >> 2) + oc]
             mult, shift = p32[wd[3] >> 2:(wd[3] >> 2) + oc], p32[wd[4] >> 2:(wd[4] >> 2) + oc]
-            xs, ys = wd[7] * wd[8] * wd[9], wd[10] * wd[11] * wd[12]
+            lut = p8[wd[5]:wd[5] + 256] if wd[5] >= 0 else empty
+            xs = wd[7] * wd[8] * wd[9]
             if wd[26] == 8:
-                K.conv_rows(arena[wd[0]:wd[0] + xs].copy(), w, bias, mult, shift, a16[wd[6] >> 1:], wd[7], wd[8],
+                K.conv_rows(arena[wd[0]:wd[0] + xs].copy(), w, bias, mult, shift, empty, a16[wd[6] >> 1:], wd[7], wd[8],
                             wd[9], wd[10], wd[11], wd[12], wd[13], wd[14], wd[15], wd[16], wd[17], wd[18], wd[19],
                             wd[20], wd[21], wd[22], wd[23], wd[24], wd[25])
             elif wd[27] == 8:
-                K.conv_rows(a16[wd[0] >> 1:(wd[0] >> 1) + xs].copy(), w, bias, mult, shift, arena[wd[6]:], wd[7],
+                K.conv_rows(a16[wd[0] >> 1:(wd[0] >> 1) + xs].copy(), w, bias, mult, shift, lut, arena[wd[6]:], wd[7],
                             wd[8], wd[9], wd[10], wd[11], wd[12], wd[13], wd[14], wd[15], wd[16], wd[17], wd[18],
                             wd[19], wd[20], wd[21], wd[22], wd[23], wd[24], wd[25])
             else:
-                K.conv_rows(a16[wd[0] >> 1:(wd[0] >> 1) + xs].copy(), w, bias, mult, shift, a16[wd[6] >> 1:],
+                K.conv_rows(a16[wd[0] >> 1:(wd[0] >> 1) + xs].copy(), w, bias, mult, shift, empty, a16[wd[6] >> 1:],
                             wd[7], wd[8], wd[9], wd[10], wd[11], wd[12], wd[13], wd[14], wd[15], wd[16], wd[17],
                             wd[18], wd[19], wd[20], wd[21], wd[22], wd[23], wd[24], wd[25])
         elif op == codes[0] or op == codes[1]:                   # QConv, QFullyConnected

@@ -812,10 +812,10 @@ def conv(x, w, bias, mult, shift, lut, y, C, H, W, OC, OH, OW, KH, KW, sh, sw, p
 
 
 @njit(cache=True)
-def conv_rows(x, w, bias, mult, shift, y, C, H, W, OC, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, group, x_zp,
-              y_zp, lo, hi):
-    """QConv with int16 on either side (16x8 layers; x and y int8 or int16 arrays, no fused table): one
-    output row at a time, int64 accumulators, the row's valid output range per tap."""
+def conv_rows(x, w, bias, mult, shift, lut, y, C, H, W, OC, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, group,
+              x_zp, y_zp, lo, hi):
+    """QConv with int16 on either side (16x8 layers; x and y int8 or int16 arrays; a fused table only
+    with an int8 y): one output row at a time, int64 accumulators, the row's valid output range per tap."""
     cg, ocg = C // group, OC // group
     acc = np.zeros(OW, np.int64)
     for oc in range(OC):
@@ -839,6 +839,7 @@ def conv_rows(x, w, bias, mult, shift, y, C, H, W, OC, OH, OW, KH, KW, sh, sw, p
             for o in range(OW):
                 v = mbqm(acc[o] + bias[oc], mult[oc], shift[oc]) + y_zp
                 y[_u(y0 + o)] = min(max(v, lo), hi)
+            _apply_lut(y, y0, OW, lut)
 
 
 @njit(cache=True)

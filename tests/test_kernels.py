@@ -354,9 +354,12 @@ def test_conv_int16(backend, seed, x_bits, y_bits, depthwise, pointwise):
     oc = group * ocg
     x = i16(rng, (n, group * cg, h, w)) if x_bits == 16 else i8(rng, (n, group * cg, h, w))
     consts, order = conv_consts(rng, oc, cg, kh, kw)
-    if y_bits == 16:  # a fused table only behind an int8 output
-        consts.pop("lut", None)
-        order = order[:5]
+    consts.pop("lut", None)
+    order = order[:5]
+    if y_bits == 8 and rng.random() < 0.5:  # a fused table only behind an int8 output
+        consts["lut"] = i8(rng, 256)
+        order.append("lut")
+    if y_bits == 16:
         consts["s"] = (consts["s"] + 8).astype(np.int32)
     if x_bits == 16:
         consts["s"] = (consts["s"] - 8).astype(np.int32)
