@@ -2166,27 +2166,31 @@ static int conv_pointwise(const conv_t *a)
 
 /* ---- Convolution of any activation width ----------------------------------------------------------
  * One body for int8 and int16 inputs and outputs (TFLite's 16x8 layers, chosen by mixed precision), and
- * the int8 path's last resort when no scratch budget fits: one output channel at a time, rows of up to
- * EDGEQ_CHUNK outputs accumulated tap by tap in ACC, which is int32 only where K * 128 * max|x - x_zp|
- * provably fits (conv_rows picks), else int64. */
+ * the int8 path's last resort when no scratch budget fits: blocks of up to EDGEQ_ROWS_OCB output channels
+ * of one group share each input row, rows of up to EDGEQ_CHUNK outputs accumulate tap by tap in ACC,
+ * which is int32 only where K * 128 * max|x - x_zp| provably fits (conv_rows picks), else int64. */
+#define EDGEQ_ROWS_OCB 4
+
 #define EDGEQ_CONV_ROWS(NAME, XT, YT, ACC)                                                                   \
     static void NAME(const conv_t *a, const XT *x, YT *y)                                                    \
     {                                                                                                        \
-        int32_t oc;                                                                                          \
-        EDGEQ_PARALLEL_FOR(conv_work(a) >= EDGEQ_PAR_MIN_WORK && a->OC > 1)                                  \
-        for (oc = 0; oc < a->OC; oc++) {                                                                     \
-            const requant_t q = conv_requant(a, oc);                                                         \
-            const XT *xg = x + (int64_t)(oc / a->ocg) * a->cg * a->H * a->W;                                 \
-            const int8_t *wo = a->w + (int64_t)oc * a->K;                                                    \
+        const int32_t per_group = (a->ocg + EDGEQ_ROWS_OCB - 1) / EDGEQ_ROWS_OCB;                            \
+        int32_t job;                                                                                         \
+        EDGEQ_PARALLEL_FOR(conv_work(a) >= EDGEQ_PAR_MIN_WORK && a->group * per_group > 1)                   \
+        for (job = 0; job < a->group * per_group; job++) {                                                   \
+            const int32_t g = job / per_group, oc0 = g * a->ocg + (job % per_group) * EDGEQ_ROWS_OCB;        \
+            const int32_t nb = min_i32(EDGEQ_ROWS_OCB, (g + 1) * a->ocg - oc0);                              \
+            const XT *xg = x + (int64_t)g * a->cg * a->H * a->W;                                             \
+            const int8_t *wo = a->w + (int64_t)oc0 * a->K;                                                   \
             int32_t oh, ow0;                                                                                 \
             for (oh = 0; oh < a->OH; oh++) {                                                                 \
                 for (ow0 = 0; ow0 < a->OW; ow0 += EDGEQ_CHUNK) {                                             \
                     const int32_t n = min_i32(EDGEQ_CHUNK, a->OW - ow0);                                     \
-                    YT *yr = y + ((int64_t)oc * a->OH + oh) * a->OW + ow0;                                   \
-                    ACC acc[EDGEQ_CHUNK];                                                                    \
-                    int32_t c, kh, kw, i;                                                                    \
-                    for (i = 0; i < n; i++)                                                                  \
-                        acc[i] = 0;                                                                          \
+                    ACC acc[EDGEQ_ROWS_OCB][EDGEQ_CHUNK];                                                    \
+                    int32_t c, kh, kw, i, j;                                                                 \
+                    for (j = 0; j < nb; j++)                                                                 \
+                        for (i = 0; i < n; i++)                                                              \
+                            acc[j][i] = 0;                                                                   \
                     for (c = 0; c < a->cg; c++) {                                                            \
                         for (kh = 0; kh < a->KH; kh++) {                                                     \
                             const int32_t ih = oh * a->sh - a->pt + kh * a->dh;                              \
@@ -2195,18 +2199,47 @@ static int conv_pointwise(const conv_t *a)
                                 continue;                                                                    \
                             for (kw = 0; kw < a->KW; kw++) {                                                 \
                                 const int32_t off = kw * a->dw - a->pl;                                      \
-                                const ACC wv = wo[((int64_t)c * a->KH + kh) * a->KW + kw];                   \
+                                const int64_t tap = ((int64_t)c * a->KH + kh) * a->KW + kw;                  \
                                 int32_t lo, hi;                                                              \
                                 tap_range(ow0, ow0 + n, a->sw, off, a->W, &lo, &hi);                        \
-                                for (i = lo; i < hi; i++)                                                    \
-                                    acc[i - ow0] += wv * (ACC)(row[(int64_t)i * a->sw + off] - a->x_zp);     \
+                                if (a->sw == 1 && nb == EDGEQ_ROWS_OCB) { /* the hot case: vectorizes */     \
+                                    const ACC w0 = wo[tap], w1 = wo[a->K + tap], w2 = wo[2 * a->K + tap];    \
+                                    const ACC w3 = wo[3 * a->K + tap];                                       \
+                                    for (i = lo; i < hi; i++) {                                              \
+                                        const ACC v = (ACC)(row[i + off] - a->x_zp);                         \
+                                        acc[0][i - ow0] += w0 * v;                                           \
+                                        acc[1][i - ow0] += w1 * v;                                           \
+                                        acc[2][i - ow0] += w2 * v;                                           \
+                                        acc[3][i - ow0] += w3 * v;                                           \
+                                    }                                                                        \
+                                } else {                                                                     \
+                                    for (j = 0; j < nb; j++) {                                               \
+                                        const ACC wv = wo[j * a->K + tap];                                   \
+                                        if (a->sw == 1) /* depthwise and short groups: still contiguous */   \
+                                            for (i = lo; i < hi; i++)                                        \
+                                                acc[j][i - ow0] += wv * (ACC)(row[i + off] - a->x_zp);       \
+                                        else                                                                 \
+                                            for (i = lo; i < hi; i++)                                        \
+                                                acc[j][i - ow0] +=                                           \
+                                                    wv * (ACC)(row[(int64_t)i * a->sw + off] - a->x_zp);     \
+                                    }                                                                        \
+                                }                                                                            \
                             }                                                                                \
                         }                                                                                    \
                     }                                                                                        \
-                    for (i = 0; i < n; i++) {                                                                \
-                        const int32_t v = clip_i64(                                                          \
-                            (int64_t)edgeq_mbqm((int64_t)acc[i] + q.bias, q.mult, q.shift) + q.y_zp, q.lo, q.hi); \
-                        yr[i] = (YT)(q.lut ? q.lut[v + 128] : v);                                            \
+                    for (j = 0; j < nb; j++) {                                                               \
+                        const requant_t q = conv_requant(a, oc0 + j);                                        \
+                        YT *yr = y + ((int64_t)(oc0 + j) * a->OH + oh) * a->OW + ow0;                        \
+                        if (sizeof(ACC) == 4 && sizeof(YT) == 1) { /* the vector requantization of int8 */ \
+                            requant_row((const int32_t *)acc[j], n, &q, (int8_t *)yr);                       \
+                            continue;                                                                        \
+                        }                                                                                    \
+                        for (i = 0; i < n; i++) {                                                            \
+                            const int32_t v = clip_i64(                                                      \
+                                (int64_t)edgeq_mbqm((int64_t)acc[j][i] + q.bias, q.mult, q.shift) + q.y_zp, q.lo, \
+                                q.hi);                                                                       \
+                            yr[i] = (YT)(q.lut ? q.lut[v + 128] : v);                                        \
+                        }                                                                                    \
                     }                                                                                        \
                 }                                                                                            \
             }                                                                                                \
@@ -2222,11 +2255,19 @@ EDGEQ_CONV_ROWS(conv_rows_16_8_64, int16_t, int8_t, int64_t)
 EDGEQ_CONV_ROWS(conv_rows_16_16_32, int16_t, int16_t, int32_t)
 EDGEQ_CONV_ROWS(conv_rows_16_16_64, int16_t, int16_t, int64_t)
 
-/* The instance of EDGEQ_CONV_ROWS for these widths (8 or 16 bits) and this patch length. */
-static void conv_rows(const conv_t *a, const void *x, int32_t x_bits, void *y, int32_t y_bits)
+/* The instance of EDGEQ_CONV_ROWS for these widths (8 or 16 bits) and this patch length. A 1x1 stride-1
+ * convolution without padding runs as one row of H * W pixels (long contiguous rows). */
+static void conv_rows(const conv_t *c, const void *x, int32_t x_bits, void *y, int32_t y_bits)
 {
     const int64_t dx = x_bits == 16 ? 32768 + 128 : 255; /* max |x - x_zp| with x_zp an int8 */
-    const int narrow = (int64_t)a->K * 128 * dx <= INT32_MAX;
+    const int narrow = (int64_t)c->K * 128 * dx <= INT32_MAX;
+    conv_t flat = *c;
+    const conv_t *a = &flat;
+    if (c->KH == 1 && c->KW == 1 && c->sh == 1 && c->sw == 1 && c->pt == 0 && c->pl == 0 && c->OH == c->H &&
+        c->OW == c->W && (int64_t)c->H * c->W <= INT32_MAX) {
+        flat.W = flat.OW = c->H * c->W;
+        flat.H = flat.OH = 1;
+    }
 #define EDGEQ_CONV_PICK(XB, YB)                                                                              \
     if (x_bits == XB && y_bits == YB) {                                                                      \
         if (narrow)                                                                                          \
