@@ -313,9 +313,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--mixed-precision", choices=["off", "auto"], default="off",
                    help="auto: promote the activations whose int8 noise costs most output SQNR to int16 (16x8 "
                         "layers), within --int16-budget")
-    c.add_argument("--int16-budget", default="25%",
+    c.add_argument("--int16-budget", default="10%",
                    help="extra activation bytes mixed precision may spend: a share of the int8 activation bytes "
-                        "(25%%) or bytes (64K, 1M)")
+                        "(default 10%%) or bytes (64K, 1M)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     llm_cli.add_convert_args(c)
     r = add("run", cmd_run, "run a bundle on inputs")

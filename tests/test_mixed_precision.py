@@ -93,8 +93,8 @@ def test_cli_reports_int16_layers_and_rejects_bad_budget(model_and_data, tmp_pat
     (tmp_path / "m.onnx").write_bytes(model)
     np.save(tmp_path / "x.npy", x)
     base = [sys.executable, "-m", "edgeq.cli", "convert", str(tmp_path / "m.onnx"), "--device", "host", "--calib",
-            str(tmp_path / "x.npy"), "--calib-method", "minmax", "--mixed-precision", "auto", "-o",
-            str(tmp_path / "m.edgeq")]
+            str(tmp_path / "x.npy"), "--calib-method", "minmax", "--mixed-precision", "auto", "--int16-budget",
+            "100%", "-o", str(tmp_path / "m.edgeq")]
     out = subprocess.run(base + ["--json"], capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert out.returncode == 0, out.stderr
     m = json.loads(out.stdout)["mixed_precision"]
