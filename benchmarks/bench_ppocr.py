@@ -3,7 +3,9 @@ quantize_static INT8 (QDQ, per-channel, the peer recipe of shared/peers/ort_ppoc
 threads in the same run, plus accuracy: exact-line recognition of rendered text lines and the IoU of
 the thresholded detection maps against fp32.
 
-    python benchmarks/bench_ppocr.py [--runs 20] [--lines 200] [--json out.json]
+    python benchmarks/bench_ppocr.py [--runs 20] [--lines 200] [--only rec,rec16] [--json out.json]
+
+``rec16`` is rec converted with ``mixed_precision="auto"`` (int16 activations where they pay, 16x8 layers).
 
 Latency: median of interleaved rounds of one-sample float-in/float-out calls (edgeq includes its input
 quantization and output dequantization). Conversion times are medians of interleaved wall times of
@@ -75,6 +77,7 @@ def main() -> None:
     ap.add_argument("--calib", type=int, default=32, help="calibration samples (det: pages)")
     ap.add_argument("--det-calib", type=int, default=32, help="det calibration pages (the issue's conversion target: 32)")
     ap.add_argument("--convert-rounds", type=int, default=3, help="interleaved conversions per model (median)")
+    ap.add_argument("--only", help="comma-separated subset of rec,rec16,det,cls")
     ap.add_argument("--json")
     args = ap.parse_args()
     paths = synth.model_paths()
@@ -83,15 +86,18 @@ def main() -> None:
     _, cal = synth.rec_lines(args.calib, seed=2)
     det_cal = np.stack([synth.det_page(s)[0] for s in range(args.det_calib)])
     det_test = np.stack([synth.det_page(100 + s)[0] for s in range(4)])
-    cases = {  # model: (calibration, timing input, edgeq calibration method)
-        "rec": (cal, lines[:1], "minmax"),
-        "det": (det_cal, det_test[:1], "auto"),
-        "cls": (cal[:, :, :, :192], lines[:1, :, :, :192], "auto"),
+    cases = {  # name: (model, calibration, timing input, edgeq calibration method, mixed precision)
+        "rec": ("rec", cal, lines[:1], "minmax", "off"),
+        "rec16": ("rec", cal, lines[:1], "minmax", "auto"),
+        "det": ("det", det_cal, det_test[:1], "auto", "off"),
+        "cls": ("cls", cal[:, :, :, :192], lines[:1, :, :, :192], "auto", "off"),
     }
+    if args.only:
+        cases = {k: v for k, v in cases.items() if k in args.only.split(",")}
     chars = synth.charset(paths["rec"])
     results = {}
-    for name, (calib, x, method) in cases.items():
-        src = str(paths[name])
+    for name, (model, calib, x, method, mixed) in cases.items():
+        src = str(paths[model])
         q_path = str(tmp / f"{name}_int8.onnx")
         in_name = _session(src, 1).get_inputs()[0].name
         convert_s: dict[str, list[float]] = {"edgeq": [], "ort_int8": []}
@@ -99,7 +105,7 @@ def main() -> None:
         for _ in range(args.convert_rounds):  # interleaved, so load drift hits both alike
             t = time.perf_counter()
             conv = edgeq.convert(src, device="host", output=tmp / f"{name}.edgeq", calib=calib, calib_method=method,
-                                 progress=False)
+                                 progress=False, mixed_precision=mixed)
             convert_s["edgeq"].append(time.perf_counter() - t)
             t = time.perf_counter()
             quantize_static(src, q_path, _Reader(in_name, calib), quant_format=QuantFormat.QDQ, per_channel=True,
@@ -110,7 +116,12 @@ def main() -> None:
                "convert_s": {**{k: round(statistics.median(v), 1) for k, v in convert_s.items()},
                              "rounds": [[round(a, 1), round(b, 1)] for a, b in zip(*convert_s.values())],
                              "load_avg": [round(load, 1), round(os.getloadavg()[0], 1)]},
-               "calibration": conv.report["calibration"], "latency_ms": {}}
+               "calibration": conv.report["calibration"], "latency_ms": {},
+               "bundle_bytes": conv.report["bundle_bytes"], "arena_bytes": conv.report["memory"]["peak_activation_bytes"]}
+        if "mixed_precision" in conv.report:
+            m = conv.report["mixed_precision"]
+            row["mixed_precision"] = {k: m[k] for k in ("int16_tensors", "extra_bytes", "budget_bytes",
+                                                        "int8_output_sqnr_db", "output_sqnr_db")}
         for threads in (1, 2):
             f32, i8 = _session(src, threads), _session(q_path, threads)
             ex = bundle.executor("c")
@@ -120,7 +131,7 @@ def main() -> None:
                 "ort_fp32": lambda: f32.run(None, feed), "ort_int8": lambda: i8.run(None, feed),
                 "edgeq_c": lambda: ex.run(feed)}, args.runs).items()}
         f32, i8 = _session(src, 2), _session(q_path, 2)
-        if name == "rec":
+        if model == "rec":
             outs = {"fp32": f32.run(None, {in_name: lines})[0], "ort_int8": i8.run(None, {in_name: lines})[0],
                     "edgeq": bundle.run(lines)[bundle.outputs[0]]}
             right = {k: np.array([p.strip() == t for p, t in zip(synth.ctc_decode(v, chars), texts)])
@@ -128,7 +139,7 @@ def main() -> None:
             row["exact_lines"] = {k: round(float(v.mean()), 3) for k, v in right.items()}
             row["of_fp32_right"] = {k: round(float((v & right["fp32"]).sum() / right["fp32"].sum()), 3)
                                     for k, v in right.items() if k != "fp32"}
-        elif name == "det":
+        elif model == "det":
             want = f32.run(None, {in_name: det_test})[0]
             row["map_iou"] = {"ort_int8": round(_iou(i8.run(None, {in_name: det_test})[0], want), 3),
                               "edgeq": round(_iou(bundle.run(det_test)[bundle.outputs[0]], want), 3)}

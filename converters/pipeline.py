@@ -20,12 +20,13 @@ from edgeq import __version__
 from edgeq.bundle import write_bundle
 from edgeq.devices import DeviceProfile, get_device
 from edgeq.export_c import DEFAULT_STACK_BYTES
-from edgeq.errors import CalibrationError, DoesNotFitError, EdgeqError
+from edgeq.errors import CalibrationError, DoesNotFitError, EdgeqError, InputError
 from edgeq.ir import Graph
-from edgeq.runtimes.executor import Executor
+from edgeq.runtimes.executor import Executor, dequantize, quantize
 from .calibrate import calibrate, check_calibration, collect_ranges, hybrid_ranges, load_calibration
 from .channel_split import SplitPlanner, split_wide_channels
 from .image_calib import load_image_folder
+from .mixed_precision import DEFAULT_BUDGET, SAMPLES as MIXED_SAMPLES, choose_wide, parse_budget
 from .float_ops import run_float
 from .onnx_import import import_onnx
 from .patches import PatchPlan, plan_patches
@@ -111,8 +112,8 @@ def _calibration(raw: dict[str, np.ndarray] | None, graph: Graph, sample: Any) -
 
 def _report(fg: Graph, qg: Graph, calib: dict[str, np.ndarray], device: DeviceProfile, plan: PatchPlan,
             sample: Any) -> dict[str, Any]:
-    # Every layer's int8 output from the compiled backend (bit-exact with the reference kernels) against
-    # the float graph's, a run of samples at a time; only the running sums are kept.
+    # Every layer's integer output (int8 or int16) from the compiled backend (bit-exact with the reference
+    # kernels) against the float graph's, a run of samples at a time; only the running sums are kept.
     every = copy.copy(qg)
     every.outputs = [o for node in qg.nodes for o in node.outputs[:1] if o in fg.tensors and o not in qg.inputs]
     n, step = _subset(calib, fg, REPORT_SAMPLES, REPORT_VALUES,
@@ -121,7 +122,8 @@ def _report(fg: Graph, qg: Graph, calib: dict[str, np.ndarray], device: DevicePr
     sums = {o: [0.0, 0.0] for o in every.outputs}
     max_diff = {o: 0.0 for o in qg.outputs}
     for i in range(0, n, step):
-        qvals = ex.run({k: v[i: i + step] for k, v in calib.items()})
+        raw = ex.run_quantized({k: quantize(v[i: i + step], qg.tensors[k]) for k, v in calib.items()})
+        qvals = {k: dequantize(v, qg.tensors[k]) for k, v in raw.items()}
 
         def observe(name: str, v: np.ndarray) -> None:
             if name in sums:
@@ -133,7 +135,9 @@ def _report(fg: Graph, qg: Graph, calib: dict[str, np.ndarray], device: DevicePr
 
         run_float(fg.nodes, {**fg.consts, **{k: v[i: i + step] for k, v in calib.items()}}, keep=lambda t: False,
                   observe=observe)
-    layers = [{"name": node.name, "op": node.op, "tensor": node.outputs[0], "sqnr_db": round(_db(*sums[node.outputs[0]]), 2)}
+    layers = [{"name": node.name, "op": node.op, "tensor": node.outputs[0],
+               "bits": 8 * np.dtype(qg.tensors[node.outputs[0]].dtype).itemsize,
+               "sqnr_db": round(_db(*sums[node.outputs[0]]), 2)}
               for node in qg.nodes if node.outputs[0] in sums]
     float_bytes = sum(int(v.nbytes) for v in fg.consts.values())
     int_bytes = sum(int(v.nbytes) for v in qg.consts.values())
@@ -237,16 +241,21 @@ def _plan(qg: Graph, profile: DeviceProfile, patch: str | int) -> PatchPlan:
 def convert(model: str | Path | bytes | None = None, device: str = "host", output: str | Path | None = None,
             scheme: str | None = None, calib: Any = None, calib_method: str | None = None,
             input_shapes: dict[str, tuple[int, ...]] | None = None, progress: bool = True,
-            patch: str | int = "auto", preprocess: str | None = None) -> ConversionResult:
+            patch: str | int = "auto", preprocess: str | None = None, mixed_precision: str = "off",
+            int16_budget: str = DEFAULT_BUDGET) -> ConversionResult:
     """Convert an ONNX model (or, with ``model=None``, the embedded digits sample) into a ``.edgeq`` bundle.
 
     ``calib`` is a .npy/.npz path, a folder of images (read with the ``preprocess`` spec, see
     ``converters.image_calib``), an array (single input) or a dict of arrays keyed by input name.
     ``scheme`` and ``calib_method`` default to the device profile's choices. ``patch`` chooses
     patch-based inference for the first stage: ``"auto"`` (only when it is needed to fit the device),
-    ``"off"``, or a patch count n (n x n patches).
+    ``"off"``, or a patch count n (n x n patches). ``mixed_precision="auto"`` promotes activations to int16
+    within ``int16_budget`` (see ``converters.mixed_precision``).
     """
     profile = get_device(device)
+    if mixed_precision not in ("off", "auto"):
+        raise InputError(f"--mixed-precision must be off or auto, not '{mixed_precision}'")
+    parse_budget(int16_budget, 0)  # a bad budget fails before any work
     scheme = scheme or profile.default_scheme
     if scheme not in profile.schemes:
         raise EdgeqError(f"device '{profile.id}' does not support scheme '{scheme}' (supports: {', '.join(profile.schemes)})")
@@ -264,11 +273,23 @@ def convert(model: str | Path | bytes | None = None, device: str = "host", outpu
     data = _calibration(raw, fg, sample)
     method = calib_method or profile.calibration
     if method == "auto":
+        if mixed_precision == "auto":
+            raise CalibrationError("--mixed-precision auto needs a fixed --calib-method (minmax, percentile or mse)")
         fg, qg, chosen = _auto_quantize(fg, data, progress)
     else:
-        qg, chosen = quantize_graph(fg, collect_ranges(fg, data, method, progress=progress)), None
+        ranges = collect_ranges(fg, data, method, progress=progress)
+        qg, chosen = quantize_graph(fg, ranges), None
+    mixed = None
+    if mixed_precision == "auto":
+        n = min(MIXED_SAMPLES, next(iter(data.values())).shape[0])
+        sub = {k: v[:n] for k, v in data.items()}
+        want = run_float(fg.nodes, {**fg.consts, **sub})
+        mixed = choose_wide(fg, ranges, sub, {o: want[o] for o in fg.outputs}, int16_budget, progress)
+        qg = quantize_graph(fg, ranges, mixed.wide)
     plan = _plan(qg, profile, patch)
     report = _report(fg, qg, data, profile, plan, sample)
+    if mixed is not None:
+        report["mixed_precision"] = mixed.summary()
     name = "digits_cnn" if isinstance(model, Path) and sample else (Path(model).stem if not isinstance(model, bytes) else "model")
     out = Path(output) if output else Path(f"{name}.{profile.id}.edgeq")
     meta = {"device": profile.to_dict(), "scheme": scheme, "producer": {"name": "edgeq", "version": __version__},

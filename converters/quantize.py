@@ -1,8 +1,11 @@
 """Float graph + calibrated ranges -> integer-only graph (the TFLite int8 scheme, REFERENCE.md section 1).
 
-Weights: int8 symmetric per output channel. Activations: int8 asymmetric per tensor. Bias: int32 at scale
-s_x * s_w. Requantization: int32 multiplier + shift from ``quantize_multiplier``. Unary functions become
-256-entry tables; a table right after a Conv/FullyConnected/Add/Mul is fused into it.
+Weights: int8 symmetric per output channel. Activations: int8 asymmetric per tensor, or, for the tensors
+in ``wide`` (chosen by ``mixed_precision``), int16 symmetric with zero point 0 (TFLite's 16x8 scheme).
+Bias: int32 at scale s_x * s_w. Requantization: int32 multiplier + shift from ``quantize_multiplier``.
+Unary functions become 256-entry tables (an int16 input: 513 interpolation samples); a table right after
+a Conv/FullyConnected/Add/Mul is fused into it. Ops without an int16 kernel read an int8 copy of a wide
+input made by a ``QRequantize`` node.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import numpy as np
 
 from edgeq.errors import ModelError, UnsupportedOpError
 from edgeq.ir import Graph, Node, Tensor
-from edgeq.runtimes.reference import LN_NORM_BITS, LN_OUT_BITS
+from edgeq.runtimes.reference import LN_NORM_BITS, LN_OUT_BITS, LUT16_STEPS, act_limits
 from .float_ops import ACTIVATIONS
 from .resize_tables import resize_table
 
@@ -21,6 +24,8 @@ QMIN, QMAX = -128, 127
 LUT_OPS = tuple(ACTIVATIONS)  # Relu, Clip, HardSigmoid, HardSwish, Sigmoid, Swish, Gelu, Chain as standalone nodes
 MATMUL_K_MAX = 33000  # the kernels' int32 accumulators hold K * 255 * 255
 FIXED_OUTPUT = {"Sigmoid": (1 / 256, -128), "Softmax": (1 / 256, -128)}  # TFLite's fixed output scales
+WIDE_INPUT_OPS = ("Conv",) + LUT_OPS  # float ops whose integer kernels read int16 inputs
+WIDE_OUTPUT_OPS = ("Conv",) + LUT_OPS  # ... and write int16 outputs
 
 
 def quantize_multiplier(m: float) -> tuple[int, int]:
@@ -45,34 +50,63 @@ def qparams(lo: float, hi: float) -> tuple[float, int]:
     return float(scale), zp
 
 
-def _q(value: float, scale: float, zp: int) -> int:
-    return int(np.clip(round(value / scale) + zp, QMIN, QMAX))
+def qparams16(lo: float, hi: float) -> tuple[float, int]:
+    """Symmetric int16 scale (zero point 0) covering [lo, hi]."""
+    return max(abs(lo), abs(hi), 1e-8 * 32767) / 32767, 0
 
 
-def _act_bounds(act: dict | None, scale: float, zp: int) -> tuple[int, int]:
-    """Fused Relu/Clip as an integer clamp range."""
+def _q(value: float, scale: float, zp: int, bits: int = 8) -> int:
+    return int(np.clip(round(value / scale) + zp, *act_limits(bits)))
+
+
+def _act_bounds(act: dict | None, scale: float, zp: int, bits: int = 8) -> tuple[int, int]:
+    """Fused Relu/Clip as an integer clamp range of an activation of ``bits``."""
+    qmin, qmax = act_limits(bits)
     if act is None:
-        return QMIN, QMAX
+        return qmin, qmax
     if act["op"] == "Relu":
-        return _q(0.0, scale, zp), QMAX
-    lo = _q(act["min"], scale, zp) if "min" in act else QMIN
-    hi = _q(act["max"], scale, zp) if "max" in act else QMAX
+        return _q(0.0, scale, zp, bits), qmax
+    lo = _q(act["min"], scale, zp, bits) if "min" in act else qmin
+    hi = _q(act["max"], scale, zp, bits) if "max" in act else qmax
     return lo, hi
 
 
 class _Quantizer:
-    def __init__(self, fg: Graph, ranges: dict[str, tuple[float, float]]):
-        self.fg, self.ranges = fg, ranges
+    def __init__(self, fg: Graph, ranges: dict[str, tuple[float, float]], wide: frozenset[str] = frozenset()):
+        # A shallow copy: int8 copies of wide tensors get float-side entries without touching the caller's graph.
+        self.fg = Graph(fg.nodes, dict(fg.tensors), fg.inputs, fg.outputs, fg.consts, dynamic_batch=fg.dynamic_batch)
+        self.ranges, self.wide = dict(ranges), wide
         self.g = Graph([], {}, list(fg.inputs), list(fg.outputs), dynamic_batch=fg.dynamic_batch)
         self.qp: dict[str, tuple[float, int]] = {}
+        self.narrow_of: dict[str, str] = {}
+
+    def bits(self, name: str) -> int:
+        """Width of an activation: 16 for the tensors mixed precision promoted, else 8."""
+        return 16 if name in self.wide else 8
 
     def act(self, name: str, forced: tuple[float, int] | None = None) -> tuple[float, int]:
-        """Quantization of an activation tensor (calibrated unless ``forced``); registers the int8 tensor."""
+        """Quantization of an activation tensor (calibrated unless ``forced``); registers the integer tensor."""
         if name not in self.qp:
-            self.qp[name] = forced or qparams(*self.ranges[name])
+            wide = name in self.wide
+            self.qp[name] = qparams16(*self.ranges[name]) if wide else forced or qparams(*self.ranges[name])
             s, z = self.qp[name]
-            self.g.tensors[name] = Tensor(name, self.fg.tensors[name].shape, "int8", [s], [z], None)
+            self.g.tensors[name] = Tensor(name, self.fg.tensors[name].shape, "int16" if wide else "int8", [s], [z],
+                                          None)
         return self.qp[name]
+
+    def narrow(self, name: str) -> str:
+        """An int8 copy of the wide tensor ``name`` (one QRequantize node, made once)."""
+        if name not in self.narrow_of:
+            out = self.g.unique_name(name + "_i8")
+            self.fg.tensors[out] = self.fg.tensors[name]
+            self.ranges[out] = self.ranges[name]
+            sx, _ = self.act(name)
+            sy, zy = self.act(out)
+            m, sh = quantize_multiplier(sx / sy)
+            self.g.nodes.append(Node("QRequantize", out, [name], [out],
+                                     dict(x_bits=16, y_bits=8, x_zp=0, y_zp=zy, mult=m, shift=sh)))
+            self.narrow_of[name] = out
+        return self.narrow_of[name]
 
     def const_i8(self, base: str, value: np.ndarray) -> tuple[str, float, int]:
         """A float constant operand as an int8 per-tensor constant."""
@@ -87,6 +121,11 @@ class _Quantizer:
             handler = getattr(self, "q_" + node.op, None)
             if handler is None:
                 raise UnsupportedOpError(f"op {node.op} (node '{node.name}') cannot be quantized to int8 yet")
+            if node.outputs[0] in self.wide and node.op not in WIDE_OUTPUT_OPS:
+                raise UnsupportedOpError(f"node '{node.name}': {node.op} has no int16 output")
+            if node.op not in WIDE_INPUT_OPS and any(i in self.wide for i in node.inputs):
+                node = Node(node.op, node.name, [self.narrow(i) if i in self.wide else i for i in node.inputs],
+                            node.outputs, node.attrs)
             handler(node)
         _fuse_tables(self.g)
         return self.g
@@ -100,13 +139,16 @@ class _Quantizer:
         amax = np.abs(w.reshape(w.shape[0], -1)).max(axis=1).astype(np.float64)
         k = int(np.prod(w.shape[1:]))
         # A channel with (near-)zero weights but a real bias: widen its weight scale until the bias fits
-        # the int32 accumulator next to the largest possible sum of products.
-        budget = 2**31 - 1 - k * 127 * 255
+        # the int32 accumulator next to the largest possible sum of products. (An int16 input: the kernels
+        # accumulate in int64 where needed, so only the bias itself must fit int32.)
+        wide_x = self.bits(x) == 16
+        products = 0 if wide_x else k * 127 * 255
+        budget = 2**31 - 1 - products
         floor = np.abs(b.astype(np.float64)) / (sx * max(budget, 1)) * 1.01
         sw = np.maximum(np.where(amax > 0, amax / 127, 1e-8), floor)
         wq = np.clip(np.round(w / sw.reshape((-1,) + (1,) * (w.ndim - 1))), -127, 127).astype(np.int8)
         bq = np.clip(np.round(b / (sx * sw)), -(2**31), 2**31 - 1).astype(np.int32)
-        if k * 127 * 255 + int(np.abs(bq.astype(np.int64)).max()) >= 2**31:
+        if products + int(np.abs(bq.astype(np.int64)).max()) >= 2**31:
             raise ModelError(f"node '{node.name}': int32 accumulator could overflow (K={k}); split the layer")
         mults, shifts = zip(*(quantize_multiplier(sx * s / sy) for s in sw))
         g, base = self.g, node.name
@@ -114,9 +156,13 @@ class _Quantizer:
                   g.add_const(g.unique_name(base + "_bq"), bq, scale=(sx * sw).tolist(), zero_point=[0] * len(sw), axis=0),
                   g.add_const(g.unique_name(base + "_mult"), np.array(mults, dtype=np.int32)),
                   g.add_const(g.unique_name(base + "_shift"), np.array(shifts, dtype=np.int32))]
-        lo, hi = _act_bounds(node.attrs.get("act"), sy, zy)
+        bits = {"x_bits": self.bits(x), "y_bits": self.bits(node.outputs[0])}
+        if op != "QConv" and bits != {"x_bits": 8, "y_bits": 8}:
+            raise UnsupportedOpError(f"node '{node.name}': {op} has no int16 variant")
+        lo, hi = _act_bounds(node.attrs.get("act"), sy, zy, bits["y_bits"])
         g.nodes.append(Node(op, node.name, inputs, list(node.outputs),
-                            dict(attrs, x_zp=zx, y_zp=zy, act_min=lo, act_max=hi)))
+                            dict(attrs, x_zp=zx, y_zp=zy, act_min=lo, act_max=hi,
+                                 **({} if bits == {"x_bits": 8, "y_bits": 8} else bits))))
 
     def q_Conv(self, node: Node) -> None:
         a = node.attrs
@@ -265,13 +311,20 @@ class _Quantizer:
             a_zp=za, b_zp=zb, y_zp=zy, y_mult=ym, y_shift=ysh, act_min=lo, act_max=hi)))
 
     def _table(self, node: Node) -> None:
-        sx, zx = self.act(node.inputs[0])
-        sy, zy = self.act(node.outputs[0], FIXED_OUTPUT.get(node.op))
-        real = (np.arange(QMIN, QMAX + 1, dtype=np.float64) - zx) * sx
+        x, y = node.inputs[0], node.outputs[0]
+        sx, zx = self.act(x)
+        sy, zy = self.act(y, FIXED_OUTPUT.get(node.op))
+        bits = {"x_bits": self.bits(x), "y_bits": self.bits(y)}
+        if bits["x_bits"] == 8:  # every int8 input value
+            real = (np.arange(QMIN, QMAX + 1, dtype=np.float64) - zx) * sx
+        else:  # the interpolation samples of reference.lut
+            real = (np.arange(LUT16_STEPS + 1, dtype=np.float64) * 65536 / LUT16_STEPS - 32768) * sx
         f = ACTIVATIONS[node.op](real, node.attrs)
-        table = np.clip(np.round(f / sy) + zy, QMIN, QMAX).astype(np.int8)
+        dtype = np.int8 if bits == {"x_bits": 8, "y_bits": 8} else np.int16
+        table = np.clip(np.round(f / sy) + zy, *act_limits(bits["y_bits"])).astype(dtype)
         name = self.g.add_const(self.g.unique_name(node.name + "_table"), table)
-        self.g.nodes.append(Node("QLut", node.name, [node.inputs[0], name], list(node.outputs), {}))
+        self.g.nodes.append(Node("QLut", node.name, [x, name], list(node.outputs),
+                                 {} if bits == {"x_bits": 8, "y_bits": 8} else bits))
 
     q_Relu = q_Clip = q_HardSigmoid = q_HardSwish = q_Sigmoid = q_Swish = q_Gelu = q_Chain = _table
 
@@ -321,7 +374,7 @@ class _Quantizer:
 def _fuse_tables(g: Graph) -> None:
     """Run a QLut inside the op producing its input when nothing else reads that tensor (same bytes out)."""
     producers, consumers = g.producers(), g.consumers()
-    for lut in [n for n in g.nodes if n.op == "QLut"]:
+    for lut in [n for n in g.nodes if n.op == "QLut" and not n.attrs]:  # int8 tables only
         prod = producers.get(lut.inputs[0])
         weighted = ("QConv", "QFullyConnected", "QMatMul", "QConvTranspose")
         ok = prod is not None and prod.op in weighted + ("QAdd", "QMul") \
@@ -336,6 +389,10 @@ def _fuse_tables(g: Graph) -> None:
     g.prune()
 
 
-def quantize_graph(fg: Graph, ranges: dict[str, tuple[float, float]]) -> Graph:
-    """Integer-only graph for ``fg`` given the calibrated float ranges of its activations."""
-    return _Quantizer(fg, ranges).run()
+def quantize_graph(fg: Graph, ranges: dict[str, tuple[float, float]], wide: frozenset[str] = frozenset()) -> Graph:
+    """Integer-only graph for ``fg`` given the calibrated float ranges of its activations; the tensors in
+    ``wide`` (outputs of WIDE_OUTPUT_OPS, not graph inputs or outputs) become int16."""
+    bad = [t for t in wide if t in fg.inputs or t in fg.outputs]
+    if bad:
+        raise UnsupportedOpError(f"tensor '{bad[0]}' is a model input or output; those stay int8")
+    return _Quantizer(fg, ranges, frozenset(wide)).run()

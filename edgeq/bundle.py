@@ -30,7 +30,7 @@ MAGIC = b"EDGEQ\x00BN"
 FORMAT_VERSION = 1
 HEADER = struct.Struct("<8sIIQQQQ32s")  # magic, version, header size, manifest off/len, data off/len, sha256
 HEADER_SIZE = 128
-DTYPES = ("int8", "uint8", "int32", "int64", "float32")
+DTYPES = ("int8", "int16", "uint8", "int32", "int64", "float32")
 BLOB_DTYPES = DTYPES + ("float16",)  # float16: the scales of LLM weight formats (graph tensors never use it)
 MAX_ELEMENTS = 1 << 31
 
@@ -246,8 +246,10 @@ def _validate_graph(g: Graph, plan: MemoryPlan, path: Path) -> None:
     for name, t in g.tensors.items():
         if name in g.consts:
             continue
-        if t.dtype != "int8" or not t.scale or not t.zero_point:
-            raise _fail(path, f"activation '{name}' must be int8 with a scale and zero point")
+        if t.dtype not in ("int8", "int16") or not t.scale or not t.zero_point \
+                or (t.dtype == "int16" and t.zero_point != [0]):
+            raise _fail(path, f"activation '{name}' must be int8 with a scale and zero point, or int16 with zero "
+                              f"point 0")
         off = plan.offsets.get(name)
         if off is None or off < 0 or off + t.sample_nbytes > plan.arena_bytes:
             raise _fail(path, f"activation '{name}' does not fit the arena ({off} + {t.sample_nbytes} > {plan.arena_bytes})")
@@ -259,6 +261,8 @@ def _validate_graph(g: Graph, plan: MemoryPlan, path: Path) -> None:
     except Exception as e:  # noqa: BLE001 - any failure means inconsistent shapes or attributes
         raise _fail(path, f"graph does not run on its declared shapes ({type(e).__name__}: {e})") from None
     for node in g.nodes:
+        if node.attrs.get("x_bits", 8) != 8 * np.dtype(g.tensors[node.inputs[0]].dtype).itemsize:
+            raise _fail(path, f"node '{node.name}' reads {node.inputs[0]} as {node.attrs['x_bits']}-bit")
         got, want = values[node.outputs[0]], g.tensors[node.outputs[0]]
         if got.shape != want.shape or got.dtype != np.dtype(want.dtype):
             raise _fail(path, f"node '{node.name}' produces {got.shape} {got.dtype}, manifest says {want.shape} {want.dtype}")

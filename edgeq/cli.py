@@ -71,14 +71,20 @@ def cmd_convert(args: argparse.Namespace) -> None:
     result = convert(args.model, device=args.device, output=args.output, scheme=args.scheme, calib=args.calib,
                      calib_method=args.calib_method, input_shapes=_input_shapes(args.input_shape),
                      preprocess=args.preprocess,
-                     progress=not args.json and not args.quiet, patch=_patch_mode(args.patch))
+                     progress=not args.json and not args.quiet, patch=_patch_mode(args.patch),
+                     mixed_precision=args.mixed_precision, int16_budget=args.int16_budget)
     r = result.report
     if args.report:
         write_atomic(args.report, [json.dumps(r, indent=2).encode()])
     lines = [f"wrote {r['output']} ({_human(r['bundle_bytes'])}) for {r['device']}, scheme {r['scheme']}, "
              f"calibration {r['calibration']['method']} on {r['calibration']['samples']} samples"]
-    lines.append(f"{'layer':<24} {'op':<16} {'SQNR dB':>8}")
-    lines += [f"{l['name'][:24]:<24} {l['op']:<16} {l['sqnr_db']:>8.1f}" for l in r["layers"]]
+    lines.append(f"{'layer':<24} {'op':<16} {'bits':>4} {'SQNR dB':>8}")
+    lines += [f"{l['name'][:24]:<24} {l['op']:<16} {l['bits']:>4} {l['sqnr_db']:>8.1f}" for l in r["layers"]]
+    if "mixed_precision" in r:
+        m = r["mixed_precision"]
+        lines.append(f"mixed precision: {len(m['int16_tensors'])} of {len(m['candidates'])} candidate tensors int16 "
+                     f"(+{_human(m['extra_bytes'])} of a {_human(m['budget_bytes'])} budget); output SQNR "
+                     f"{m['int8_output_sqnr_db']} dB int8 -> {m['output_sqnr_db']} dB")
     s, b = r["size"], r["budget"]
     lines.append(f"weights: {_human(s['float_weights_bytes'])} float -> {_human(s['int8_weights_bytes'])} int8 "
                  f"({s['ratio']}x smaller); peak activation memory {_human(r['memory']['peak_activation_bytes'])}")
@@ -327,6 +333,12 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--report", help="also write the conversion report as JSON to this file")
     c.add_argument("--patch", default="auto",
                    help="patch-based inference of the first stage: auto (when needed to fit the device), off, or N (NxN)")
+    c.add_argument("--mixed-precision", choices=["off", "auto"], default="off",
+                   help="auto: promote the activations whose int8 noise costs most output SQNR to int16 (16x8 "
+                        "layers), within --int16-budget")
+    c.add_argument("--int16-budget", default="10%",
+                   help="extra activation bytes mixed precision may spend: a share of the int8 activation bytes "
+                        "(default 10%%) or bytes (64K, 1M)")
     c.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     llm_cli.add_convert_args(c)
     r = add("run", cmd_run, "run a bundle on inputs")

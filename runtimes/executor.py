@@ -123,16 +123,22 @@ class Executor:
         return batch
 
     def run_quantized(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """int8 inputs -> int8 outputs (the bit-exact contract between backends)."""
-        n = self.check_inputs(inputs, "int8")
+        """Integer inputs -> integer outputs in the tensors' own types (int8; int16 in single-op test
+        graphs): the bit-exact contract between backends. Compiled backends move raw bytes."""
+        g = self.graph
+        n = self.check_inputs(inputs, g.tensors[g.inputs[0]].dtype if len({g.tensors[k].dtype for k in g.inputs}) == 1
+                              else None)
         if self._backend is None:
             return self._run_reference(inputs)
-        g, prog = self.graph, self.program
-        in_buf = np.ascontiguousarray(np.concatenate([inputs[k].reshape(n, -1) for k in g.inputs], axis=1))
+        prog = self.program
+        in_buf = np.ascontiguousarray(np.concatenate(
+            [np.ascontiguousarray(inputs[k], dtype=g.tensors[k].dtype).reshape(n, -1).view(np.int8) for k in g.inputs],
+            axis=1))
         out_buf = np.empty((n, self._out_total), dtype=np.int8)
         self._backend.execute(prog.words, self._arena, self._pool, in_buf, prog.inputs, out_buf, prog.outputs,
                               **self._schedule(lambda: in_buf))
-        return self._split(out_buf, n)
+        return {k: v.view(g.tensors[k].dtype).reshape((n,) + g.tensors[k].shape[1:])
+                for k, v in self._split(out_buf, n, raw=True).items()}
 
     def _run_reference(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {k: v for k, v in self.run_reference_all(inputs).items() if k in self.graph.outputs}
@@ -170,9 +176,12 @@ class Executor:
                       **self._schedule(first))
         return self._split(y, n)
 
-    def _split(self, buf: np.ndarray, n: int) -> dict[str, np.ndarray]:
+    def _split(self, buf: np.ndarray, n: int, raw: bool = False) -> dict[str, np.ndarray]:
+        """Per-output views of a [n, total] buffer (``raw``: byte columns, left unshaped)."""
         if self._views is None:  # (name, first column, last column, per-sample shape) of each output
             ends = np.cumsum(self.program.outputs[:, 1])
             self._views = [(k, int(e - size), int(e), self.graph.tensors[k].shape[1:])
                            for k, e, size in zip(self.graph.outputs, ends, self.program.outputs[:, 1])]
+        if raw:
+            return {k: np.ascontiguousarray(buf[:, a:b]) for k, a, b, _ in self._views}
         return {k: buf[:, a:b].reshape((n,) + shape) for k, a, b, shape in self._views}

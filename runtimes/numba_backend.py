@@ -37,7 +37,8 @@ from .registry import OPS
 # can then never disagree with registry.py.
 _OPCODES = np.array([OPS[name].opcode for name in (
     "QConv", "QFullyConnected", "QAdd", "QMul", "QLut", "QMaxPool", "QAvgPool", "QSoftmax", "QConcat",
-    "QReshape", "QCopyWindow", "QStridedCopy", "QMatMul", "QConvTranspose", "QResize", "QLayerNorm")],
+    "QReshape", "QCopyWindow", "QStridedCopy", "QMatMul", "QConvTranspose", "QResize", "QLayerNorm",
+    "QRequantize")],
     dtype=np.int64)
 _MAX_MATMUL_K = 33000  # (255 * 255) * K stays below 2^31: the int32 accumulators cannot overflow
 _MAX_LN_COLS = 4096    # keeps QLayerNorm's sum of squared deviations inside int64
@@ -95,16 +96,27 @@ if _IMPORT_ERROR is None:
         return off >= 0 and size >= 0 and off + size <= limit and off % align == 0
 
     @njit(cache=True)
+    def _bits_ok(bits):
+        """An activation width word: 8 or 16."""
+        return bits == 8 or bits == 16
+
+    @njit(cache=True)
     def _check_node(op, wd, codes, arena_n, pool_n):
         """Operand spans and shape words of one node record are sane (the kernels do no bounds checks)."""
         n = wd.size
         if op == codes[0] or op == codes[1]:                     # QConv, QFullyConnected
-            if (op == codes[0] and n != 26) or (op == codes[1] and n != 13):
+            if (op == codes[0] and n != 28) or (op == codes[1] and n != 13):
                 return False
-            # Zero points and the clamp range are int8 values (the kernels' u8 and 32-bit arithmetic
-            # relies on it; the converter never emits anything else).
-            for k in range(n - 4, n):
-                if wd[k] < -128 or wd[k] > 127:
+            # Element widths (conv only) and their bytes: int8 or int16 activations.
+            xb, yb = (wd[26] // 8, wd[27] // 8) if op == codes[0] else (1, 1)
+            if op == codes[0] and (not _bits_ok(wd[26]) or not _bits_ok(wd[27]) or (wd[5] != -1 and yb != 1)):
+                return False
+            # Zero points are int8 values (the kernels' u8 and 32-bit arithmetic relies on it; the
+            # converter never emits anything else), the clamp range lies within the output's type.
+            q0 = 22 if op == codes[0] else 9
+            lim = 127 if yb == 1 else 32767
+            for k in range(q0, q0 + 4):
+                if wd[k] < (-128 if k < q0 + 2 else -lim - 1) or wd[k] > (127 if k < q0 + 2 else lim):
                     return False
             if op == codes[0]:
                 C, H, W, OC, OH, OW, KH, KW = wd[7], wd[8], wd[9], wd[10], wd[11], wd[12], wd[13], wd[14]
@@ -124,10 +136,10 @@ if _IMPORT_ERROR is None:
                 if k_in < 1 or OC < 1 or max(k_in, OC) > _MAX_DIM:
                     return False
                 x_n, w_n, y_n = k_in, OC * k_in, OC
-            return (_inside(wd[0], x_n, arena_n, 1) and _inside(wd[1], w_n, pool_n, 1)
+            return (_inside(wd[0], x_n * xb, arena_n, xb) and _inside(wd[1], w_n, pool_n, 1)
                     and _inside(wd[2], 4 * OC, pool_n, 4) and _inside(wd[3], 4 * OC, pool_n, 4)
                     and _inside(wd[4], 4 * OC, pool_n, 4) and (wd[5] == -1 or _inside(wd[5], 256, pool_n, 1))
-                    and _inside(wd[6], y_n, arena_n, 1))
+                    and _inside(wd[6], y_n * yb, arena_n, yb))
         if op == codes[2] or op == codes[3]:                     # QAdd, QMul
             if n != (29 if op == codes[2] else 25) or min(wd[6], wd[7], wd[8], wd[9]) < 1:
                 return False
@@ -142,8 +154,20 @@ if _IMPORT_ERROR is None:
             return ((wd[4] == -1 or _inside(wd[4], 256, pool_n, 1))
                     and _inside(wd[5], wd[6] * wd[7] * wd[8] * wd[9], arena_n, 1))
         if op == codes[4]:                                        # QLut
-            return n == 4 and _inside(wd[0], wd[3], arena_n, 1) and _inside(wd[1], 256, pool_n, 1) and \
-                _inside(wd[2], wd[3], arena_n, 1)
+            if n != 6 or not _bits_ok(wd[4]) or not _bits_ok(wd[5]) or wd[3] < 0 or wd[3] > _MAX_SCRATCH:
+                return False
+            xb, yb = wd[4] // 8, wd[5] // 8
+            table = _inside(wd[1], 256 * yb, pool_n, yb) if xb == 1 else _inside(wd[1], 2 * 513, pool_n, 2)
+            return _inside(wd[0], wd[3] * xb, arena_n, xb) and table and _inside(wd[2], wd[3] * yb, arena_n, yb)
+        if op == codes[16]:                                       # QRequantize
+            if n != 9 or not _bits_ok(wd[3]) or not _bits_ok(wd[4]) or wd[2] < 0 or wd[2] > _MAX_SCRATCH:
+                return False
+            if min(wd[5], wd[6]) < -128 or max(wd[5], wd[6]) > 127 or wd[7] < -(1 << 31) or wd[7] >= (1 << 31):
+                return False
+            if wd[8] < -(1 << 31) or wd[8] >= (1 << 31):
+                return False
+            return _inside(wd[0], wd[2] * (wd[3] // 8), arena_n, wd[3] // 8) and \
+                _inside(wd[1], wd[2] * (wd[4] // 8), arena_n, wd[4] // 8)
         if op == codes[5] or op == codes[6]:                      # QMaxPool, QAvgPool
             if n != (17 if op == codes[5] else 18):
                 return False
@@ -214,7 +238,7 @@ if _IMPORT_ERROR is None:
                     and _inside(wd[3], 4 * N, pool_n, 4) and _inside(wd[4], 4 * N, pool_n, 4)
                     and _inside(wd[5], 4 * N, pool_n, 4) and (wd[6] == -1 or _inside(wd[6], 256, pool_n, 1))
                     and _inside(wd[7], B * M * N, arena_n, 1))
-        if op == codes[13]:                                       # QConvTranspose (QConv's words)
+        if op == codes[13]:                                       # QConvTranspose (QConv's words, int8)
             if n != 26:
                 return False
             for k in range(22, 26):
@@ -276,10 +300,29 @@ if _IMPORT_ERROR is None:
         return -1
 
     @njit(cache=True)
-    def _node(op, wd, arena, p8, p32, codes, ws, ws_ready, threads):
-        """Decode one node record's words (layouts in registry.py) and call its kernel."""
+    def _node(op, wd, arena, a16, p8, p16, p32, codes, ws, ws_ready, threads):
+        """Decode one node record's words (layouts in registry.py) and call its kernel. ``a16`` and
+        ``p16`` view the arena and the pool as int16 (int16 operands are 2-byte aligned)."""
         empty = p8[:0]
-        if op == codes[0] or op == codes[1]:                     # QConv, QFullyConnected
+        if op == codes[0] and (wd[26] == 16 or wd[27] == 16):   # QConv with an int16 side
+            oc = wd[10]
+            w, bias = p8[wd[1]:], p32[wd[2] >> 2:(wd[2] >> 2) + oc]
+            mult, shift = p32[wd[3] >> 2:(wd[3] >> 2) + oc], p32[wd[4] >> 2:(wd[4] >> 2) + oc]
+            lut = p8[wd[5]:wd[5] + 256] if wd[5] >= 0 else empty
+            xs = wd[7] * wd[8] * wd[9]
+            if wd[26] == 8:
+                K.conv_rows(arena[wd[0]:wd[0] + xs].copy(), w, bias, mult, shift, empty, a16[wd[6] >> 1:], wd[7], wd[8],
+                            wd[9], wd[10], wd[11], wd[12], wd[13], wd[14], wd[15], wd[16], wd[17], wd[18], wd[19],
+                            wd[20], wd[21], wd[22], wd[23], wd[24], wd[25])
+            elif wd[27] == 8:
+                K.conv_rows(a16[wd[0] >> 1:(wd[0] >> 1) + xs].copy(), w, bias, mult, shift, lut, arena[wd[6]:], wd[7],
+                            wd[8], wd[9], wd[10], wd[11], wd[12], wd[13], wd[14], wd[15], wd[16], wd[17], wd[18],
+                            wd[19], wd[20], wd[21], wd[22], wd[23], wd[24], wd[25])
+            else:
+                K.conv_rows(a16[wd[0] >> 1:(wd[0] >> 1) + xs].copy(), w, bias, mult, shift, empty, a16[wd[6] >> 1:],
+                            wd[7], wd[8], wd[9], wd[10], wd[11], wd[12], wd[13], wd[14], wd[15], wd[16], wd[17],
+                            wd[18], wd[19], wd[20], wd[21], wd[22], wd[23], wd[24], wd[25])
+        elif op == codes[0] or op == codes[1]:                   # QConv, QFullyConnected
             is_conv = op == codes[0]
             oc = wd[10] if is_conv else wd[8]
             lut = p8[wd[5]:wd[5] + 256] if wd[5] >= 0 else empty
@@ -315,7 +358,25 @@ if _IMPORT_ERROR is None:
                 K.mul(a, b, lut, y, dims, a_str, b_str, wd[18], wd[19], wd[20], wd[21], wd[22], wd[23],
                       wd[24])
         elif op == codes[4]:                                      # QLut
-            K.lut(arena[wd[0]:], p8[wd[1]:wd[1] + 256], arena[wd[2]:], wd[3])
+            if wd[4] == 8 and wd[5] == 8:
+                K.lut(arena[wd[0]:], p8[wd[1]:wd[1] + 256], arena[wd[2]:], wd[3])
+            elif wd[4] == 8:
+                K.lut(arena[wd[0]:], p16[wd[1] >> 1:(wd[1] >> 1) + 256], a16[wd[2] >> 1:], wd[3])
+            elif wd[5] == 8:
+                K.lut_interp(a16[wd[0] >> 1:], p16[wd[1] >> 1:(wd[1] >> 1) + 513], arena[wd[2]:], wd[3], -128, 127)
+            else:
+                K.lut_interp(a16[wd[0] >> 1:], p16[wd[1] >> 1:(wd[1] >> 1) + 513], a16[wd[2] >> 1:], wd[3],
+                             -32768, 32767)
+        elif op == codes[16]:                                     # QRequantize
+            x0, y0, cnt = wd[0], wd[1], wd[2]
+            if wd[3] == 8 and wd[4] == 8:
+                K.requantize(arena[x0:], arena[y0:], cnt, wd[5], wd[6], wd[7], wd[8], -128, 127)
+            elif wd[3] == 8:
+                K.requantize(arena[x0:], a16[y0 >> 1:], cnt, wd[5], wd[6], wd[7], wd[8], -32768, 32767)
+            elif wd[4] == 8:
+                K.requantize(a16[x0 >> 1:], arena[y0:], cnt, wd[5], wd[6], wd[7], wd[8], -128, 127)
+            else:
+                K.requantize(a16[x0 >> 1:], a16[y0 >> 1:], cnt, wd[5], wd[6], wd[7], wd[8], -32768, 32767)
         elif op == codes[5]:                                      # QMaxPool
             K.max_pool(arena[wd[0]:], arena[wd[1]:], wd[2], wd[3], wd[4], wd[5], wd[6], wd[7], wd[8],
                        wd[9], wd[10], wd[11], wd[12], wd[13], wd[14], wd[15], wd[16])
@@ -377,6 +438,8 @@ if _IMPORT_ERROR is None:
         p8 = pool.view(np.int8)
         # Constant offsets are 64-byte aligned, so int32 constants are whole elements of this view.
         p32 = pool[:pool.size // 4 * 4].view(np.int32)
+        p16 = pool[:pool.size // 2 * 2].view(np.int16)
+        a16 = arena[:arena.size // 2 * 2].view(np.int16)
         floats = in_f32.shape[0] > 0
         for b in range(max(in_i8.shape[0], in_f32.shape[0])):
             pos = 0
@@ -396,7 +459,7 @@ if _IMPORT_ERROR is None:
             pc, i = 0, 0
             while pc < words.size:
                 n_words = words[pc + 1]
-                _node(words[pc], words[pc + 2:pc + n_words], arena, p8, p32, codes,
+                _node(words[pc], words[pc + 2:pc + n_words], arena, a16, p8, p16, p32, codes,
                       ws[plan[i, 0]:plan[i, 0] + plan[i, 1]], ws_ready or b > 0, threads)
                 pc += n_words
                 i += 1

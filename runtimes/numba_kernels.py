@@ -812,6 +812,37 @@ def conv(x, w, bias, mult, shift, lut, y, C, H, W, OC, OH, OW, KH, KW, sh, sw, p
 
 
 @njit(cache=True)
+def conv_rows(x, w, bias, mult, shift, lut, y, C, H, W, OC, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw, group,
+              x_zp, y_zp, lo, hi):
+    """QConv with int16 on either side (16x8 layers; x and y int8 or int16 arrays; a fused table only
+    with an int8 y): one output row at a time, int64 accumulators, the row's valid output range per tap."""
+    cg, ocg = C // group, OC // group
+    acc = np.zeros(OW, np.int64)
+    for oc in range(OC):
+        g = oc // ocg
+        for oh in range(OH):
+            acc[:] = 0
+            for c in range(cg):
+                for kh in range(KH):
+                    ih = oh * sh - pt + kh * dh
+                    if ih < 0 or ih >= H:
+                        continue
+                    row = ((g * cg + c) * H + ih) * W
+                    for kw in range(KW):
+                        off = kw * dw - pl
+                        wv = np.int64(w[((oc * cg + c) * KH + kh) * KW + kw])
+                        o0 = max(0, (sw - 1 - off) // sw)
+                        o1 = min(OW, (W - off + sw - 1) // sw)
+                        for o in range(o0, o1):
+                            acc[o] += wv * (np.int64(x[_u(row + o * sw + off)]) - x_zp)
+            y0 = (oc * OH + oh) * OW
+            for o in range(OW):
+                v = mbqm(acc[o] + bias[oc], mult[oc], shift[oc]) + y_zp
+                y[_u(y0 + o)] = min(max(v, lo), hi)
+            _apply_lut(y, y0, OW, lut)
+
+
+@njit(cache=True)
 def fully_connected(x, w, bias, mult, shift, lut, y, K, OC, x_zp, y_zp, act_min, act_max, threads):
     """QFullyConnected on one sample: x int8[K] -> y int8[OC], weights int8[OC, K]."""
     # Non-literal ints, so this shares the compiled item drivers with conv (literals would specialize them).
@@ -912,9 +943,27 @@ def mul(a, b, lut, y, dims, a_strides, b_strides, a_zp, b_zp, y_zp, y_mult, y_sh
 
 @njit(cache=True)
 def lut(x, table, y, count):
-    """QLut: y[i] = table[x[i] + 128]."""
+    """QLut of an int8 x: y[i] = table[x[i] + 128] (table and y both int8 or both int16)."""
     for i in range(count):
         y[_u(i)] = table[_u(np.int64(x[_u(i)]) + 128)]
+
+
+@njit(cache=True)
+def lut_interp(x, table, y, count, lo, hi):
+    """QLut of an int16 x: interpolation between 513 int16 samples (reference.lut), clamped to [lo, hi]."""
+    for i in range(count):
+        u = np.int64(x[_u(i)]) + 32768
+        k = u >> 7
+        t0 = np.int64(table[_u(k)])
+        v = t0 + (((np.int64(table[_u(k + 1)]) - t0) * (u & 127) + 64) >> 7)
+        y[_u(i)] = min(max(v, lo), hi)
+
+
+@njit(cache=True)
+def requantize(x, y, count, x_zp, y_zp, mult, shift, lo, hi):
+    """QRequantize between int8 and int16 tensors: y = clip(mbqm(x - x_zp) + y_zp, lo, hi)."""
+    for i in range(count):
+        y[_u(i)] = min(max(mbqm(np.int64(x[_u(i)]) - x_zp, mult, shift) + y_zp, lo), hi)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """Reference kernels: the readable NumPy definition of every integer op (the living spec).
 
 Every optimized kernel (Numba, C, cross-compiled C) must produce exactly these bytes. Tensors are NCHW
-with the batch first; activations are int8, accumulators int64 here (the fast kernels use int32, which
-the converter proves cannot overflow), requantization follows ``fixedpoint``.
+with the batch first; activations are int8 (asymmetric) or, for the layers mixed precision promotes,
+int16 (symmetric, zero point 0: TFLite's 16x8 scheme, weights stay int8); accumulators are int64 here (the
+fast kernels use int32 where the converter proves it cannot overflow), requantization follows ``fixedpoint``.
+Ops with an int16 variant take ``y_bits`` (8 or 16) for their output; the input width is the array's dtype.
 """
 
 from __future__ import annotations
@@ -12,9 +14,20 @@ import numpy as np
 from .fixedpoint import ADD_LEFT_SHIFT, multiply_by_quantized_multiplier as mbqm, rounded_div, rounding_divide_by_pot
 
 
-def _finish(acc: np.ndarray, y_zp: int, act_min: int, act_max: int, lut: np.ndarray | None) -> np.ndarray:
-    """Add the output zero point, clamp to the (fused) activation range, apply a fused table."""
-    y = np.clip(acc + y_zp, act_min, act_max).astype(np.int8)
+ACT_DTYPES = {8: np.int8, 16: np.int16}  # activation element types by width
+LUT16_STEPS = 512  # intervals of the interpolated table of an int16 input (TFLite's int16 LUT layout)
+
+
+def act_limits(bits: int) -> tuple[int, int]:
+    """Value range of an activation of ``bits`` (8 or 16)."""
+    info = np.iinfo(ACT_DTYPES[bits])
+    return int(info.min), int(info.max)
+
+
+def _finish(acc: np.ndarray, y_zp: int, act_min: int, act_max: int, lut: np.ndarray | None,
+            y_bits: int = 8) -> np.ndarray:
+    """Add the output zero point, clamp to the (fused) activation range, apply a fused table (int8 only)."""
+    y = np.clip(acc + y_zp, act_min, act_max).astype(ACT_DTYPES[y_bits])
     return y if lut is None else lut[y.astype(np.int16) + 128]
 
 
@@ -31,8 +44,11 @@ def _windows(xp: np.ndarray, kh: int, kw: int, oh: int, ow: int, strides, dilati
 
 
 def conv(x, w, bias, mult, shift, lut=None, *, strides, pads, dilations, group, x_zp, y_zp,
-         act_min, act_max):
-    """Grouped 2-D convolution: acc = sum(w * (x - x_zp)) + bias, requantized per output channel."""
+         act_min, act_max, y_bits=8):
+    """Grouped 2-D convolution: acc = sum(w * (x - x_zp)) + bias, requantized per output channel.
+
+    x is int8 or int16 and y is int8 or int16 (``y_bits``); the int64 accumulator saturates to int32 in
+    the requantization (``fixedpoint``), which an int16 input can reach only with implausible data."""
     n, c, h, wd = x.shape
     oc, cg, kh_n, kw_n = w.shape
     pt, pl, pb, pr = pads
@@ -48,7 +64,7 @@ def conv(x, w, bias, mult, shift, lut=None, *, strides, pads, dilations, group, 
             acc += np.einsum("ngcij,goc->ngoij", taps, wg[:, :, :, kh, kw])
     acc = acc.reshape(n, oc, oh, ow) + bias.astype(np.int64)[None, :, None, None]
     acc = mbqm(acc, mult[None, :, None, None], shift[None, :, None, None])
-    return _finish(acc, y_zp, act_min, act_max, lut)
+    return _finish(acc, y_zp, act_min, act_max, lut, y_bits)
 
 
 def fully_connected(x, w, bias, mult, shift, lut=None, *, x_zp, y_zp, act_min, act_max):
@@ -71,9 +87,26 @@ def mul(a, b, lut=None, *, a_zp, b_zp, y_zp, y_mult, y_shift, act_min, act_max):
     return _finish(mbqm(prod, y_mult, y_shift), y_zp, act_min, act_max, lut)
 
 
-def lut(x, table):
-    """Any unary function of an int8 tensor with fixed scales: table[x + 128]."""
-    return table[x.astype(np.int16) + 128]
+def lut(x, table, *, y_bits=8):
+    """Any unary function with fixed scales. int8 x: table[x + 128] (the table's dtype is the output's).
+
+    int16 x (TFLite's int16 LUT): ``table`` holds 513 int16 samples of the function at x = -32768 + 128 i;
+    u = x + 32768 picks interval i = u >> 7 at fraction f = u & 127 and the result is
+    t[i] + ((t[i+1] - t[i]) * f + 64 >> 7) (arithmetic shift), clamped to the output's range.
+    """
+    if x.dtype == np.int8:
+        return table[x.astype(np.int16) + 128]
+    u = x.astype(np.int64) + 32768
+    i, f = u >> 7, u & 127
+    t = table.astype(np.int64)
+    y = t[i] + (((t[i + 1] - t[i]) * f + 64) >> 7)
+    return np.clip(y, *act_limits(y_bits)).astype(ACT_DTYPES[y_bits])
+
+
+def requantize(x, *, x_zp, y_zp, mult, shift, y_bits):
+    """Between widths (int8 <-> int16) or scales: y = clamp(mbqm(x - x_zp, mult, shift) + y_zp)."""
+    y = mbqm(x.astype(np.int64) - x_zp, mult, shift) + y_zp
+    return np.clip(y, *act_limits(y_bits)).astype(ACT_DTYPES[y_bits])
 
 
 def max_pool(x, *, kernel, strides, pads, dilations, act_min, act_max):

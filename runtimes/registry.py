@@ -53,8 +53,14 @@ def _clamp(a: dict) -> list[int]:
     return [a["act_min"], a["act_max"]]
 
 
+def _bits(a: dict) -> list[int]:
+    """Element widths (8 or 16) of the input and output activations of ops with int16 variants."""
+    return [a.get("x_bits", 8), a.get("y_bits", 8)]
+
+
 # --- QConv: [x, w, bias, mult, shift, lut?] -> y
-# words: x w bias mult shift lut y | C H W OC OH OW KH KW | sh sw pt pl dh dw group | x_zp y_zp min max
+# words: x w bias mult shift lut y | C H W OC OH OW KH KW | sh sw pt pl dh dw group | x_zp y_zp min max |
+#        x_bits y_bits   (x and y each int8 or int16; a fused table only with int8 x and y)
 def _enc_conv(n: Node, ctx: EncodeContext) -> list[int]:
     a = n.attrs
     c, h, w = ctx.shape(n.inputs[0])
@@ -62,11 +68,11 @@ def _enc_conv(n: Node, ctx: EncodeContext) -> list[int]:
     kh, kw = ctx.shape(n.inputs[1])[2:]
     return [ctx.act(n.inputs[0]), *(ctx.const(t) for t in n.inputs[1:5]), _optional(ctx, n, 5),
             ctx.act(n.outputs[0]), c, h, w, oc, oh, ow, kh, kw, *a["strides"], a["pads"][0], a["pads"][1],
-            *a["dilations"], a["group"], a["x_zp"], a["y_zp"], *_clamp(a)]
+            *a["dilations"], a["group"], a["x_zp"], a["y_zp"], *_clamp(a), *_bits(a)]
 
 
 def _ref_conv(n: Node, x: list[np.ndarray]) -> np.ndarray:
-    return ref.conv(*x, **n.attrs)
+    return ref.conv(*x, **{k: v for k, v in n.attrs.items() if k != "x_bits"})
 
 
 # --- QFullyConnected: [x, w, bias, mult, shift, lut?] -> y ; x is [N, K], w is [OC, K]
@@ -127,14 +133,27 @@ def _ref_mul(n: Node, x: list[np.ndarray]) -> np.ndarray:
     return ref.mul(*x, **n.attrs)
 
 
-# --- QLut: [x, table] -> y ; words: x table y count
+# --- QLut: [x, table] -> y ; words: x table y count x_bits y_bits
+# table: int8 x -> 256 entries of y's type; int16 x -> 513 int16 interpolation samples (reference.lut)
 def _enc_lut(n: Node, ctx: EncodeContext) -> list[int]:
     return [ctx.act(n.inputs[0]), ctx.const(n.inputs[1]), ctx.act(n.outputs[0]),
-            int(np.prod(ctx.shape(n.inputs[0])))]
+            int(np.prod(ctx.shape(n.inputs[0]))), *_bits(n.attrs)]
 
 
 def _ref_lut(n: Node, x: list[np.ndarray]) -> np.ndarray:
-    return ref.lut(*x)
+    return ref.lut(*x, y_bits=n.attrs.get("y_bits", 8))
+
+
+# --- QRequantize: [x] -> y, between int8 and int16 (or two scales)
+# words: x y count x_bits y_bits x_zp y_zp mult shift
+def _enc_requantize(n: Node, ctx: EncodeContext) -> list[int]:
+    a = n.attrs
+    return [ctx.act(n.inputs[0]), ctx.act(n.outputs[0]), int(np.prod(ctx.shape(n.inputs[0]))), *_bits(a),
+            a["x_zp"], a["y_zp"], a["mult"], a["shift"]]
+
+
+def _ref_requantize(n: Node, x: list[np.ndarray]) -> np.ndarray:
+    return ref.requantize(x[0], **{k: v for k, v in n.attrs.items() if k != "x_bits"})
 
 
 # --- QMaxPool: [x] -> y ; words: x y | C H W OH OW KH KW | sh sw pt pl dh dw | min max
@@ -251,9 +270,9 @@ def _ref_matmul(n: Node, x: list[np.ndarray]) -> np.ndarray:
     return ref.matmul(*x, **n.attrs)
 
 
-# --- QConvTranspose: [x, w [OC, C/group, KH, KW], bias, mult, shift, lut?] -> y ; words as QConv
+# --- QConvTranspose: [x, w [OC, C/group, KH, KW], bias, mult, shift, lut?] -> y ; words as QConv without x_bits y_bits
 def _enc_conv_transpose(n: Node, ctx: EncodeContext) -> list[int]:
-    return _enc_conv(n, ctx)
+    return _enc_conv(n, ctx)[:-2]  # int8 only: no width words
 
 
 def _ref_conv_transpose(n: Node, x: list[np.ndarray]) -> np.ndarray:
@@ -302,6 +321,7 @@ OPS: dict[str, OpDef] = {op.name: op for op in [
     OpDef("QConvTranspose", 14, _ref_conv_transpose, _enc_conv_transpose),
     OpDef("QResize", 15, _ref_resize, _enc_resize),
     OpDef("QLayerNorm", 16, _ref_layer_norm, _enc_layer_norm),
+    OpDef("QRequantize", 17, _ref_requantize, _enc_requantize),
 ]}
 
 
@@ -309,7 +329,7 @@ def node_macs(node: Node, graph: Graph) -> int:
     """Multiply-accumulates of one node per sample (convolutions and matrix products; else 0)."""
     if node.op == "QConv":
         _, cg, kh, kw = graph.tensors[node.inputs[1]].shape
-        return graph.tensors[node.outputs[0]].sample_nbytes * cg * kh * kw  # int8: bytes == elements
+        return graph.tensors[node.outputs[0]].size // graph.tensors[node.outputs[0]].shape[0] * cg * kh * kw
     if node.op == "QFullyConnected":
         oc, k = graph.tensors[node.inputs[1]].shape
         return oc * k

@@ -236,6 +236,39 @@ def _layer_norm(rng: np.random.Generator, cols: int):
     return make_graph("QLayerNorm", {"x": _i8(rng, (2, 7, cols))}, consts, ["x", "g", "b"], attrs)
 
 
+def _i16(rng: np.random.Generator, shape) -> np.ndarray:
+    x = rng.integers(-32768, 32768, size=shape).astype(np.int16)
+    x.reshape(-1)[rng.random(x.size) < 0.1] = rng.choice(np.array([-32768, 32767], dtype=np.int16))
+    return x
+
+
+def _conv16(rng: np.random.Generator, x_bits: int, y_bits: int, c: int, k: int, group: int, w: int = 9):
+    """16x8 convolutions; c * k * k > 509 reaches the int64 accumulators."""
+    oc = 2 * group
+    mult, shift = _requant(rng, oc)
+    consts = {"w": _i8(rng, (oc, c // group, k, k)), "b": rng.integers(-(1 << 20), 1 << 20, size=oc).astype(np.int32),
+              "m": mult, "s": (shift + (8 if y_bits == 16 else 0) - (8 if x_bits == 16 else 0)).astype(np.int32)}
+    x = _i16(rng, (2, c, 5, w)) if x_bits == 16 else _i8(rng, (2, c, 5, w))
+    attrs = dict(strides=[1, 2], pads=[1, 0, 1, 2], dilations=[1, 1], group=group, x_zp=0 if x_bits == 16 else 3,
+                 y_zp=0 if y_bits == 16 else -5, act_min=-32768 if y_bits == 16 else -128,
+                 act_max=32767 if y_bits == 16 else 127, x_bits=x_bits, y_bits=y_bits)
+    return make_graph("QConv", {"x": x}, consts, ["x", "w", "b", "m", "s"], attrs)
+
+
+def _lut16(rng: np.random.Generator, x_bits: int, y_bits: int):
+    x = _i16(rng, (2, 37)) if x_bits == 16 else _i8(rng, (2, 37))
+    t = _i16(rng, 513 if x_bits == 16 else 256) if x_bits == 16 or y_bits == 16 else _i8(rng, 256)
+    return make_graph("QLut", {"x": x}, {"t": t}, ["x", "t"], dict(x_bits=x_bits, y_bits=y_bits))
+
+
+def _requantize(rng: np.random.Generator, x_bits: int, y_bits: int):
+    x = _i16(rng, (2, 41)) if x_bits == 16 else _i8(rng, (2, 41))
+    mult, shift = _requant(rng, 1)
+    attrs = dict(x_bits=x_bits, y_bits=y_bits, x_zp=0 if x_bits == 16 else 7, y_zp=0 if y_bits == 16 else -9,
+                 mult=int(mult[0]), shift=int(shift[0]) + (8 if y_bits > x_bits else 0))
+    return make_graph("QRequantize", {"x": x}, {}, ["x"], attrs)
+
+
 def make_cases(seed: int = 0) -> list[tuple[Graph, dict]]:
     """A fixed set of single-op graphs covering every op and the layouts the kernels special-case."""
     rng = np.random.default_rng(seed)
@@ -257,6 +290,10 @@ def make_cases(seed: int = 0) -> list[tuple[Graph, dict]]:
     cases += [_matmul(rng, w) for w in (True, False, True, False)]
     cases += [_conv_transpose(rng, 2, 2, 0), _conv_transpose(rng, 3, 2, 1), _conv_transpose(rng, 4, 3, 2)]
     cases += [_resize(rng, False), _resize(rng, True), _layer_norm(rng, 1), _layer_norm(rng, 120)]
+    widths = [(8, 16), (16, 8), (16, 16)]
+    cases += [_conv16(rng, xb, yb, c, k, g) for xb, yb in widths for c, k, g in ((4, 3, 1), (6, 1, 6), (80, 3, 1))]
+    cases += [_conv16(rng, 16, 8, 3, 1, 1, w=300)]  # rows wider than a chunk
+    cases += [_lut16(rng, xb, yb) for xb, yb in widths] + [_requantize(rng, xb, yb) for xb, yb in widths + [(8, 8)]]
     return cases
 
 
@@ -268,6 +305,8 @@ def _tight_plan(graph: Graph, rotation: int) -> MemoryPlan:
     names = names[rotation % len(names):] + names[:rotation % len(names)]
     offsets, pos = {}, 0
     for name in names:
+        size = np.dtype(graph.tensors[name].dtype).itemsize
+        pos = (pos + size - 1) // size * size  # int16 activations: 2-byte aligned, nothing more
         offsets[name] = pos
         pos += graph.tensors[name].nbytes
     return MemoryPlan(offsets, pos, "tight")
@@ -300,13 +339,15 @@ def run_case(backend: c_backend.CBackend, graph: Graph, inputs: dict, layout: in
         plan, (pool, offsets) = _tight_plan(graph, layout), _tight_pool(graph, layout)
     prog = compile_program(graph, plan, offsets)
     n = next(iter(inputs.values())).shape[0]
-    in_buf = np.ascontiguousarray(np.concatenate([inputs[k].reshape(n, -1) for k in graph.inputs], axis=1))
+    in_buf = np.ascontiguousarray(np.concatenate([np.ascontiguousarray(inputs[k]).reshape(n, -1).view(np.int8)
+                                                  for k in graph.inputs], axis=1))
     out_buf = np.empty((n, int(prog.outputs[:, 1].sum())), dtype=np.int8)
     arena = np.zeros(prog.arena_bytes, dtype=np.int8)
     backend.execute(prog.words, arena, pool, in_buf, prog.inputs, out_buf, prog.outputs)
     outs, pos = {}, 0
     for name, (_, size) in zip(graph.outputs, prog.outputs):
-        outs[name] = out_buf[:, pos: pos + size].reshape((n,) + graph.tensors[name].shape[1:])
+        outs[name] = np.ascontiguousarray(out_buf[:, pos: pos + size]).view(graph.tensors[name].dtype).reshape(
+            (n,) + graph.tensors[name].shape[1:])
         pos += size
     return outs
 

@@ -327,3 +327,71 @@ def test_layer_norm(backend, seed):
     attrs = dict(x_zp=int(rng.integers(-128, 128)), y_zp=int(rng.integers(-128, 128)),
                  eps=int(rng.choice([0, 1, int(rng.integers(0, 1 << 30))])), act_min=lo, act_max=hi)
     assert_bit_exact(*make_graph("QLayerNorm", {"x": x}, consts, ["x", "g", "b"], attrs), backend)
+
+
+def i16(rng: np.random.Generator, shape, scale: int = 32768) -> np.ndarray:
+    """Random int16 (16x8 activations) with the extremes over-represented; ``scale`` narrows the values."""
+    x = rng.integers(-scale, scale, size=shape, dtype=np.int64)
+    edge = rng.random(size=shape) < 0.1
+    return np.where(edge, rng.choice([-32768, 32767], size=shape), x).astype(np.int16)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), x_bits=st.sampled_from([8, 16]), y_bits=st.sampled_from([8, 16]),
+       depthwise=st.booleans(), pointwise=st.booleans())
+def test_conv_int16(backend, seed, x_bits, y_bits, depthwise, pointwise):
+    """16x8 convolutions (int16 input and/or output, int8 weights); long patches reach the int64 path."""
+    rng = np.random.default_rng(seed)
+    n, group = int(rng.integers(1, 3)), int(rng.integers(1, 3))
+    cg = 1 if depthwise else int(rng.integers(1, 5)) * int(rng.choice([1, 1, 80]))
+    ocg = int(rng.integers(1, 4))
+    kh, kw = (1, 1) if pointwise else tuple(int(v) for v in rng.integers(1, 4, size=2))
+    dil = [1, 1] if pointwise else [int(v) for v in rng.integers(1, 3, size=2)]
+    strides = [int(v) for v in rng.integers(1, 3, size=2)]
+    pads = [0, 0, 0, 0] if pointwise else [int(v) for v in rng.integers(0, 3, size=4)]
+    h = int(rng.integers(max(1, dil[0] * (kh - 1) + 1 - pads[0] - pads[2]), 10))
+    w = int(rng.integers(max(1, dil[1] * (kw - 1) + 1 - pads[1] - pads[3]), 300 if pointwise else 20))
+    oc = group * ocg
+    x = i16(rng, (n, group * cg, h, w)) if x_bits == 16 else i8(rng, (n, group * cg, h, w))
+    consts, order = conv_consts(rng, oc, cg, kh, kw)
+    consts.pop("lut", None)
+    order = order[:5]
+    if y_bits == 8 and rng.random() < 0.5:  # a fused table only behind an int8 output
+        consts["lut"] = i8(rng, 256)
+        order.append("lut")
+    if y_bits == 16:
+        consts["s"] = (consts["s"] + 8).astype(np.int32)
+    if x_bits == 16:
+        consts["s"] = (consts["s"] - 8).astype(np.int32)
+    lo, hi = (-32768, int(rng.choice([32767, int(rng.integers(0, 32767))]))) if y_bits == 16 else act_range(rng)
+    attrs = dict(strides=strides, pads=pads, dilations=dil, group=group,
+                 x_zp=0 if x_bits == 16 else int(rng.integers(-128, 128)), y_zp=0 if y_bits == 16 else
+                 int(rng.integers(-128, 128)), act_min=lo, act_max=hi, x_bits=x_bits, y_bits=y_bits)
+    assert_bit_exact(*make_graph("QConv", {"x": x}, consts, order, attrs), backend)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), x_bits=st.sampled_from([8, 16]), y_bits=st.sampled_from([8, 16]))
+def test_lut_int16(backend, seed, x_bits, y_bits):
+    """Tables into or out of int16: direct int16 entries for int8 x, 513 interpolated samples for int16 x."""
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(1, 3)), int(rng.integers(1, 300)))
+    x = i16(rng, shape) if x_bits == 16 else i8(rng, shape)
+    size = 513 if x_bits == 16 else 256
+    table = i16(rng, size) if y_bits == 16 or x_bits == 16 else i8(rng, size)
+    if x_bits == 16 and y_bits == 8:  # samples near the int8 range, some beyond it (clamped)
+        table = rng.integers(-200, 200, size=size).astype(np.int16)
+    assert_bit_exact(*make_graph("QLut", {"x": x}, {"t": table}, ["x", "t"], dict(x_bits=x_bits, y_bits=y_bits)),
+                     backend)
+
+
+@SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), x_bits=st.sampled_from([8, 16]), y_bits=st.sampled_from([8, 16]))
+def test_requantize(backend, seed, x_bits, y_bits):
+    rng = np.random.default_rng(seed)
+    shape = (int(rng.integers(1, 3)), int(rng.integers(1, 300)))
+    x = i16(rng, shape) if x_bits == 16 else i8(rng, shape)
+    mult, shift = requant(rng, 1, -20, 10)
+    attrs = dict(x_bits=x_bits, y_bits=y_bits, x_zp=0 if x_bits == 16 else int(rng.integers(-128, 128)),
+                 y_zp=0 if y_bits == 16 else int(rng.integers(-128, 128)), mult=int(mult[0]), shift=int(shift[0]))
+    assert_bit_exact(*make_graph("QRequantize", {"x": x}, {}, ["x"], attrs), backend)

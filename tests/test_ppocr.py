@@ -28,7 +28,7 @@ import synth  # noqa: E402
 
 MODELS = synth.model_paths()
 INTEGER_OPS_ONLY = {"QConv", "QFullyConnected", "QAdd", "QMul", "QLut", "QMaxPool", "QAvgPool", "QSoftmax", "QConcat",
-                    "QReshape", "QStridedCopy", "QMatMul", "QConvTranspose", "QResize", "QLayerNorm"}
+                    "QReshape", "QStridedCopy", "QMatMul", "QConvTranspose", "QResize", "QLayerNorm", "QRequantize"}
 
 
 def _ort(path, x: np.ndarray) -> np.ndarray:
@@ -41,6 +41,14 @@ def rec_bundle(tmp_path_factory):
     _, cal = synth.rec_lines(12, seed=2, width=96, max_words=1)
     out = tmp_path_factory.mktemp("rec") / "rec.edgeq"
     return edgeq.convert(MODELS["rec"], device="rpi5", output=out, calib=cal, progress=False)
+
+
+@pytest.fixture(scope="module")
+def rec_mixed_bundle(tmp_path_factory):
+    _, cal = synth.rec_lines(12, seed=2, width=96, max_words=1)
+    out = tmp_path_factory.mktemp("rec16") / "rec16.edgeq"
+    return edgeq.convert(MODELS["rec"], device="host", output=out, calib=cal, calib_method="minmax", progress=False,
+                         mixed_precision="auto")
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +94,21 @@ def test_rec_int8_bit_exact_and_reads_text(rec_bundle, backend):
     right = [f.strip() == t for f, t in zip(fp32, texts)]
     agree = [q.strip() == t for q, t, r in zip(int8, texts, right) if r]
     assert sum(right) >= 8 and np.mean(agree) >= 0.75, (texts, fp32, int8)
+
+
+def test_rec_mixed_precision_bit_exact_and_reads_text(rec_mixed_bundle, backend):
+    """int16 activations chosen automatically: still bit-exact on every backend, still reads the lines."""
+    m = rec_mixed_bundle.report["mixed_precision"]
+    assert m["int16_tensors"] and m["extra_bytes"] <= m["budget_bytes"], m
+    assert "int16" in {t.dtype for t in edgeq.load(rec_mixed_bundle.path).graph.tensors.values()}
+    texts, x = synth.rec_lines(12, seed=5, width=96, max_words=1)
+    probs = _bit_exact(rec_mixed_bundle, x, backend)
+    chars = synth.charset(MODELS["rec"])
+    fp32 = synth.ctc_decode(_ort(MODELS["rec"], x), chars)
+    mixed = synth.ctc_decode(probs, chars)
+    right = [f.strip() == t for f, t in zip(fp32, texts)]
+    agree = [q.strip() == t for q, t, r in zip(mixed, texts, right) if r]
+    assert sum(right) >= 8 and np.mean(agree) >= 0.75, (texts, fp32, mixed)
 
 
 def test_det_int8_bit_exact_and_map_agrees(det_bundle, backend):

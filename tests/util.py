@@ -14,8 +14,8 @@ def make_graph(op: str, acts: dict[str, np.ndarray], consts: dict[str, np.ndarra
     node = Node(op, "n0", list(order), ["y"], attrs)
     values = {**consts, **acts}
     y = OPS[op].reference(node, [values[i] for i in order if i])
-    tensors = {k: Tensor(k, (1,) + v.shape[1:], "int8") for k, v in acts.items()}
-    tensors["y"] = Tensor("y", (1,) + y.shape[1:], "int8")
+    tensors = {k: Tensor(k, (1,) + v.shape[1:], v.dtype.name) for k, v in acts.items()}
+    tensors["y"] = Tensor("y", (1,) + y.shape[1:], y.dtype.name)
     g = Graph([node], tensors, list(acts), ["y"], {}, dynamic_batch=True)
     for k, v in consts.items():
         g.add_const(k, v)
@@ -23,11 +23,11 @@ def make_graph(op: str, acts: dict[str, np.ndarray], consts: dict[str, np.ndarra
 
 
 def assert_bit_exact(graph: Graph, inputs: dict[str, np.ndarray], backend: str) -> None:
-    """The backend's int8 outputs equal the reference's byte for byte."""
+    """The backend's integer outputs equal the reference's byte for byte (same dtype, int8 or int16)."""
     want = Executor(graph, "reference").run_quantized(inputs)
     got = Executor(graph, backend).run_quantized(inputs)
     for k in want:
-        assert got[k].dtype == np.int8 and got[k].shape == want[k].shape, k
+        assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape, k
         if not np.array_equal(got[k], want[k]):
             bad = np.argwhere(got[k] != want[k])[0]
             raise AssertionError(f"{backend} differs from reference at {tuple(bad)}: "

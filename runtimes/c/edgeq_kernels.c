@@ -2167,52 +2167,142 @@ static int conv_pointwise(const conv_t *a)
 }
 #endif
 
-/* Last resort for patches no scratch budget fits: one output at a time, int64 accumulation. */
-static void conv_scalar(const conv_t *a)
-{
-    int32_t oc, oh, ow, c, kh, kw;
-    for (oc = 0; oc < a->OC; oc++) {
-        const requant_t q = conv_requant(a, oc);
-        const int8_t *xg = a->x + (int64_t)(oc / a->ocg) * a->cg * a->H * a->W;
-        const int8_t *wo = a->w + (int64_t)oc * a->K;
-        for (oh = 0; oh < a->OH; oh++) {
-            for (ow = 0; ow < a->OW; ow++) {
-                int64_t acc = 0;
-                for (c = 0; c < a->cg; c++) {
-                    for (kh = 0; kh < a->KH; kh++) {
-                        const int32_t ih = oh * a->sh - a->pt + kh * a->dh;
-                        if (ih < 0 || ih >= a->H)
-                            continue;
-                        for (kw = 0; kw < a->KW; kw++) {
-                            const int32_t iw = ow * a->sw - a->pl + kw * a->dw;
-                            if (iw >= 0 && iw < a->W)
-                                acc += (int32_t)wo[((int64_t)c * a->KH + kh) * a->KW + kw] *
-                                       (xg[((int64_t)c * a->H + ih) * a->W + iw] - a->x_zp);
-                        }
-                    }
-                }
-                a->y[((int64_t)oc * a->OH + oh) * a->OW + ow] = finish_one(acc + q.bias, &q);
-            }
-        }
+/* ---- Convolution of any activation width ----------------------------------------------------------
+ * One body for int8 and int16 inputs and outputs (TFLite's 16x8 layers, chosen by mixed precision), and
+ * the int8 path's last resort when no scratch budget fits: blocks of up to EDGEQ_ROWS_OCB output channels
+ * of one group share each input row, rows of up to EDGEQ_CHUNK outputs accumulate tap by tap in ACC,
+ * which is int32 only where K * 128 * max|x - x_zp| provably fits (conv_rows picks), else int64. */
+#define EDGEQ_ROWS_OCB 4
+
+#define EDGEQ_CONV_ROWS(NAME, XT, YT, ACC)                                                                   \
+    static void NAME(const conv_t *a, const XT *x, YT *y)                                                    \
+    {                                                                                                        \
+        const int32_t per_group = (a->ocg + EDGEQ_ROWS_OCB - 1) / EDGEQ_ROWS_OCB;                            \
+        int32_t job;                                                                                         \
+        EDGEQ_PARALLEL_FOR(conv_work(a) >= EDGEQ_PAR_MIN_WORK && a->group * per_group > 1)                   \
+        for (job = 0; job < a->group * per_group; job++) {                                                   \
+            const int32_t g = job / per_group, oc0 = g * a->ocg + (job % per_group) * EDGEQ_ROWS_OCB;        \
+            const int32_t nb = min_i32(EDGEQ_ROWS_OCB, (g + 1) * a->ocg - oc0);                              \
+            const XT *xg = x + (int64_t)g * a->cg * a->H * a->W;                                             \
+            const int8_t *wo = a->w + (int64_t)oc0 * a->K;                                                   \
+            int32_t oh, ow0;                                                                                 \
+            for (oh = 0; oh < a->OH; oh++) {                                                                 \
+                for (ow0 = 0; ow0 < a->OW; ow0 += EDGEQ_CHUNK) {                                             \
+                    const int32_t n = min_i32(EDGEQ_CHUNK, a->OW - ow0);                                     \
+                    ACC acc[EDGEQ_ROWS_OCB][EDGEQ_CHUNK];                                                    \
+                    int32_t c, kh, kw, i, j;                                                                 \
+                    for (j = 0; j < nb; j++)                                                                 \
+                        for (i = 0; i < n; i++)                                                              \
+                            acc[j][i] = 0;                                                                   \
+                    for (c = 0; c < a->cg; c++) {                                                            \
+                        for (kh = 0; kh < a->KH; kh++) {                                                     \
+                            const int32_t ih = oh * a->sh - a->pt + kh * a->dh;                              \
+                            const XT *row = xg + ((int64_t)c * a->H + ih) * a->W;                            \
+                            if (ih < 0 || ih >= a->H)                                                        \
+                                continue;                                                                    \
+                            for (kw = 0; kw < a->KW; kw++) {                                                 \
+                                const int32_t off = kw * a->dw - a->pl;                                      \
+                                const int64_t tap = ((int64_t)c * a->KH + kh) * a->KW + kw;                  \
+                                int32_t lo, hi;                                                              \
+                                tap_range(ow0, ow0 + n, a->sw, off, a->W, &lo, &hi);                        \
+                                if (a->sw == 1 && nb == EDGEQ_ROWS_OCB) { /* the hot case: vectorizes */     \
+                                    const ACC w0 = wo[tap], w1 = wo[a->K + tap], w2 = wo[2 * a->K + tap];    \
+                                    const ACC w3 = wo[3 * a->K + tap];                                       \
+                                    for (i = lo; i < hi; i++) {                                              \
+                                        const ACC v = (ACC)(row[i + off] - a->x_zp);                         \
+                                        acc[0][i - ow0] += w0 * v;                                           \
+                                        acc[1][i - ow0] += w1 * v;                                           \
+                                        acc[2][i - ow0] += w2 * v;                                           \
+                                        acc[3][i - ow0] += w3 * v;                                           \
+                                    }                                                                        \
+                                } else {                                                                     \
+                                    for (j = 0; j < nb; j++) {                                               \
+                                        const ACC wv = wo[j * a->K + tap];                                   \
+                                        if (a->sw == 1) /* depthwise and short groups: still contiguous */   \
+                                            for (i = lo; i < hi; i++)                                        \
+                                                acc[j][i - ow0] += wv * (ACC)(row[i + off] - a->x_zp);       \
+                                        else                                                                 \
+                                            for (i = lo; i < hi; i++)                                        \
+                                                acc[j][i - ow0] +=                                           \
+                                                    wv * (ACC)(row[(int64_t)i * a->sw + off] - a->x_zp);     \
+                                    }                                                                        \
+                                }                                                                            \
+                            }                                                                                \
+                        }                                                                                    \
+                    }                                                                                        \
+                    for (j = 0; j < nb; j++) {                                                               \
+                        const requant_t q = conv_requant(a, oc0 + j);                                        \
+                        YT *yr = y + ((int64_t)(oc0 + j) * a->OH + oh) * a->OW + ow0;                        \
+                        if (sizeof(ACC) == 4 && sizeof(YT) == 1) { /* the vector requantization of int8 */ \
+                            requant_row((const int32_t *)acc[j], n, &q, (int8_t *)yr);                       \
+                            continue;                                                                        \
+                        }                                                                                    \
+                        for (i = 0; i < n; i++) {                                                            \
+                            const int32_t v = clip_i64(                                                      \
+                                (int64_t)edgeq_mbqm((int64_t)acc[j][i] + q.bias, q.mult, q.shift) + q.y_zp, q.lo, \
+                                q.hi);                                                                       \
+                            yr[i] = (YT)(q.lut ? q.lut[v + 128] : v);                                        \
+                        }                                                                                    \
+                    }                                                                                        \
+                }                                                                                            \
+            }                                                                                                \
+        }                                                                                                    \
     }
+
+EDGEQ_CONV_ROWS(conv_rows_8_8_32, int8_t, int8_t, int32_t)
+EDGEQ_CONV_ROWS(conv_rows_8_8_64, int8_t, int8_t, int64_t)
+EDGEQ_CONV_ROWS(conv_rows_8_16_32, int8_t, int16_t, int32_t)
+EDGEQ_CONV_ROWS(conv_rows_8_16_64, int8_t, int16_t, int64_t)
+EDGEQ_CONV_ROWS(conv_rows_16_8_32, int16_t, int8_t, int32_t)
+EDGEQ_CONV_ROWS(conv_rows_16_8_64, int16_t, int8_t, int64_t)
+EDGEQ_CONV_ROWS(conv_rows_16_16_32, int16_t, int16_t, int32_t)
+EDGEQ_CONV_ROWS(conv_rows_16_16_64, int16_t, int16_t, int64_t)
+
+/* The instance of EDGEQ_CONV_ROWS for these widths (8 or 16 bits) and this patch length. A 1x1 stride-1
+ * convolution without padding runs as one row of H * W pixels (long contiguous rows). */
+static void conv_rows(const conv_t *c, const void *x, int32_t x_bits, void *y, int32_t y_bits)
+{
+    const int64_t dx = x_bits == 16 ? 32768 + 128 : 255; /* max |x - x_zp| with x_zp an int8 */
+    const int narrow = (int64_t)c->K * 128 * dx <= INT32_MAX;
+    conv_t flat = *c;
+    const conv_t *a = &flat;
+    if (c->KH == 1 && c->KW == 1 && c->sh == 1 && c->sw == 1 && c->pt == 0 && c->pl == 0 && c->OH == c->H &&
+        c->OW == c->W && (int64_t)c->H * c->W <= INT32_MAX) {
+        flat.W = flat.OW = c->H * c->W;
+        flat.H = flat.OH = 1;
+    }
+#define EDGEQ_CONV_PICK(XB, YB)                                                                              \
+    if (x_bits == XB && y_bits == YB) {                                                                      \
+        if (narrow)                                                                                          \
+            conv_rows_##XB##_##YB##_32(a, x, y);                                                             \
+        else                                                                                                 \
+            conv_rows_##XB##_##YB##_64(a, x, y);                                                             \
+        return;                                                                                              \
+    }
+    EDGEQ_CONV_PICK(8, 8)
+    EDGEQ_CONV_PICK(8, 16)
+    EDGEQ_CONV_PICK(16, 8)
+    EDGEQ_CONV_PICK(16, 16)
+#undef EDGEQ_CONV_PICK
 }
 
-void edgeq_conv(const int8_t *x, const int8_t *w, const int32_t *bias, const int32_t *mult,
-                const int32_t *shift, const int8_t *lut, int8_t *y,
-                int32_t C, int32_t H, int32_t W, int32_t OC, int32_t OH, int32_t OW, int32_t KH, int32_t KW,
-                int32_t sh, int32_t sw, int32_t pt, int32_t pl, int32_t dh, int32_t dw, int32_t group,
-                int32_t x_zp, int32_t y_zp, int32_t act_min, int32_t act_max)
+void edgeq_conv_wide(const void *x, int32_t x_bits, const int8_t *w, const int32_t *bias, const int32_t *mult,
+                     const int32_t *shift, const int8_t *lut, void *y, int32_t y_bits,
+                     int32_t C, int32_t H, int32_t W, int32_t OC, int32_t OH, int32_t OW, int32_t KH, int32_t KW,
+                     int32_t sh, int32_t sw, int32_t pt, int32_t pl, int32_t dh, int32_t dw, int32_t group,
+                     int32_t x_zp, int32_t y_zp, int32_t act_min, int32_t act_max)
 {
     conv_t a;
     plane_t pg;
     dot_t dg;
-    a.x = x;
+    const int narrow = x_bits == 8 && y_bits == 8; /* the tuned int8 kernels below */
+    a.x = narrow ? (const int8_t *)x : NULL;
+    a.y = narrow ? (int8_t *)y : NULL;
     a.w = w;
     a.bias = bias;
     a.mult = mult;
     a.shift = shift;
     a.lut = lut;
-    a.y = y;
     a.C = C;
     a.H = H;
     a.W = W;
@@ -2235,8 +2325,12 @@ void edgeq_conv(const int8_t *x, const int8_t *w, const int32_t *bias, const int
     a.cg = C / group;
     a.ocg = OC / group;
     a.K = a.cg * KH * KW;
+    if (!narrow) {
+        conv_rows(&a, x, x_bits, y, y_bits);
+        return;
+    }
     /* Long patches shared by several output channels go to dot products; short patches (depthwise,
-     * first layers) to the plane kernel; what fits neither to the scalar loop. */
+     * first layers) to the plane kernel; what fits neither to the row loop. */
 #if EDGEQ_AVX512 && defined(__AVX512VNNI__) && defined(__AVX512VBMI__)
     if (conv_depthwise_quads(&a) || conv_quads(&a))
         return;
@@ -2254,7 +2348,17 @@ void edgeq_conv(const int8_t *x, const int8_t *w, const int32_t *bias, const int
     else if (plane_geometry(&a, &pg))
         conv_plane(&a, &pg);
     else
-        conv_scalar(&a);
+        conv_rows(&a, a.x, 8, a.y, 8);
+}
+
+void edgeq_conv(const int8_t *x, const int8_t *w, const int32_t *bias, const int32_t *mult,
+                const int32_t *shift, const int8_t *lut, int8_t *y,
+                int32_t C, int32_t H, int32_t W, int32_t OC, int32_t OH, int32_t OW, int32_t KH, int32_t KW,
+                int32_t sh, int32_t sw, int32_t pt, int32_t pl, int32_t dh, int32_t dw, int32_t group,
+                int32_t x_zp, int32_t y_zp, int32_t act_min, int32_t act_max)
+{
+    edgeq_conv_wide(x, 8, w, bias, mult, shift, lut, y, 8, C, H, W, OC, OH, OW, KH, KW, sh, sw, pt, pl, dh, dw,
+                    group, x_zp, y_zp, act_min, act_max);
 }
 
 void edgeq_fc(const int8_t *x, const int8_t *w, const int32_t *bias, const int32_t *mult,
@@ -2478,11 +2582,77 @@ void edgeq_mul(const int8_t *a, const int8_t *b, const int8_t *lut, int8_t *y, c
 
 /* ---- Table, pools, softmax, concat, reshape ----------------------------------------------------- */
 
+/* ---- Tables and requantization for every activation width (one body per kind, instantiated for int8
+ * and int16 element types) ---- */
+
+/* int8 x: y = table[x + 128], the table already in y's type. */
+#define EDGEQ_LUT_DIRECT(NAME, YT)                                                                           \
+    static void NAME(const int8_t *x, const YT *table, YT *y, int32_t count)                                 \
+    {                                                                                                        \
+        int32_t i;                                                                                           \
+        for (i = 0; i < count; i++)                                                                          \
+            y[i] = table[x[i] + 128];                                                                        \
+    }
+
+/* int16 x: linear interpolation between 513 int16 samples (reference.lut), clamped to [LO, HI]. */
+#define EDGEQ_LUT_INTERP(NAME, YT, LO, HI)                                                                   \
+    static void NAME(const int16_t *x, const int16_t *table, YT *y, int32_t count)                           \
+    {                                                                                                        \
+        int32_t i;                                                                                           \
+        for (i = 0; i < count; i++) {                                                                        \
+            const int32_t u = (int32_t)x[i] + 32768, k = u >> 7;                                             \
+            const int32_t d = ((int32_t)table[k + 1] - table[k]) * (u & 127) + 64;                           \
+            y[i] = (YT)clip_i64((int64_t)table[k] + asr32(d, 7), LO, HI);                                    \
+        }                                                                                                    \
+    }
+
+/* y = clip(mbqm(x - x_zp) + y_zp) to [LO, HI] (reference.requantize). */
+#define EDGEQ_REQUANT(NAME, XT, YT, LO, HI)                                                                  \
+    static void NAME(const XT *x, YT *y, int32_t count, int32_t x_zp, int32_t y_zp, int32_t mult,           \
+                     int32_t shift)                                                                          \
+    {                                                                                                        \
+        int32_t i;                                                                                           \
+        for (i = 0; i < count; i++)                                                                          \
+            y[i] = (YT)clip_i64((int64_t)edgeq_mbqm((int64_t)x[i] - x_zp, mult, shift) + y_zp, LO, HI);     \
+    }
+
+EDGEQ_LUT_DIRECT(lut_8_8, int8_t)
+EDGEQ_LUT_DIRECT(lut_8_16, int16_t)
+EDGEQ_LUT_INTERP(lut_16_8, int8_t, INT8_MIN, INT8_MAX)
+EDGEQ_LUT_INTERP(lut_16_16, int16_t, INT16_MIN, INT16_MAX)
+EDGEQ_REQUANT(requant_8_8, int8_t, int8_t, INT8_MIN, INT8_MAX)
+EDGEQ_REQUANT(requant_8_16, int8_t, int16_t, INT16_MIN, INT16_MAX)
+EDGEQ_REQUANT(requant_16_8, int16_t, int8_t, INT8_MIN, INT8_MAX)
+EDGEQ_REQUANT(requant_16_16, int16_t, int16_t, INT16_MIN, INT16_MAX)
+
 void edgeq_lut(const int8_t *x, const int8_t *table, int8_t *y, int32_t count)
 {
-    int32_t i;
-    for (i = 0; i < count; i++)
-        y[i] = table[x[i] + 128];
+    lut_8_8(x, table, y, count);
+}
+
+void edgeq_lut_wide(const void *x, int32_t x_bits, const void *table, void *y, int32_t y_bits, int32_t count)
+{
+    if (x_bits == 8 && y_bits == 8)
+        lut_8_8(x, table, y, count);
+    else if (x_bits == 8)
+        lut_8_16(x, table, y, count);
+    else if (y_bits == 8)
+        lut_16_8(x, table, y, count);
+    else
+        lut_16_16(x, table, y, count);
+}
+
+void edgeq_requantize(const void *x, int32_t x_bits, void *y, int32_t y_bits, int32_t count, int32_t x_zp,
+                      int32_t y_zp, int32_t mult, int32_t shift)
+{
+    if (x_bits == 8 && y_bits == 8)
+        requant_8_8(x, y, count, x_zp, y_zp, mult, shift);
+    else if (x_bits == 8)
+        requant_8_16(x, y, count, x_zp, y_zp, mult, shift);
+    else if (y_bits == 8)
+        requant_16_8(x, y, count, x_zp, y_zp, mult, shift);
+    else
+        requant_16_16(x, y, count, x_zp, y_zp, mult, shift);
 }
 
 /* fixedpoint.rounded_div: divide, rounding half away from zero; NumPy's x // 0 == 0 for empty windows. */
@@ -3103,44 +3273,61 @@ static int window_ok(int64_t out, int64_t stride, int64_t pad, int64_t k, int64_
            (out - 1) * stride + (k - 1) * dil <= EDGEQ_DIM_MAX;
 }
 
-/* words: x w bias mult shift lut y | C H W OC OH OW KH KW | sh sw pt pl dh dw group | x_zp y_zp min max */
+/* An activation width word: 8 or 16 bits. */
+static int is_bits(int64_t v)
+{
+    return v == 8 || v == 16;
+}
+
+/* A clamp bound fits the activation type of `bits`. */
+static int is_act(int64_t v, int64_t bits)
+{
+    return bits == 8 ? is_i8(v) : in_range(v, INT16_MIN, INT16_MAX);
+}
+
+/* words: x w bias mult shift lut y | C H W OC OH OW KH KW | sh sw pt pl dh dw group | x_zp y_zp min max |
+ *        x_bits y_bits */
 static int op_conv(const ctx_t *cx, const int64_t *v, int64_t n)
 {
-    int64_t xs, ys, ws, cg, c;
+    int64_t xs, ys, ws, cg, c, xb, yb;
     int per_channel;
-    if (n != 26)
+    if (n != 28)
         return EDGEQ_E_RECORD;
     CHECK(is_dim(v[7]) && is_dim(v[8]) && is_dim(v[9]) && is_dim(v[10]) && is_dim(v[21]));
     CHECK(window_ok(v[11], v[15], v[17], v[13], v[19]) && window_ok(v[12], v[16], v[18], v[14], v[20]));
     CHECK(v[7] % v[21] == 0 && v[10] % v[21] == 0);
-    CHECK(is_i8(v[22]) && is_i8(v[23]) && is_i8(v[24]) && is_i8(v[25]));
+    CHECK(is_bits(v[26]) && is_bits(v[27]) && (v[5] == -1 || v[27] == 8));
+    CHECK(is_i8(v[22]) && is_i8(v[23]) && is_act(v[24], v[27]) && is_act(v[25], v[27]));
+    xb = v[26] / 8; /* bytes per element */
+    yb = v[27] / 8;
     cg = v[7] / v[21];
     xs = count3(v[7], v[8], v[9]);
     ys = count3(v[10], v[11], v[12]);
     ws = count3(v[10], cg, count3(v[13], v[14], 1));
     CHECK(xs > 0 && ys > 0 && ws > 0 && count3(cg, v[13], v[14]) > 0);
-    TRY(span(cx, v[0], xs, 0, 1));
+    TRY(span(cx, v[0], xs * xb, 0, xb));
     TRY(span(cx, v[1], ws, 1, 1));
     TRY(span(cx, v[2], 4 * v[10], 1, 4));
     TRY(span(cx, v[3], 4 * v[10], 1, 4));
     TRY(span(cx, v[4], 4 * v[10], 1, 4));
     TRY(lut_span(cx, v[5]));
-    TRY(span(cx, v[6], ys, 0, 1));
+    TRY(span(cx, v[6], ys * yb, 0, yb));
     if (cx->validate)
         return EDGEQ_OK;
     /* A depthwise conv planned in place (output overlapping its input, planner.py): one channel at a
      * time in ascending order, so every output channel lands only on input channels already read. */
-    per_channel = v[21] == v[7] && v[10] == v[7] && v[0] < v[6] + ys && v[6] < v[0] + xs;
+    per_channel = v[21] == v[7] && v[10] == v[7] && v[0] < v[6] + ys * yb && v[6] < v[0] + xs * xb;
     for (c = 0; c < (per_channel ? v[7] : 1); c++) {
         const int64_t ch = per_channel ? c : 0, nc = per_channel ? 1 : v[7];
-        edgeq_conv(cx->arena + v[0] + ch * v[8] * v[9], (const int8_t *)(cx->pool + v[1]) + ch * v[13] * v[14],
-                   (const int32_t *)(cx->pool + v[2]) + ch, (const int32_t *)(cx->pool + v[3]) + ch,
-                   (const int32_t *)(cx->pool + v[4]) + ch, lut_ptr(cx, v[5]), cx->arena + v[6] + ch * v[11] * v[12],
-                   (int32_t)nc, (int32_t)v[8], (int32_t)v[9], (int32_t)(per_channel ? 1 : v[10]),
-                   (int32_t)v[11], (int32_t)v[12], (int32_t)v[13], (int32_t)v[14], (int32_t)v[15],
-                   (int32_t)v[16], (int32_t)v[17], (int32_t)v[18], (int32_t)v[19], (int32_t)v[20],
-                   (int32_t)(per_channel ? 1 : v[21]), (int32_t)v[22], (int32_t)v[23], (int32_t)v[24],
-                   (int32_t)v[25]);
+        edgeq_conv_wide(cx->arena + v[0] + ch * v[8] * v[9] * xb, (int32_t)v[26],
+                        (const int8_t *)(cx->pool + v[1]) + ch * v[13] * v[14], (const int32_t *)(cx->pool + v[2]) + ch,
+                        (const int32_t *)(cx->pool + v[3]) + ch, (const int32_t *)(cx->pool + v[4]) + ch,
+                        lut_ptr(cx, v[5]), cx->arena + v[6] + ch * v[11] * v[12] * yb, (int32_t)v[27],
+                        (int32_t)nc, (int32_t)v[8], (int32_t)v[9], (int32_t)(per_channel ? 1 : v[10]),
+                        (int32_t)v[11], (int32_t)v[12], (int32_t)v[13], (int32_t)v[14], (int32_t)v[15],
+                        (int32_t)v[16], (int32_t)v[17], (int32_t)v[18], (int32_t)v[19], (int32_t)v[20],
+                        (int32_t)(per_channel ? 1 : v[21]), (int32_t)v[22], (int32_t)v[23], (int32_t)v[24],
+                        (int32_t)v[25]);
     }
     return EDGEQ_OK;
 }
@@ -3227,16 +3414,33 @@ static int op_binary(const ctx_t *cx, const int64_t *v, int64_t n, int kind)
 }
 
 /* words: x table y count */
+/* words: x table y count x_bits y_bits (table: 256 entries of y's type for int8 x, 513 int16 for int16 x) */
 static int op_lut(const ctx_t *cx, const int64_t *v, int64_t n)
 {
-    if (n != 4)
+    if (n != 6)
         return EDGEQ_E_RECORD;
-    CHECK(in_range(v[3], 0, INT32_MAX));
-    TRY(span(cx, v[0], v[3], 0, 1));
-    TRY(span(cx, v[1], 256, 1, 1));
-    TRY(span(cx, v[2], v[3], 0, 1));
+    CHECK(in_range(v[3], 0, INT32_MAX) && is_bits(v[4]) && is_bits(v[5]));
+    TRY(span(cx, v[0], v[3] * (v[4] / 8), 0, v[4] / 8));
+    TRY(v[4] == 8 ? span(cx, v[1], 256 * (v[5] / 8), 1, v[5] / 8) : span(cx, v[1], 2 * 513, 1, 2));
+    TRY(span(cx, v[2], v[3] * (v[5] / 8), 0, v[5] / 8));
     if (!cx->validate)
-        edgeq_lut(cx->arena + v[0], (const int8_t *)(cx->pool + v[1]), cx->arena + v[2], (int32_t)v[3]);
+        edgeq_lut_wide(cx->arena + v[0], (int32_t)v[4], cx->pool + v[1], cx->arena + v[2], (int32_t)v[5],
+                       (int32_t)v[3]);
+    return EDGEQ_OK;
+}
+
+/* words: x y count x_bits y_bits x_zp y_zp mult shift */
+static int op_requantize(const ctx_t *cx, const int64_t *v, int64_t n)
+{
+    if (n != 9)
+        return EDGEQ_E_RECORD;
+    CHECK(in_range(v[2], 0, INT32_MAX) && is_bits(v[3]) && is_bits(v[4]));
+    CHECK(is_i8(v[5]) && is_i8(v[6]) && is_i32(v[7]) && is_i32(v[8]));
+    TRY(span(cx, v[0], v[2] * (v[3] / 8), 0, v[3] / 8));
+    TRY(span(cx, v[1], v[2] * (v[4] / 8), 0, v[4] / 8));
+    if (!cx->validate)
+        edgeq_requantize(cx->arena + v[0], (int32_t)v[3], cx->arena + v[1], (int32_t)v[4], (int32_t)v[2],
+                         (int32_t)v[5], (int32_t)v[6], (int32_t)v[7], (int32_t)v[8]);
     return EDGEQ_OK;
 }
 
@@ -3544,6 +3748,7 @@ static int walk_program(const ctx_t *cx, const int64_t *words, int64_t n_words)
         case EDGEQ_OP_CONV_TRANSPOSE: rc = op_conv_transpose(cx, body, len - 2); break;
         case EDGEQ_OP_RESIZE: rc = op_resize(cx, body, len - 2); break;
         case EDGEQ_OP_LAYER_NORM: rc = op_layer_norm(cx, body, len - 2); break;
+        case EDGEQ_OP_REQUANTIZE: rc = op_requantize(cx, body, len - 2); break;
         default: rc = EDGEQ_E_OPCODE; break;
         }
         edgeq_threads = threads;

@@ -64,6 +64,7 @@ extern "C" {
 #define EDGEQ_OP_CONV_TRANSPOSE 14
 #define EDGEQ_OP_RESIZE 15
 #define EDGEQ_OP_LAYER_NORM 16
+#define EDGEQ_OP_REQUANTIZE 17
 
 /* ---- Fixed-point helpers (runtimes/fixedpoint.py) ------------------------------------------------ */
 
@@ -136,6 +137,14 @@ void edgeq_conv(const int8_t *x, const int8_t *w, const int32_t *bias, const int
                 int32_t sh, int32_t sw, int32_t pt, int32_t pl, int32_t dh, int32_t dw, int32_t group,
                 int32_t x_zp, int32_t y_zp, int32_t act_min, int32_t act_max);
 
+/* edgeq_conv for int8 or int16 activations (x_bits, y_bits: 8 or 16; TFLite's 16x8 scheme): int16
+ * tensors are int16_t arrays, clamps lie in the output type's range; a fused table needs y_bits == 8. */
+void edgeq_conv_wide(const void *x, int32_t x_bits, const int8_t *w, const int32_t *bias, const int32_t *mult,
+                     const int32_t *shift, const int8_t *lut, void *y, int32_t y_bits,
+                     int32_t C, int32_t H, int32_t W, int32_t OC, int32_t OH, int32_t OW, int32_t KH, int32_t KW,
+                     int32_t sh, int32_t sw, int32_t pt, int32_t pl, int32_t dh, int32_t dw, int32_t group,
+                     int32_t x_zp, int32_t y_zp, int32_t act_min, int32_t act_max);
+
 /* Fully connected: y[o] = requant(sum_k w[o, k] * (x[k] - x_zp) + bias[o]) (reference.fully_connected). */
 void edgeq_fc(const int8_t *x, const int8_t *w, const int32_t *bias, const int32_t *mult,
               const int32_t *shift, const int8_t *lut, int8_t *y, int32_t K, int32_t OC,
@@ -155,6 +164,14 @@ void edgeq_mul(const int8_t *a, const int8_t *b, const int8_t *lut, int8_t *y, c
 
 /* y[i] = table[x[i] + 128]. */
 void edgeq_lut(const int8_t *x, const int8_t *table, int8_t *y, int32_t count);
+
+/* Tables for any widths (reference.lut): int8 x reads 256 entries of y's type; int16 x interpolates
+ * between 513 int16 samples. */
+void edgeq_lut_wide(const void *x, int32_t x_bits, const void *table, void *y, int32_t y_bits, int32_t count);
+
+/* y = clip(mbqm(x - x_zp, mult, shift) + y_zp) between int8 and int16 tensors (reference.requantize). */
+void edgeq_requantize(const void *x, int32_t x_bits, void *y, int32_t y_bits, int32_t count, int32_t x_zp,
+                      int32_t y_zp, int32_t mult, int32_t shift);
 
 /* Max pool; padded taps never win, an all-padding window yields act_min. */
 void edgeq_maxpool(const int8_t *x, int8_t *y, int32_t C, int32_t H, int32_t W, int32_t OH, int32_t OW,
