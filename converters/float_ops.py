@@ -284,6 +284,82 @@ FLOAT_OPS: dict[str, Callable[[Node, list[np.ndarray]], np.ndarray]] = {
 }
 
 
+def _window_out(size: int, lo: int, hi: int, kernel: int, stride: int, dilation: int) -> int:
+    """Output length of a sliding window, as conv/_windows compute it (an empty window is an error)."""
+    span = size + lo + hi - (kernel - 1) * dilation - 1
+    if span < 0:
+        raise ValueError(f"kernel {kernel} (dilation {dilation}) is larger than the padded input {size + lo + hi}")
+    return span // stride + 1
+
+
+def _pooled_shape(x: np.ndarray, kernel, strides, pads, dilations) -> tuple[int, ...]:
+    pt, pl, pb, pr = pads
+    n, c, h, w = x.shape
+    return (n, c, _window_out(h, pt, pb, kernel[0], strides[0], dilations[0]),
+            _window_out(w, pl, pr, kernel[1], strides[1], dilations[1]))
+
+
+def _conv_shape(n: Node, xs: list[np.ndarray]) -> tuple[tuple[int, ...], np.dtype]:
+    x, w, a = xs[0], xs[1], n.attrs
+    if x.ndim != 4 or x.shape[1] != w.shape[1] * a["group"] or w.shape[0] % a["group"]:
+        raise ValueError(f"input {x.shape} does not match weights {w.shape} in {a['group']} groups")
+    _, _, oh, ow = _pooled_shape(x, w.shape[2:], a["strides"], a["pads"], a["dilations"])
+    return (x.shape[0], w.shape[0], oh, ow), np.dtype(np.float32)
+
+
+def _conv_transpose_shape(n: Node, xs: list[np.ndarray]) -> tuple[tuple[int, ...], np.dtype]:
+    x, w, a = xs[0], xs[1], n.attrs
+    if x.ndim != 4 or x.shape[1] != w.shape[1] * a["group"] or w.shape[0] % a["group"]:
+        raise ValueError(f"input {x.shape} does not match weights {w.shape} in {a['group']} groups")
+    return (x.shape[0], w.shape[0], *a["out"]), np.dtype(np.float32)
+
+
+def _matmul_shape(a: np.ndarray, b: np.ndarray) -> tuple[int, ...]:
+    if a.ndim < 2 or b.ndim < 2:  # vector operands: rare and small, numpy's own rules decide
+        return np.matmul(a, b).shape
+    if a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"matmul: {a.shape} and {b.shape} do not match")
+    return np.broadcast_shapes(a.shape[:-2], b.shape[:-2]) + (a.shape[-2], b.shape[-1])
+
+
+def _fc_shape(n: Node, xs: list[np.ndarray]) -> tuple[tuple[int, ...], np.dtype]:
+    shape = _matmul_shape(xs[0], xs[1].T)
+    if len(xs) > 2:
+        shape = np.broadcast_shapes(shape, xs[2].shape)
+    return shape, np.dtype(np.float32)
+
+
+# Output shape and dtype of the ops whose float evaluation is costly (every multiply-accumulate of a
+# convolution), exactly as FLOAT_OPS would produce them: infer_shapes runs these as shape rules only.
+SHAPE_RULES: dict[str, Callable[[Node, list[np.ndarray]], tuple[tuple[int, ...], np.dtype]]] = {
+    "Conv": _conv_shape,
+    "ConvTranspose": _conv_transpose_shape,
+    "FullyConnected": _fc_shape,
+    "MatMul": lambda n, xs: (_matmul_shape(xs[0], xs[1]), np.dtype(np.float32)),
+    "MaxPool": lambda n, xs: (_pooled_shape(xs[0], n.attrs["kernel"], n.attrs["strides"], n.attrs["pads"],
+                                            n.attrs["dilations"]), xs[0].dtype),
+    "AveragePool": lambda n, xs: (_pooled_shape(xs[0], n.attrs["kernel"], n.attrs["strides"], n.attrs["pads"],
+                                                (1, 1)), np.dtype(np.float32)),
+    "Resize": lambda n, xs: (xs[0].shape[:2] + tuple(n.attrs["size"]), np.dtype(np.float32)),
+}
+
+
+def run_shapes(nodes: list[Node], values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Like run_float, for shapes: the ops of SHAPE_RULES yield zeros of their output shape instead of
+    being computed (np.zeros is lazily zeroed memory, so a 640x640 map costs no arithmetic). Every other
+    op is evaluated, so shape arithmetic (Shape -> Gather -> Concat -> Reshape) sees the real shapes.
+    Only shapes and dtypes of the results are meaningful."""
+    for node in nodes:
+        xs = [values[i] for i in node.inputs if i]
+        rule = SHAPE_RULES.get(node.op)
+        if rule is None:
+            values[node.outputs[0]] = FLOAT_OPS[node.op](node, xs)
+        else:
+            shape, dtype = rule(node, xs)
+            values[node.outputs[0]] = np.zeros(shape, dtype)
+    return values
+
+
 def run_float(nodes: list[Node], values: dict[str, np.ndarray], keep: Callable[[str], bool] | None = None,
               observe: Callable[[str, np.ndarray], None] | None = None) -> dict[str, np.ndarray]:
     """Evaluate ``nodes`` in order on ``values`` (inputs and constants); returns the values dict.

@@ -175,6 +175,8 @@ class _Importer:
         self.graph = Graph([], {}, list(self.input_names), [o.name for o in model.graph.output],
                            dynamic_batch=self.dynamic)
         self.alias: dict[str, str] = {}
+        self._values: dict[str, np.ndarray] = {}  # _run_prefix's shape run so far
+        self._done = 0  # nodes of self.graph.nodes already in _values
 
     def name(self, t: str) -> str:
         while t in self.alias:
@@ -191,15 +193,19 @@ class _Importer:
         return s
 
     def _run_prefix(self) -> None:
-        """Shapes ONNX inference left unknown (e.g. behind Shape -> Cast -> Concat): run the float graph
-        imported so far once on zeros (every input dimension is fixed by now) and record every shape."""
-        from .float_ops import run_float
-        values = dict(self.graph.consts)
-        values.update({n: np.zeros(self.graph.tensors[n].shape, np.float32) for n in self.input_names})
+        """Shapes ONNX inference left unknown (e.g. behind Shape -> Cast -> Concat): shape-run the nodes
+        imported since the last call (every input dimension is fixed by now) and record every shape. The
+        values are kept, so each node is evaluated once however many shapes are asked for."""
+        from .float_ops import run_shapes
+        values = self._values
+        if not values:
+            values.update({n: np.zeros(self.graph.tensors[n].shape, np.float32) for n in self.input_names})
+        values.update(self.graph.consts)  # Constant nodes imported since add constants
         try:
-            run_float(self.graph.nodes, values)
+            run_shapes(self.graph.nodes[self._done:], values)
         except Exception as e:  # noqa: BLE001 - numpy names the mismatch
             raise ModelError(f"cannot infer shapes of the imported graph: {e}") from None
+        self._done = len(self.graph.nodes)
         for k, v in values.items():
             self.shapes[k] = tuple(np.shape(v))
 

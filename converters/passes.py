@@ -13,7 +13,7 @@ import numpy as np
 
 from edgeq.errors import ModelError
 from edgeq.ir import Graph, Node, Tensor
-from .float_ops import ACTIVATIONS, FLOAT_OPS, run_float
+from .float_ops import ACTIVATIONS, FLOAT_OPS, run_shapes
 from .lower_ops import lower_standalone_ops, unary_tables
 
 FUSABLE_PRODUCERS = ("Conv", "ConvTranspose", "FullyConnected", "Add")
@@ -35,12 +35,13 @@ def fold_constants(g: Graph) -> None:
 
 
 def infer_shapes(g: Graph) -> None:
-    """Run the float graph once at batch 1 on zeros to record every tensor's shape and dtype."""
+    """Record every tensor's shape and dtype from one shape run of the graph at batch 1 on zeros
+    (float_ops.run_shapes: convolutions and the like by shape rules, the cheap ops evaluated)."""
     values = dict(g.consts)
     values.update({n: np.zeros(g.tensors[n].shape, dtype=np.float32) for n in g.inputs})
     for node in g.nodes:
         try:
-            run_float([node], values)
+            run_shapes([node], values)
         except Exception as e:  # noqa: BLE001 - numpy's error names the mismatch
             raise ModelError(f"{node.op} node '{node.name}' cannot run on its input shapes: {e}") from None
         out = values[node.outputs[0]]
@@ -373,10 +374,11 @@ def fuse_unary_chains(g: Graph) -> None:
         i += 1
 
 
-def pixel_shuffle_conv_transpose(g: Graph) -> None:
+def pixel_shuffle_conv_transpose(g: Graph) -> bool:
     """ConvTranspose whose kernel equals its stride (no overlap, no padding: the usual 2x upsampler) is a
     1x1 Conv with OC*KH*KW outputs followed by a depth-to-space permutation: the fast pointwise kernels do
-    the arithmetic and the permutation is a reshape/transpose (an integer gather)."""
+    the arithmetic and the permutation is a reshape/transpose (an integer gather). Returns whether the
+    graph changed (its new tensors then need infer_shapes)."""
     changed = False
     for ct in [n for n in g.nodes if n.op == "ConvTranspose"]:
         a = ct.attrs
@@ -402,8 +404,7 @@ def pixel_shuffle_conv_transpose(g: Graph) -> None:
                Node("Reshape", ct.name + "_merge", [moved], list(ct.outputs), {"shape": [n, oc, h * kh, wd * kw]})]
         _splice(g, ct, new)
         changed = True
-    if changed:
-        infer_shapes(g)
+    return changed
 
 
 def _splice(g: Graph, old: Node, new: list[Node]) -> None:
@@ -416,10 +417,11 @@ def _splice(g: Graph, old: Node, new: list[Node]) -> None:
     g.nodes[i: i + 1] = new
 
 
-def sequence_linear_as_conv(g: Graph) -> None:
+def sequence_linear_as_conv(g: Graph) -> bool:
     """A Linear layer over a sequence [N, T, K] runs as a 1x1 convolution over T pixels between two
     transposes: the pointwise kernels (VNNI, blocked, threaded) do the arithmetic; the transposes are
-    cheap gathers next to T * K * OC multiply-accumulates."""
+    cheap gathers next to T * K * OC multiply-accumulates. Returns whether the graph changed (its new
+    tensors then need infer_shapes)."""
     changed = False
     for fc in [n for n in g.nodes if n.op == "FullyConnected" and len(g.tensors[n.inputs[0]].shape) == 3]:
         n, t, k = g.tensors[fc.inputs[0]].shape
@@ -440,8 +442,7 @@ def sequence_linear_as_conv(g: Graph) -> None:
                Node("Transpose", fc.name + "_out", [names[3]], list(fc.outputs), {"perm": [0, 2, 1]})]
         _splice(g, fc, new)
         changed = True
-    if changed:
-        infer_shapes(g)
+    return changed
 
 
 def run_passes(g: Graph) -> Graph:
@@ -464,7 +465,8 @@ def run_passes(g: Graph) -> Graph:
     fuse_activations(g)
     fuse_unary_chains(g)
     unary_tables(g)
-    pixel_shuffle_conv_transpose(g)
-    sequence_linear_as_conv(g)
+    # Neither rewrite reads a shape the other leaves as a placeholder: one shape run serves both.
+    if pixel_shuffle_conv_transpose(g) | sequence_linear_as_conv(g):
+        infer_shapes(g)
     g.prune()
     return g
