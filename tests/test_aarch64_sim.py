@@ -23,11 +23,14 @@ from edgeq.runtimes.executor import Executor, quantize
 from edgeq.sample import load_sample
 from test_c_sanitize import make_cases
 from test_mcu import _single_op_bundle, _zoo
+from test_mixed_precision import _wide_range_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "apps" / "ocr"))
 import synth  # noqa: E402
 
-CASES = make_cases(seed=11)
+# The C export takes int8 inputs and outputs; int16 kernels are covered inside models (test below).
+CASES = [(g, acts) for g, acts in make_cases(seed=11)
+         if all(g.tensors[k].dtype == "int8" for k in (*g.inputs, *g.outputs))]
 
 
 def _reference_q(path: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -60,6 +63,16 @@ def test_random_convnets_bit_exact_under_qemu_aarch64(seed, tmp_path):
     report = _assert_bit_exact(path, inputs)
     assert report["samples"] == 5 and report["emulator"] == "qemu-aarch64 -cpu cortex-a76"
     assert report["compiler_warnings"] == []
+
+
+def test_int16_layers_bit_exact_under_qemu_aarch64(tmp_path):
+    """A model whose mixed-precision conversion makes tensors int16 (16x8 convs, int16 tables)."""
+    x = np.random.default_rng(0).standard_normal((6, 4, 6, 6)).astype(np.float32)
+    path = tmp_path / "mixed.edgeq"
+    r = edgeq.convert(_wide_range_model(), device="rpi5", output=path, calib=x, calib_method="minmax",
+                      progress=False, mixed_precision="auto", int16_budget="100%")
+    assert r.report["mixed_precision"]["int16_tensors"]
+    _assert_bit_exact(path, {"x": x})
 
 
 def test_sample_on_the_npu_profiles_cpu_side(tmp_path):
