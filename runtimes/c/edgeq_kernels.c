@@ -2171,7 +2171,8 @@ static int conv_pointwise(const conv_t *a)
  * One body for int8 and int16 inputs and outputs (TFLite's 16x8 layers, chosen by mixed precision), and
  * the int8 path's last resort when no scratch budget fits: blocks of up to EDGEQ_ROWS_OCB output channels
  * of one group share each input row, rows of up to EDGEQ_CHUNK outputs accumulate tap by tap in ACC,
- * which is int32 only where K * 128 * max|x - x_zp| provably fits (conv_rows picks), else int64. */
+ * which is int32 only where K * 128 * max|x - x_zp| provably fits (conv_rows picks), else int64. With
+ * AVX-512 VNNI the int32 1x1 case (int16 x with x_zp == 0, or int8 x) sums channel pairs with vpdpwssd. */
 #define EDGEQ_ROWS_OCB 4
 
 #if EDGEQ_AVX512 && defined(__AVX512VNNI__)
