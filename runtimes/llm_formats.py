@@ -185,17 +185,6 @@ def encode(values: np.ndarray, d: np.ndarray, m: np.ndarray | None, fmt_name: st
     return out
 
 
-def pack(w: np.ndarray, fmt_name: str, tensor: str = "weight") -> dict[str, np.ndarray]:
-    """Quantize a float matrix ``w[rows, cols]`` into format ``fmt_name`` without calibration data:
-    ``{"q", "d"[, "m"]}``. Raises ModelError (naming ``tensor``) for matrices the format cannot hold.
-
-    The fitting lives with the converter (``edgeq.converters.llm_quantize``, imported only when called):
-    the runtime itself never quantizes weights.
-    """
-    from edgeq.converters.llm_quantize import quantize_matrix
-    return quantize_matrix(w, fmt_name, tensor=tensor)
-
-
 def plane_values(packed: dict[str, np.ndarray], fmt_name: str) -> np.ndarray:
     """The integer plane values ``[planes, rows, cols]`` int8 of a packed matrix."""
     fmt = get_format(fmt_name)

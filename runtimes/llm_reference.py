@@ -52,7 +52,7 @@ class LLMConfig:
 
 @dataclass
 class Matrix:
-    """A packed weight matrix: its format name and arrays (``q``, ``d``[, ``m``]) from llm_formats.pack."""
+    """A packed weight matrix: its format name and arrays (``q``, ``d``[, ``m``]) from the converter (edgeq.converters.llm_quantize.quantize_matrix)."""
 
     fmt: str
     rows: int

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeq.runtimes import llm_formats
+from edgeq.converters.llm_quantize import quantize_matrix
 from edgeq.runtimes.llm_reference import LLMConfig, LLMWeights, Matrix, matrix_shapes
 
 
@@ -44,7 +44,7 @@ def packed_weights(c: LLMConfig, scheme: str, seed: int = 0) -> LLMWeights:
     for name, w in t.items():
         if w.ndim == 2:
             fmt = "int8" if name == "token_embd" else scheme
-            mats[name] = Matrix(fmt, *w.shape, llm_formats.pack(w, fmt, name))
+            mats[name] = Matrix(fmt, *w.shape, quantize_matrix(w, fmt, tensor=name))
         else:
             norms[name] = w
     return LLMWeights(c, mats, norms)

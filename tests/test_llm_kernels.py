@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings, strategies as st
 
 from edgeq.errors import InputError, ModelError
+from edgeq.converters.llm_quantize import quantize_matrix
 from edgeq.runtimes import llm_c, llm_formats, llm_numba
 from edgeq.runtimes.llm_reference import LLMConfig, Matrix, ReferenceDecoder, dot8, exp_f32
 from llm_util import packed_weights, tiny_config
@@ -36,7 +37,7 @@ def _acts(rng: np.random.Generator, n: int, cols: int) -> np.ndarray:
 def test_pack_layout_round_trip_and_error(fmt):
     rng = np.random.default_rng(1)
     w = rng.standard_normal((32, 192)).astype(np.float32) * 0.05
-    p = llm_formats.pack(w, fmt)
+    p = quantize_matrix(w, fmt)
     f = llm_formats.FORMATS[fmt]
     v = llm_formats.plane_values(p, fmt)
     assert v.shape == (f.planes, 32, 192) and v.min() >= f.vmin and v.max() <= f.vmax
@@ -56,17 +57,17 @@ def test_fitted_scales_beat_plain_rounding():
     s = (hi - lo) / 3
     uniform = np.rint((g - lo) / s) * s + lo
     err_uniform = np.mean((uniform - g) ** 2)
-    err_lut2 = np.mean((llm_formats.unpack(llm_formats.pack(w, "lut2"), "lut2") - w) ** 2)
+    err_lut2 = np.mean((llm_formats.unpack(quantize_matrix(w, "lut2"), "lut2") - w) ** 2)
     assert err_lut2 < 0.9 * err_uniform
 
 
 def test_pack_rejects_bad_matrices():
     with pytest.raises(ModelError, match="blk.0.attn_q.*multiple"):
-        llm_formats.pack(np.zeros((4, 48), np.float32), "ternary", "blk.0.attn_q")
+        quantize_matrix(np.zeros((4, 48), np.float32), "ternary", "blk.0.attn_q")
     with pytest.raises(ModelError, match="NaN"):
-        llm_formats.pack(np.full((4, 64), np.nan, np.float32), "int8", "w")
+        quantize_matrix(np.full((4, 64), np.nan, np.float32), "int8", "w")
     with pytest.raises(ModelError, match="unknown weight format"):
-        llm_formats.pack(np.zeros((4, 64), np.float32), "int3")
+        quantize_matrix(np.zeros((4, 64), np.float32), "int3")
 
 
 def test_exp_f32_accuracy():
@@ -90,7 +91,7 @@ def test_matvec_c_and_numba_bit_exact(fmt, rows, blocks, n, seed):
     rng = np.random.default_rng(seed)
     group = llm_formats.FORMATS[fmt].group or 32
     cols = 32 * blocks // group * group or group
-    m = Matrix(fmt, rows, cols, llm_formats.pack(_weights(rng, rows, cols), fmt))
+    m = Matrix(fmt, rows, cols, quantize_matrix(_weights(rng, rows, tensor=cols), fmt))
     xq, xs = llm_formats.quantize_act(_acts(rng, n, cols))
     want = llm_formats.matvec(m.arrays, fmt, xq, xs)
     for got in (llm_c.matvec(m, xq, xs), llm_numba.matvec(m, xq, xs)):
@@ -115,7 +116,7 @@ def test_matvec_float_combination_matches_dequantized_product():
     rng = np.random.default_rng(3)
     for fmt in FORMATS:
         w = _weights(rng, 24, 128)
-        p = llm_formats.pack(w, fmt)
+        p = quantize_matrix(w, fmt)
         xq, xs = llm_formats.quantize_act(_acts(rng, 3, 128))
         y = llm_formats.matvec(p, fmt, xq, xs)
         ref = (xq * np.repeat(xs, 32, axis=1)).astype(np.float64) @ llm_formats.unpack(p, fmt).T.astype(np.float64)

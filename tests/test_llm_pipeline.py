@@ -15,6 +15,7 @@ import pytest
 import edgeq
 from edgeq.bundle import encode_container, read_container, write_atomic
 from edgeq.errors import BundleError, ModelError
+from edgeq.converters.llm_quantize import quantize_matrix
 from edgeq.runtimes import llm_formats
 from llm_util import smollm2_path, tiny_config, write_tiny_gguf
 
@@ -70,7 +71,7 @@ def test_import_dequantizes_quantized_sources(tmp_path):
     t = g.tensors["blk.1.ffn_down"]
     want = gguf.quants.dequantize(t.data, t.tensor_type)
     assert np.array_equal(g.load("blk.1.ffn_down"), want) and want.shape == (64, 128)
-    w = llm_formats.unpack(llm_formats.pack(want, "int8"), "int8")
+    w = llm_formats.unpack(quantize_matrix(want, "int8"), "int8")
     assert np.abs(w - want).max() <= np.abs(want).max(1).max() / 127
 
 

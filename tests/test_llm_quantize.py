@@ -111,7 +111,7 @@ def test_refined_fits_beat_the_base_methods():
     g = w.reshape(-1, 64)
 
     def err(fmt: str) -> float:
-        return float(np.sum((llm_formats.unpack(llm_formats.pack(w, fmt), fmt) - w) ** 2))
+        return float(np.sum((llm_formats.unpack(llm_quantize.quantize_matrix(w, fmt), fmt) - w) ** 2))
 
     def ternary(x: np.ndarray) -> np.ndarray:
         d = np.abs(x).mean(1, keepdims=True)
