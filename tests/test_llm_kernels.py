@@ -63,9 +63,9 @@ def test_fitted_scales_beat_plain_rounding():
 
 def test_pack_rejects_bad_matrices():
     with pytest.raises(ModelError, match="blk.0.attn_q.*multiple"):
-        quantize_matrix(np.zeros((4, 48), np.float32), "ternary", "blk.0.attn_q")
+        quantize_matrix(np.zeros((4, 48), np.float32), "ternary", tensor="blk.0.attn_q")
     with pytest.raises(ModelError, match="NaN"):
-        quantize_matrix(np.full((4, 64), np.nan, np.float32), "int8", "w")
+        quantize_matrix(np.full((4, 64), np.nan, np.float32), "int8", tensor="w")
     with pytest.raises(ModelError, match="unknown weight format"):
         quantize_matrix(np.zeros((4, 64), np.float32), "int3")
 
@@ -91,7 +91,7 @@ def test_matvec_c_and_numba_bit_exact(fmt, rows, blocks, n, seed):
     rng = np.random.default_rng(seed)
     group = llm_formats.FORMATS[fmt].group or 32
     cols = 32 * blocks // group * group or group
-    m = Matrix(fmt, rows, cols, quantize_matrix(_weights(rng, rows, tensor=cols), fmt))
+    m = Matrix(fmt, rows, cols, quantize_matrix(_weights(rng, rows, cols), fmt))
     xq, xs = llm_formats.quantize_act(_acts(rng, n, cols))
     want = llm_formats.matvec(m.arrays, fmt, xq, xs)
     for got in (llm_c.matvec(m, xq, xs), llm_numba.matvec(m, xq, xs)):
