@@ -2171,84 +2171,11 @@ static int conv_pointwise(const conv_t *a)
  * One body for int8 and int16 inputs and outputs (TFLite's 16x8 layers, chosen by mixed precision), and
  * the int8 path's last resort when no scratch budget fits: blocks of up to EDGEQ_ROWS_OCB output channels
  * of one group share each input row, rows of up to EDGEQ_CHUNK outputs accumulate tap by tap in ACC,
- * which is int32 only where K * 128 * max|x - x_zp| provably fits (conv_rows picks), else int64. With
- * AVX-512 VNNI the int32 1x1 case (int16 x with x_zp == 0, or int8 x) sums channel pairs with vpdpwssd. */
+ * which is int32 only where K * 128 * max|x - x_zp| provably fits (conv_rows picks), else int64. */
 #define EDGEQ_ROWS_OCB 4
 
-#if EDGEQ_AVX512 && defined(__AVX512VNNI__)
-#define EDGEQ_PAIRS16 1
-/* Input channels pairs16_chunk takes (a 1x1 convolution's K): a bound for its stack copy of the weights. */
-#define EDGEQ_PAIRS16_MAX_C 512
-/* The weights of output channels oc0 .. oc0 + nb - 1 (zeros past nb) for pairs16_chunk: per pair of input
- * channels, per channel of the block, the two int8 weights widened to int16 and packed into one int32
- * (low half the even channel), the operand layout of vpdpwssd. */
-static void pairs16_weights(const conv_t *a, int32_t oc0, int32_t nb, int32_t *wq)
-{
-    int32_t p, j;
-    for (p = 0; p < (a->cg + 1) / 2; p++)
-        for (j = 0; j < EDGEQ_ROWS_OCB; j++) {
-            const int8_t *w = a->w + (int64_t)(oc0 + j) * a->K;
-            const int32_t w0 = j < nb ? w[2 * p] : 0, w1 = j < nb && 2 * p + 1 < a->cg ? w[2 * p + 1] : 0;
-            wq[p * EDGEQ_ROWS_OCB + j] = (int32_t)(((uint32_t)(uint16_t)w1 << 16) | (uint16_t)w0);
-        }
-}
-
-/* Positions q .. q + 31 (mask k) of one input row as int16 x - x_zp: int16 x has x_zp == 0 (checked by
- * conv_rows), int8 x minus its zero point fits int16. */
-static EDGEQ_ALWAYS_INLINE __m512i pairs16_load(const void *x, int32_t x_bits, int64_t q, __mmask32 k, __m512i zp)
-{
-    if (x_bits == 16)
-        return _mm512_maskz_loadu_epi16(k, (const int16_t *)x + q);
-    return _mm512_sub_epi16(_mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(k, (const int8_t *)x + q)), zp);
-}
-
-/* acc[j][i] = sum over channels c of w[j][c] * (x[c][ow0 + i] - x_zp), i < n, for a 1x1 convolution whose
- * sum provably fits int32 (so vpdpwssd's wrapping adds are exact): 32 positions at a time in 8 register
- * accumulators, channels in pairs interleaved by unpacklo/hi (positions 8L..8L+3 and 8L+4..8L+7 of each
- * 128-bit lane L), put back in order at the end. Lanes past n hold junk nobody requantizes. */
-static void pairs16_chunk(int32_t (*acc)[EDGEQ_CHUNK], const int32_t *wq, const void *x, int32_t x_bits,
-                          int32_t x_zp, int64_t plane, int32_t cg, int32_t ow0, int32_t n)
-{
-    const __m512i first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
-    const __m512i second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
-    const __m512i zp = _mm512_set1_epi16((int16_t)x_zp);
-    int32_t i, c, j;
-    for (i = 0; i < n; i += 32) {
-        const __mmask32 k = n - i >= 32 ? (__mmask32)0xFFFFFFFFu : (__mmask32)((1u << (n - i)) - 1u);
-        const int64_t q = (int64_t)ow0 + i;
-        __m512i lo[EDGEQ_ROWS_OCB], hi[EDGEQ_ROWS_OCB];
-        for (j = 0; j < EDGEQ_ROWS_OCB; j++)
-            lo[j] = hi[j] = _mm512_setzero_si512();
-        for (c = 0; c < cg; c += 2) {
-            /* an odd last channel pairs with zeros (its partner's weight is 0 too) */
-            const __m512i x0 = pairs16_load(x, x_bits, q + (int64_t)c * plane, k, zp);
-            const __m512i x1 = c + 1 < cg ? pairs16_load(x, x_bits, q + (int64_t)(c + 1) * plane, k, zp)
-                                          : _mm512_setzero_si512();
-            const __m512i xl = _mm512_unpacklo_epi16(x0, x1), xh = _mm512_unpackhi_epi16(x0, x1);
-            const int32_t *w = wq + (int64_t)(c / 2) * EDGEQ_ROWS_OCB;
-            for (j = 0; j < EDGEQ_ROWS_OCB; j++) {
-                const __m512i wv = _mm512_set1_epi32(w[j]);
-                lo[j] = _mm512_dpwssd_epi32(lo[j], xl, wv);
-                hi[j] = _mm512_dpwssd_epi32(hi[j], xh, wv);
-            }
-        }
-        /* i + 32 <= EDGEQ_CHUNK: whole stores stay inside acc */
-        for (j = 0; j < EDGEQ_ROWS_OCB; j++) {
-            _mm512_storeu_si512(acc[j] + i, _mm512_permutex2var_epi32(lo[j], first, hi[j]));
-            _mm512_storeu_si512(acc[j] + i + 16, _mm512_permutex2var_epi32(lo[j], second, hi[j]));
-        }
-    }
-}
-#else
-#define EDGEQ_PAIRS16 0
-#define EDGEQ_PAIRS16_MAX_C 2
-/* never reached: conv_rows passes pairs = 0 */
-#define pairs16_weights(a, oc0, nb, wq) ((void)(wq))
-#define pairs16_chunk(acc, wq, x, x_bits, x_zp, plane, cg, ow0, n) ((void)0)
-#endif
-
 #define EDGEQ_CONV_ROWS(NAME, XT, YT, ACC)                                                                   \
-    static void NAME(const conv_t *a, const XT *x, YT *y, int pairs)                                         \
+    static void NAME(const conv_t *a, const XT *x, YT *y)                                                    \
     {                                                                                                        \
         const int32_t per_group = (a->ocg + EDGEQ_ROWS_OCB - 1) / EDGEQ_ROWS_OCB;                            \
         int32_t job;                                                                                         \
@@ -2258,19 +2185,12 @@ static void pairs16_chunk(int32_t (*acc)[EDGEQ_CHUNK], const int32_t *wq, const 
             const int32_t nb = min_i32(EDGEQ_ROWS_OCB, (g + 1) * a->ocg - oc0);                              \
             const XT *xg = x + (int64_t)g * a->cg * a->H * a->W;                                             \
             const int8_t *wo = a->w + (int64_t)oc0 * a->K;                                                   \
-            int32_t oh, ow0, wq[EDGEQ_PAIRS16_MAX_C / 2 * EDGEQ_ROWS_OCB];                                   \
-            if (pairs)                                                                                       \
-                pairs16_weights(a, oc0, nb, wq);                                                             \
+            int32_t oh, ow0;                                                                                 \
             for (oh = 0; oh < a->OH; oh++) {                                                                 \
                 for (ow0 = 0; ow0 < a->OW; ow0 += EDGEQ_CHUNK) {                                             \
                     const int32_t n = min_i32(EDGEQ_CHUNK, a->OW - ow0);                                     \
                     ACC acc[EDGEQ_ROWS_OCB][EDGEQ_CHUNK];                                                    \
                     int32_t c, kh, kw, i, j;                                                                 \
-                    if (pairs) { /* 1x1 (one long row), int32 sums: vpdpwssd */                              \
-                        pairs16_chunk((int32_t(*)[EDGEQ_CHUNK])(void *)acc, wq, xg, (int32_t)sizeof(XT) * 8,  \
-                                      a->x_zp, (int64_t)a->H * a->W, a->cg, ow0, n);                         \
-                        goto requantize;                                                                     \
-                    }                                                                                        \
                     for (j = 0; j < nb; j++)                                                                 \
                         for (i = 0; i < n; i++)                                                              \
                             acc[j][i] = 0;                                                                   \
@@ -2310,7 +2230,6 @@ static void pairs16_chunk(int32_t (*acc)[EDGEQ_CHUNK], const int32_t *wq, const 
                             }                                                                                \
                         }                                                                                    \
                     }                                                                                        \
-                requantize:                                                                                  \
                     for (j = 0; j < nb; j++) {                                                               \
                         const requant_t q = conv_requant(a, oc0 + j);                                        \
                         YT *yr = y + ((int64_t)(oc0 + j) * a->OH + oh) * a->OW + ow0;                        \
@@ -2347,20 +2266,17 @@ static void conv_rows(const conv_t *c, const void *x, int32_t x_bits, void *y, i
     const int narrow = (int64_t)c->K * 128 * dx <= INT32_MAX;
     conv_t flat = *c;
     const conv_t *a = &flat;
-    int pairs = 0; /* whether the vpdpwssd path (pairs16_chunk) applies */
     if (c->KH == 1 && c->KW == 1 && c->sh == 1 && c->sw == 1 && c->pt == 0 && c->pl == 0 && c->OH == c->H &&
         c->OW == c->W && (int64_t)c->H * c->W <= INT32_MAX) {
         flat.W = flat.OW = c->H * c->W;
         flat.H = flat.OH = 1;
-        pairs = EDGEQ_PAIRS16 && (x_bits == 8 || c->x_zp == 0) && narrow && c->cg >= 2 &&
-                c->cg <= EDGEQ_PAIRS16_MAX_C;
     }
 #define EDGEQ_CONV_PICK(XB, YB)                                                                              \
     if (x_bits == XB && y_bits == YB) {                                                                      \
         if (narrow)                                                                                          \
-            conv_rows_##XB##_##YB##_32(a, x, y, pairs);                                                      \
+            conv_rows_##XB##_##YB##_32(a, x, y);                                                             \
         else                                                                                                 \
-            conv_rows_##XB##_##YB##_64(a, x, y, 0);                                                          \
+            conv_rows_##XB##_##YB##_64(a, x, y);                                                             \
         return;                                                                                              \
     }
     EDGEQ_CONV_PICK(8, 8)
