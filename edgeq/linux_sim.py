@@ -27,7 +27,8 @@ from .bundle import LoadedBundle, read_bundle
 from .devices import DeviceProfile
 from .errors import ExportError, FirmwareError, ToolchainError
 from .export_c import MCU_CFLAGS, export_c, resolve_device
-from .mcu_sim import REPORT_LINE, SimResult, compile_project, find_tools, read_outputs, write_inputs
+from .mcu_sim import (REPORT_LINE, SimResult, compile_project, find_tools, read_outputs, run_emulated,
+                       write_inputs)
 from .runtimes.registry import node_macs
 
 __all__ = ["linux_device", "simulate_linux"]
@@ -79,12 +80,8 @@ def run_linux(exe: Path, device: DeviceProfile, workdir: Path, timeout: float = 
     if device.toolchain.emulator_cpu:
         cmd += ["-cpu", device.toolchain.emulator_cpu]
     cmd.append(str(exe))
-    try:
-        proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise FirmwareError(f"program for {device.id} did not finish within {timeout:g} s under qemu-aarch64 "
-                            f"(hung?)") from None
+    proc = run_emulated(cmd, workdir, timeout,
+                        f"program for {device.id} did not finish within {timeout:g} s under qemu-aarch64 (hung?)")
     if proc.returncode != 0:
         why = {3: "file I/O failed", 4: "edgeq_model_invoke returned an error"}.get(
             proc.returncode, (proc.stderr.strip() or proc.stdout.strip())[-300:] or "killed by a signal")

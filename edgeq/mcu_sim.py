@@ -39,8 +39,8 @@ from .export_c import (DEFAULT_STACK_BYTES, INSTALL_HINT, MCU_CFLAGS, MCU_LDFLAG
 from .runtimes.executor import Executor, dequantize, quantize
 from .runtimes.registry import node_macs
 
-__all__ = ["SimResult", "build_firmware", "elf_sizes", "read_outputs", "run_firmware", "simulate", "stack_bound",
-           "write_inputs"]
+__all__ = ["SimResult", "build_firmware", "elf_sizes", "read_outputs", "run_emulated", "run_firmware", "simulate",
+           "stack_bound", "write_inputs"]
 
 # Extra stack the static bound does not see: an exception frame with lazy FP state (up to 104 bytes on
 # v7E-M/v8.1-M), SysTick_Handler's frame, and library leaf calls (memcpy, memset, 64-bit division).
@@ -207,6 +207,16 @@ def elf_sizes(elf: Path, device: DeviceProfile) -> dict[str, int]:
     return {"text": text, "data": data, "bss": bss}
 
 
+def run_emulated(cmd: Sequence[str], workdir: Path, timeout: float, hung: str) -> subprocess.CompletedProcess:
+    """Run an emulator command in ``workdir`` (no stdin, output captured); ``hung`` is the one-line
+    FirmwareError raised when it outlives ``timeout`` seconds."""
+    try:
+        return subprocess.run(list(cmd), cwd=workdir, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise FirmwareError(hung) from None
+
+
 def run_firmware(elf: Path, device: DeviceProfile, workdir: Path, timeout: float = DEFAULT_TIMEOUT_S) -> str:
     """Run ``elf`` under qemu-system-arm in ``workdir`` (semihosting files are relative to it); return its
     console output. Raises :class:`FirmwareError` on a timeout, a fault or a non-zero exit status."""
@@ -217,12 +227,8 @@ def run_firmware(elf: Path, device: DeviceProfile, workdir: Path, timeout: float
     cmd = [_tools(device)["qemu"], "-M", machine, "-display", "none", "-serial", "null", "-monitor", "null",
            "-chardev", f"file,id=con,path={console}", "-semihosting-config", "enable=on,target=native,chardev=con",
            "-icount", "shift=0", "-kernel", str(elf)]
-    try:
-        proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise FirmwareError(f"firmware for {device.id} did not finish within {timeout:g} s under qemu-system-arm "
-                            f"-M {machine} (hung?); add `-d int,guest_errors` to the QEMU command to see faults") from None
+    proc = run_emulated(cmd, workdir, timeout, f"firmware for {device.id} did not finish within {timeout:g} s under "
+                        f"qemu-system-arm -M {machine} (hung?); add `-d int,guest_errors` to the QEMU command to see faults")
     out = console.read_text(errors="replace") if console.is_file() else ""
     if proc.returncode != 0:
         rc = re.search(r"^EDGEQ_RC \d+ (\d+)$", out, re.M)
