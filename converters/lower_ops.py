@@ -1,7 +1,7 @@
 """Float ops with no integer kernel of their own, rewritten into ops that have one (run by
 ``passes.run_passes`` after the pattern fusions, so LayerNorm and friends are already gone):
 
-- Pad (constant 0 on H/W) -> folded into the next Conv/MaxPool/AveragePool(count_include_pad) when that
+- Pad (constant 0 on H/W) -> folded into the next Conv or AveragePool(count_include_pad) when that
   is its only reader, else a depthwise 1x1 Conv with unit weights and those pads (a conv pads with the
   input's zero point, i.e. with real 0; unit weights at equal scales requantize exactly);
 - BatchNormalization that folds into no producer -> a depthwise 1x1 Conv (weights = scale, bias = shift);
