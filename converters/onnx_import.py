@@ -223,6 +223,7 @@ class _Importer:
                     raise ModelError(f"initializer '{init.name}' contains NaN or Inf")
                 arr = arr.astype(np.float32)
             g.add_const(init.name, arr)
+        g.metadata = {p.key: p.value for p in self.model.metadata_props}
         for node in self.model.graph.node:
             self.node(node)
         g.outputs = [self.name(o) for o in g.outputs]

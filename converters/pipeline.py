@@ -293,7 +293,7 @@ def convert(model: str | Path | bytes | None = None, device: str = "host", outpu
     name = "digits_cnn" if isinstance(model, Path) and sample else (Path(model).stem if not isinstance(model, bytes) else "model")
     out = Path(output) if output else Path(f"{name}.{profile.id}.edgeq")
     meta = {"device": profile.to_dict(), "scheme": scheme, "producer": {"name": "edgeq", "version": __version__},
-            "source": {"format": "onnx", "sha256": digest, "name": name},
+            "source": {"format": "onnx", "sha256": digest, "name": name, "metadata": fg.metadata},
             "calibration": {"method": method, "samples": int(next(iter(data.values())).shape[0])}}
     if chosen:
         meta["calibration"]["auto"] = chosen

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from .bundle import LoadedBundle, graph_bundle, read_container
-from .errors import InputError
+from .errors import BundleError, InputError
 from .runtimes.executor import Executor
 from .runtimes.planner import MemoryPlan
 from .runtimes.program import compile_program
@@ -45,6 +45,15 @@ class Bundle:
     def outputs(self) -> list[str]:
         """Output tensor names."""
         return list(self.graph.outputs)
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        """The source model's key/value metadata (e.g. ``character``, a recognizer's class list)."""
+        source = self.manifest.get("source")
+        meta = source.get("metadata", {}) if isinstance(source, dict) else None
+        if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in meta.items()):
+            raise BundleError(f"bad bundle '{self._loaded.path}': source metadata is not a map of strings")
+        return dict(meta)
 
     def executor(self, backend: str | None = None) -> Executor:
         """The (cached) executor for ``backend`` (default: the bundle's backend)."""

@@ -85,6 +85,9 @@ class Graph:
     outputs: list[str]
     consts: dict[str, np.ndarray] = field(default_factory=dict)
     dynamic_batch: bool = False
+    # The source model's key/value metadata (ONNX metadata_props), e.g. a recognizer's character list:
+    # it travels into the bundle so the device needs no copy of the source model.
+    metadata: dict[str, str] = field(default_factory=dict)
 
     def producers(self) -> dict[str, Node]:
         """Map tensor name -> the node that writes it."""

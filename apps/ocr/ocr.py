@@ -29,18 +29,23 @@ CLS_WIDTH = 192
 REC_WIDTH = 640      # page lines are long: a wider recognition input than rapidocr's 320 keeps them unsquashed
 
 
-def convert(out: Path, det_size: int = DET_SIZE) -> None:
-    """Convert the three models for the host with rendered calibration data."""
+def convert(out: Path, det_size: int = DET_SIZE, rec_width: int = REC_WIDTH, lines: int = 32, pages: int = 8,
+            mixed: bool = True, device: str = "host") -> None:
+    """Convert the three models with rendered calibration data; rec gets int16 activations where they
+    pay (mixed precision under the default 10% size budget) unless ``mixed`` is False."""
     import edgeq
     paths = synth.model_paths()
     out.mkdir(parents=True, exist_ok=True)
-    _, lines = synth.rec_lines(32, seed=2, width=REC_WIDTH, max_words=6)
-    pages = np.stack([synth.det_page(s, size=det_size)[0] for s in range(8)])
-    jobs = {"det": (pages, "auto"), "rec": (lines, "minmax"), "cls": (lines[:, :, :, :CLS_WIDTH], "auto")}
-    for name, (calib, method) in jobs.items():
-        r = edgeq.convert(paths[name], device="host", output=out / f"{name}.edgeq", calib=calib,
-                          calib_method=method, progress=False)
-        print(f"{name}: {r.path} ({r.report['bundle_bytes'] // 1024} KiB, calibration {r.report['calibration']})")
+    _, line_x = synth.rec_lines(lines, seed=2, width=rec_width, max_words=6)
+    page_x = np.stack([synth.det_page(s, size=det_size)[0] for s in range(pages)])
+    jobs = {"det": (page_x, "auto", "off"), "rec": (line_x, "percentile", "auto" if mixed else "off"),
+            "cls": (line_x[:, :, :, :CLS_WIDTH], "auto", "off")}
+    for name, (calib, method, precision) in jobs.items():
+        r = edgeq.convert(paths[name], device=device, output=out / f"{name}.edgeq", calib=calib,
+                          calib_method=method, mixed_precision=precision, progress=False)
+        wide = r.report.get("mixed_precision", {}).get("int16_tensors", [])
+        print(f"{name}: {r.path} ({r.report['bundle_bytes'] // 1024} KiB, calibration {r.report['calibration']['method']}"
+              f"{f', {len(wide)} tensors int16' if wide else ''})")
 
 
 def _components(mask: np.ndarray) -> list[tuple[int, int, int, int, int]]:
@@ -77,15 +82,32 @@ def text_boxes(prob: np.ndarray) -> list[tuple[int, int, int, int]]:
     return sorted(out, key=lambda b: (b[1] // 8, b[0]))
 
 
-class Reader:
-    """The three bundles and the glue between them."""
+class _FloatModel:
+    """An ONNX model in onnxruntime behind the bundle's run() interface (the fp32 comparison)."""
 
-    def __init__(self, bundles: Path, backend: str = "auto"):
+    def __init__(self, path: Path):
+        import onnxruntime as ort
+        self.session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        self.outputs = [o.name for o in self.session.get_outputs()]
+
+    def run(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        return dict(zip(self.outputs, self.session.run(None, {self.session.get_inputs()[0].name: x})))
+
+
+class Reader:
+    """The three bundles and the glue between them (or, with ``float_models``, the ONNX models in
+    onnxruntime at the bundles' input sizes)."""
+
+    def __init__(self, bundles: Path, backend: str = "auto", float_models: dict[str, Path] | None = None):
         import edgeq
         self.det, self.rec, self.cls = (edgeq.load(bundles / f"{k}.edgeq", backend=backend) for k in ("det", "rec", "cls"))
-        self.chars = synth.charset()
+        if "character" not in self.rec.metadata:
+            raise ValueError(f"{bundles / 'rec.edgeq'} carries no character list: convert it again")
+        self.chars = synth.ctc_classes(self.rec.metadata["character"])
         self.det_size = self.det.graph.tensors[self.det.inputs[0]].shape[2]
         self.rec_width = self.rec.graph.tensors[self.rec.inputs[0]].shape[3]
+        if float_models:
+            self.det, self.rec, self.cls = (_FloatModel(float_models[k]) for k in ("det", "rec", "cls"))
 
     def read(self, image: np.ndarray) -> list[tuple[tuple[int, int, int, int], str]]:
         """(box, text) for every line found in an RGB or grey uint8 image, top to bottom."""
@@ -111,16 +133,20 @@ def main(argv: list[str] | None = None) -> int:
     sub = ap.add_subparsers(dest="cmd", required=True)
     c = sub.add_parser("convert", help="convert the three models")
     c.add_argument("--out", type=Path, default=Path("ocr-bundles"))
+    c.add_argument("--device", default="host", help="device profile (host, rpi5, ...)")
+    c.add_argument("--int8-only", action="store_true", help="rec without int16 activations (mixed precision off)")
     r = sub.add_parser("read", help="read the text in an image")
     r.add_argument("image", type=Path)
     d = sub.add_parser("demo", help="render a page of text, read it, count the lines read exactly")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--pages", type=int, default=1, help="pages seed, seed+1, ...")
+    d.add_argument("--fp32", action="store_true", help="also read them with the float ONNX models (onnxruntime)")
     for p in (r, d):
         p.add_argument("--bundles", type=Path, default=Path("ocr-bundles"))
         p.add_argument("--backend", default="auto")
     args = ap.parse_args(argv)
     if args.cmd == "convert":
-        convert(args.out)
+        convert(args.out, mixed=not args.int8_only, device=args.device)
         return 0
     reader = Reader(args.bundles, args.backend)
     if args.cmd == "read":
@@ -132,12 +158,18 @@ def main(argv: list[str] | None = None) -> int:
         for box, text in reader.read(image):
             print(f"{box}\t{text}")
         return 0
-    image, _, texts = synth.render_page(args.seed)
-    found = [t for _, t in reader.read(image)]
-    for t in found:
-        print(t)
-    exact = sum(t in found for t in texts)
-    print(f"{exact} of {len(texts)} rendered lines read exactly")
+    readers = {"edgeq": reader}
+    if args.fp32:
+        readers["onnxruntime fp32"] = Reader(args.bundles, args.backend, float_models=synth.model_paths())
+    pages = [synth.render_page(seed) for seed in range(args.seed, args.seed + args.pages)]
+    for name, rd in readers.items():
+        exact = total = 0
+        for image, _, texts in pages:
+            found = [t for _, t in rd.read(image)]
+            if args.pages == 1 and name == "edgeq":
+                print("\n".join(found))
+            exact, total = exact + sum(t in found for t in texts), total + len(texts)
+        print(f"{name}: {exact} of {total} rendered lines read exactly")
     return 0
 
 

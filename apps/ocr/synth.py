@@ -103,12 +103,17 @@ def det_input(image: np.ndarray) -> np.ndarray:
     return x.transpose(2, 0, 1).astype(np.float32)
 
 
+def ctc_classes(character: str) -> list[str]:
+    """PP-OCR's recognition classes: blank, the lines of its ``character`` metadata, space."""
+    return ["blank"] + character.splitlines() + [" "]
+
+
 def charset(rec_model: str | Path | None = None) -> list[str]:
-    """The recognition model's classes: blank, the ``character`` list of its ONNX metadata, space."""
+    """The recognition classes from the ONNX model's metadata (a converted bundle carries the same
+    metadata: ``ctc_classes(bundle.metadata["character"])``)."""
     import onnx
     model = onnx.load(str(rec_model or model_paths()["rec"]), load_external_data=False)
-    chars = {p.key: p.value for p in model.metadata_props}["character"].splitlines()
-    return ["blank"] + chars + [" "]
+    return ctc_classes({p.key: p.value for p in model.metadata_props}["character"])
 
 
 def ctc_decode(probs: np.ndarray, chars: list[str]) -> list[str]:
