@@ -63,302 +63,24 @@ static float h2f(uint16_t h)
 }
 
 /* ---- the mat-vec (llm_formats.matvec) ----------------------------------------------------------------
-   A row is cut into chunks of 64 columns (a last chunk may hold 32) and a chunk into 16 lanes of 4
-   columns: lane j of chunk k covers columns 64k + 4j .. 64k + 4j + 3. Per lane and plane the kernels take
-   the exact integer dot of those 4 columns (one vpdpbusd / vdotq_s32 lane) and fold it into float lane j
-   in the fixed order of llm_formats.matvec, so every SIMD width gives the same bits. xsum holds the sums
-   of the quantized activations per 4 columns, xs the scales per 32-block. */
+   Per output row and token, for each 32-column activation block b in order (g = the weight group holding
+   it): the exact int32 dot product of every plane over the block's 32 columns, then float32
+   t = d_0[g] * float(dot_0) (+ d_p[g] * float(dot_p) ...) (+ m[g] * float(xsum[b])), acc = acc + t * xs[b].
+   xsum holds the sums of the quantized activations per 32-block, xs their scales. Every path keeps this
+   order, so every SIMD width gives the same bits. */
 
-static int chunks_of(int cols)
+static int mat_ok(const edgeq_llm_mat *w, int32_t rows, int32_t cols)
 {
-    return (cols + 63) / 64;
-}
-
-/* float16 -> float32 of n values (exact on every path). */
-static void h2f_n(const uint16_t *h, int n, float *out)
-{
-    int i = 0;
-#if defined(__AVX512F__)
-    for (; i < n; i += 16) {
-        __mmask16 k = (__mmask16)(n - i >= 16 ? 0xffff : (1u << (n - i)) - 1);
-        _mm512_mask_storeu_ps(out + i, k, _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(k, h + i)));
-    }
-#elif defined(__F16C__)
-    for (; i + 8 <= n; i += 8)
-        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
-#endif
-    for (; i < n; i++)
-        out[i] = h2f(h[i]);
+    const fmt_info *f = format_of(w->fmt);
+    return f && w->rows == rows && w->cols == cols && rows > 0 && cols > 0 && cols % 32 == 0 &&
+           cols <= EDGEQ_LLM_MAX_COLS && (!f->group || cols % f->group == 0) && w->q && w->d &&
+           (!f->offset || w->m);
 }
 
-/* The scales (and offsets) of rows r0 .. r1-1 in float32, rows one after the other: ds[g * planes + p],
-   ms[g] for the first row. */
-static void row_scales(const edgeq_llm_mat *w, const fmt_info *f, int32_t r0, int32_t r1, float *ds, float *ms)
+static int groups_of(const fmt_info *f, int cols)
 {
-    int ng = f->group ? w->cols / f->group : 1;
-    h2f_n(w->d + (size_t)r0 * ng * f->planes, (r1 - r0) * ng * f->planes, ds);
-    if (f->offset)
-        h2f_n(w->m + (size_t)r0 * ng, (r1 - r0) * ng, ms);
+    return f->group ? cols / f->group : 1;
 }
-
-#define MAX_GROUPS (EDGEQ_LLM_MAX_COLS / 32)
-
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
-#define SIMD_NAME "avx512vnni"
-#define AVX512_PATH 1
-#define INLINE static inline __attribute__((always_inline))
-
-/* Codes of plane p in chunk k as unsigned bytes (v + the format's code offset) in column order; lanes past a
-   32-column tail hold anything (they are never added). */
-INLINE __m512i chunk_codes(const int fmt, const uint8_t *q, const int planes, int k, int p, int tail)
-{
-    if (fmt == EDGEQ_LLM_FMT_INT8) {
-        __m512i a = tail ? _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(q + 64 * k)))
-                         : _mm512_loadu_si512(q + 64 * k);
-        return _mm512_xor_si512(a, _mm512_set1_epi8((char)0x80)); /* v + 128 */
-    }
-    if (fmt == EDGEQ_LLM_FMT_INT4) {
-        /* two 32-groups of 16 bytes (low nibbles: elements 0-15, high: 16-31) -> [lo0, hi0, lo1, hi1] */
-        __m256i h = tail ? _mm256_zextsi128_si256(_mm_loadu_si128((const __m128i *)(q + 32 * k)))
-                         : _mm256_loadu_si256((const __m256i *)(q + 32 * k));
-        __m512i b = _mm512_broadcast_i64x4(h);
-#if defined(__GFNI__)
-        /* [bytes 0-15, 0-15, 16-31, 16-31], then one bit-matrix multiply per 128-bit lane picks the low or the
-           high nibble (gf2p8affine: byte 7-i of the lane's matrix selects output bit i) */
-        const __m512i nibble = _mm512_setr_epi64(0x0102040800000000LL, 0x0102040800000000LL, 0x1020408000000000LL,
-                                                 0x1020408000000000LL, 0x0102040800000000LL, 0x0102040800000000LL,
-                                                 0x1020408000000000LL, 0x1020408000000000LL);
-        return _mm512_gf2p8affine_epi64_epi8(_mm512_shuffle_i64x2(b, b, 0x50), nibble, 0);
-#else
-        __m512i z = _mm512_mask_srli_epi16(b, 0xffff0000u, b, 4);
-        z = _mm512_shuffle_i64x2(z, z, 0xd8);
-        return _mm512_and_si512(z, _mm512_set1_epi8(15));
-#endif
-    }
-    if (fmt == EDGEQ_LLM_FMT_TERNARY || fmt == EDGEQ_LLM_FMT_PTQTP) {
-        /* byte j holds elements j, j+16, j+32, j+48 at bits 0, 2, 4, 6: 128-bit lane L takes bits 2L, 2L+1 */
-        __m512i b = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(q + 16 * (k * planes + p))));
-#if defined(__GFNI__)
-        const __m512i trit = _mm512_setr_epi64(0x0102000000000000LL, 0x0102000000000000LL, 0x0408000000000000LL,
-                                               0x0408000000000000LL, 0x1020000000000000LL, 0x1020000000000000LL,
-                                               0x4080000000000000LL, 0x4080000000000000LL);
-        return _mm512_gf2p8affine_epi64_epi8(b, trit, 0);
-#else
-        const __m512i shifts = _mm512_setr_epi64(0, 0, 0x0002000200020002LL, 0x0002000200020002LL,
-                                                 0x0004000400040004LL, 0x0004000400040004LL,
-                                                 0x0006000600060006LL, 0x0006000600060006LL);
-        return _mm512_and_si512(_mm512_srlv_epi16(b, shifts), _mm512_set1_epi8(3));
-#endif
-    }
-    {
-        uint64_t bits;
-        memcpy(&bits, q + 8 * (k * planes + p), 8);
-        return _mm512_maskz_mov_epi8(_cvtu64_mask64(bits), _mm512_set1_epi8(1));
-    }
-}
-
-/* The unsigned codes' offset as a shift (v + 2^shift), -1 for none: the dots are corrected by 2^shift xsum. */
-static inline int code_shift(int fmt)
-{
-    return fmt == EDGEQ_LLM_FMT_INT8 ? 7 : fmt == EDGEQ_LLM_FMT_INT4 ? 3 : fmt <= EDGEQ_LLM_FMT_PTQTP ? 0 : -1;
-}
-
-/* [a x 8, b x 8] from two consecutive floats (only a in a tail: the upper lanes are unused). */
-INLINE __m512 pair_vec(const float *p, int tail)
-{
-    const __m512i idx = _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
-    __m128 v = tail ? _mm_load_ss(p) : _mm_castpd_ps(_mm_load_sd((const double *)p));
-    return _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v));
-}
-
-/* Scale of plane p for chunk k's lanes. */
-INLINE __m512 chunk_scale(const int fmt, const float *ds, const int planes, int k, int p, int tail)
-{
-    if (fmt == EDGEQ_LLM_FMT_INT8)
-        return _mm512_set1_ps(ds[0]);
-    if (fmt == EDGEQ_LLM_FMT_INT4)
-        return pair_vec(ds + 2 * k, tail);
-    return _mm512_set1_ps(ds[k * planes + p]);
-}
-
-static inline float fold16(__m512 acc)
-{
-    __m256 h = _mm256_add_ps(_mm512_castps512_ps256(acc), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1)));
-    __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-    q = _mm_add_ps(q, _mm_movehl_ps(q, q));
-    q = _mm_add_ss(q, _mm_shuffle_ps(q, q, 1));
-    return _mm_cvtss_f32(q);
-}
-
-/* Tiles: decode (one token) runs 8 rows at a time, batches 4 rows x 4 tokens (16 accumulators). */
-#define DECODE_ROWS 8
-#define BATCH_ROWS 4
-#define BATCH_TOKENS 4
-
-/* R rows x T tokens: y[t, r0 + i] for i < R, t < T (R, T, fmt constant after inlining: the codes of a chunk
-   are decoded once for T tokens, the activations loaded once for R rows). */
-INLINE void tile(const int fmt, const int planes, const int offset, const int R, const int T, const edgeq_llm_mat *w,
-                 const float *ds, const float *ms, int dstride, int mstride, int32_t r0, const int8_t *xq, const float *xs,
-                 const int32_t *xsum, float *y)
-{
-    const int cols = w->cols, nk = chunks_of(cols), nb = cols / 32, ns = cols / 4, shift = code_shift(fmt);
-    const size_t row_bytes = (size_t)cols * FORMATS[fmt].bits / 8;
-    const uint8_t *q = (const uint8_t *)w->q + (size_t)r0 * row_bytes;
-    __m512 acc[DECODE_ROWS][BATCH_TOKENS];
-    int i, t, k, p;
-    for (i = 0; i < R; i++)
-        for (t = 0; t < T; t++)
-            acc[i][t] = _mm512_setzero_ps();
-    for (k = 0; k < nk; k++) {
-        const int tail = 64 * k + 32 == cols;
-        const __mmask16 lanes = tail ? 0xff : 0xffff;
-        __m512i x[4], corr[4];
-        __m512 xsv[4], xsf[4];
-        for (t = 0; t < T; t++) {
-            __m512i s = _mm512_maskz_loadu_epi32(lanes, xsum + (size_t)t * ns + 16 * k);
-            x[t] = tail ? _mm512_zextsi256_si512(_mm256_loadu_si256((const __m256i *)(xq + (size_t)t * cols + 64 * k)))
-                        : _mm512_loadu_si512(xq + (size_t)t * cols + 64 * k);
-            corr[t] = shift < 0 ? _mm512_setzero_si512() : _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32(s, shift));
-            xsv[t] = pair_vec(xs + (size_t)t * nb + 2 * k, tail);
-            if (offset)
-                xsf[t] = _mm512_cvtepi32_ps(s);
-        }
-        for (i = 0; i < R; i++) {
-            const uint8_t *qr = q + (size_t)i * row_bytes;
-            const float *dr = ds + (size_t)i * dstride;
-            __m512i c[MAX_PLANES];
-            __m512 dv[MAX_PLANES], tt[4];
-            for (p = 0; p < planes; p++) {
-                c[p] = chunk_codes(fmt, qr, planes, k, p, tail);
-                dv[p] = chunk_scale(fmt, dr, planes, k, p, tail);
-            }
-            for (t = 0; t < T; t++) {
-                tt[t] = _mm512_mul_ps(dv[0], _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(corr[t], c[0], x[t])));
-                for (p = 1; p < planes; p++)
-                    tt[t] = _mm512_add_ps(tt[t], _mm512_mul_ps(dv[p], _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(corr[t], c[p], x[t]))));
-                if (offset)
-                    tt[t] = _mm512_add_ps(tt[t], _mm512_mul_ps(_mm512_set1_ps(ms[(size_t)i * mstride + k]), xsf[t]));
-                acc[i][t] = _mm512_mask_add_ps(acc[i][t], lanes, acc[i][t], _mm512_mul_ps(tt[t], xsv[t]));
-            }
-        }
-    }
-    for (t = 0; t < T; t++)
-        for (i = 0; i < R; i++)
-            y[(size_t)t * w->rows + r0 + i] = fold16(acc[i][t]);
-}
-
-/* Rows r0 .. r1-1 (at most DECODE_ROWS) for all n tokens. */
-INLINE void rows_fmt(const int fmt, const int planes, const int offset, const edgeq_llm_mat *w, int32_t r0, int32_t r1,
-                     const int8_t *xq, const float *xs, const int32_t *xsum, int32_t n, float *y)
-{
-    float ds[DECODE_ROWS * MAX_PLANES * MAX_GROUPS], ms[DECODE_ROWS * MAX_GROUPS];
-    const int ng = FORMATS[fmt].group ? w->cols / FORMATS[fmt].group : 1, dstride = ng * planes;
-    const int cols = w->cols, nb = cols / 32, ns = cols / 4;
-    int32_t r, t;
-    row_scales(w, &FORMATS[fmt], r0, r1, ds, ms);
-    if (n == 1) {
-        if (r1 - r0 == DECODE_ROWS)
-            tile(fmt, planes, offset, DECODE_ROWS, 1, w, ds, ms, dstride, ng, r0, xq, xs, xsum, y);
-        else
-            for (r = r0; r < r1; r++)
-                tile(fmt, planes, offset, 1, 1, w, ds + (r - r0) * dstride, ms + (r - r0) * ng, dstride, ng, r, xq, xs,
-                     xsum, y);
-        return;
-    }
-    for (r = r0; r < r1;) {
-        const int R = r1 - r >= BATCH_ROWS ? BATCH_ROWS : 1;
-        const float *dr = ds + (r - r0) * dstride, *mr = ms + (r - r0) * ng;
-        for (t = 0; t < n;) {
-            const int T = n - t >= BATCH_TOKENS ? BATCH_TOKENS : 1;
-            const int8_t *x = xq + (size_t)t * cols;
-            const float *sx = xs + (size_t)t * nb;
-            const int32_t *u = xsum + (size_t)t * ns;
-            float *o = y + (size_t)t * w->rows;
-            if (R == BATCH_ROWS && T == BATCH_TOKENS)
-                tile(fmt, planes, offset, BATCH_ROWS, BATCH_TOKENS, w, dr, mr, dstride, ng, r, x, sx, u, o);
-            else if (R == BATCH_ROWS)
-                tile(fmt, planes, offset, BATCH_ROWS, 1, w, dr, mr, dstride, ng, r, x, sx, u, o);
-            else if (T == BATCH_TOKENS)
-                tile(fmt, planes, offset, 1, BATCH_TOKENS, w, dr, mr, dstride, ng, r, x, sx, u, o);
-            else
-                tile(fmt, planes, offset, 1, 1, w, dr, mr, dstride, ng, r, x, sx, u, o);
-            t += T;
-        }
-        r += R;
-    }
-}
-
-static void rows_any(const edgeq_llm_mat *w, int32_t r0, int32_t r1, const int8_t *xq, const float *xs,
-                     const int32_t *xsum, int32_t n, float *y)
-{
-    switch (w->fmt) {
-    case EDGEQ_LLM_FMT_INT8:
-        rows_fmt(EDGEQ_LLM_FMT_INT8, 1, 0, w, r0, r1, xq, xs, xsum, n, y);
-        break;
-    case EDGEQ_LLM_FMT_INT4:
-        rows_fmt(EDGEQ_LLM_FMT_INT4, 1, 0, w, r0, r1, xq, xs, xsum, n, y);
-        break;
-    case EDGEQ_LLM_FMT_TERNARY:
-        rows_fmt(EDGEQ_LLM_FMT_TERNARY, 1, 0, w, r0, r1, xq, xs, xsum, n, y);
-        break;
-    case EDGEQ_LLM_FMT_PTQTP:
-        rows_fmt(EDGEQ_LLM_FMT_PTQTP, 2, 0, w, r0, r1, xq, xs, xsum, n, y);
-        break;
-    case EDGEQ_LLM_FMT_LUT2:
-        rows_fmt(EDGEQ_LLM_FMT_LUT2, 2, 1, w, r0, r1, xq, xs, xsum, n, y);
-        break;
-    default:
-        rows_fmt(EDGEQ_LLM_FMT_LUT3, 3, 1, w, r0, r1, xq, xs, xsum, n, y);
-        break;
-    }
-}
-#define ROW_STEP DECODE_ROWS
-#else
-/* ---- portable paths: a row is unpacked into signed plane values, lane dots per chunk, float in C ---- */
-#define ROW_STEP 1
-#if defined(__AVX2__)
-#define SIMD_NAME "avx2"
-/* out[j] = sum of v * x over 4 columns 4j .. 4j+3, for 8 lanes (32 columns) */
-static void dots8(const int8_t *v, const int8_t *x, int32_t *out)
-{
-    __m256i a = _mm256_loadu_si256((const __m256i *)v), b = _mm256_loadu_si256((const __m256i *)x);
-    /* |v|, |x| <= 127: |v| * sign(x, v) pairs fit int16 */
-    __m256i p = _mm256_maddubs_epi16(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a));
-    _mm256_storeu_si256((__m256i *)out, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
-}
-#elif defined(__ARM_NEON) && defined(__aarch64__)
-#if defined(__ARM_FEATURE_DOTPROD)
-#define SIMD_NAME "neon-dotprod"
-#else
-#define SIMD_NAME "neon"
-#endif
-static int32x4_t dots4(int8x16_t a, int8x16_t x)
-{
-#if defined(__ARM_FEATURE_DOTPROD)
-    return vdotq_s32(vdupq_n_s32(0), a, x);
-#else
-    return vpaddq_s32(vpaddlq_s16(vmull_s8(vget_low_s8(a), vget_low_s8(x))),
-                      vpaddlq_s16(vmull_s8(vget_high_s8(a), vget_high_s8(x))));
-#endif
-}
-static void dots8(const int8_t *v, const int8_t *x, int32_t *out)
-{
-    vst1q_s32(out, dots4(vld1q_s8(v), vld1q_s8(x)));
-    vst1q_s32(out + 4, dots4(vld1q_s8(v + 16), vld1q_s8(x + 16)));
-}
-#else
-#define SIMD_NAME "scalar"
-static void dots8(const int8_t *v, const int8_t *x, int32_t *out)
-{
-    int j, i;
-    for (j = 0; j < 8; j++) {
-        int32_t s = 0;
-        for (i = 0; i < 4; i++)
-            s += (int32_t)v[4 * j + i] * x[4 * j + i];
-        out[j] = s;
-    }
-}
-#endif
 
 static void unpack_int4(const uint8_t *q, int cols, int8_t *v)
 {
@@ -417,49 +139,384 @@ static const int8_t *row_values(const edgeq_llm_mat *w, const fmt_info *f, int32
     return buf;
 }
 
+#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define SIMD_NAME "avx512vnni"
+#define INLINE static inline __attribute__((always_inline))
+/* The loops over quads, planes and tokens have constant trip counts: unrolled, their vectors stay in
+   registers (GCC at -O2 keeps the loops and spills the code registers to the stack). */
+#define UNROLL _Pragma("GCC unroll 8")
+
+/* ---- AVX-512: row tiles ------------------------------------------------------------------------------
+   edgeq_llm_make_tiles re-lays a matrix out once at load time in tiles of 16 rows, so that lane i of a
+   register is row i of the tile: one vpdpbusd multiplies 4 columns of 16 rows by 4 activations broadcast
+   to every lane, a 32-column block's dot products of 16 rows come out of 8 of them in one register, and
+   the float steps run on 16 rows at once with no horizontal sum. Tile layout, weight group after weight
+   group: for each 32-block of the group, for each plane, the codes of the block's 8 quads of 4 columns
+   (quad j: columns 4j .. 4j+3):
+     int8     512 bytes: quad j at 64 j, byte 4 i + k = v + 128 of row i, column 4 j + k
+     int4     256 bytes: 64-byte unit u, byte 4 i + k: low nibble quad u, high nibble quad u + 4 (v + 8)
+     trits    128 bytes: unit u, byte 4 i + k, bits 2 s, 2 s + 1: quad u + 2 s (v + 1)
+     bits      64 bytes: quad j at 8 j, bit 4 i + k of the little-endian word
+   then the group's float16 scales [plane][16 rows] and offsets [16 rows] (one stream: with the scales in
+   a region of their own, decode read memory at half the speed); rows past the matrix's end are zero. Codes stay unsigned for vpdpbusd: each dot starts at -bias * xsum[b]. */
+#define TILE_ROWS 16
+
+static int block_bytes(int fmt)
+{
+    return fmt == EDGEQ_LLM_FMT_INT8 ? 512 : fmt == EDGEQ_LLM_FMT_INT4 ? 256 : fmt <= EDGEQ_LLM_FMT_PTQTP ? 128 : 64;
+}
+
+static int code_bias(int fmt)
+{
+    return fmt == EDGEQ_LLM_FMT_INT8 ? 128 : fmt == EDGEQ_LLM_FMT_INT4 ? 8 : fmt <= EDGEQ_LLM_FMT_PTQTP ? 1 : 0;
+}
+
+/* 32-blocks per weight group, and bytes per group in a tile. */
+static int group_blocks(int fmt, int cols)
+{
+    return FORMATS[fmt].group ? FORMATS[fmt].group / 32 : cols / 32;
+}
+
+static size_t group_bytes(int fmt, int cols)
+{
+    const fmt_info *f = &FORMATS[fmt];
+    return (size_t)group_blocks(fmt, cols) * f->planes * block_bytes(fmt) + (f->planes + f->offset) * TILE_ROWS * 2;
+}
+
+static size_t tile_bytes(const edgeq_llm_mat *w)
+{
+    return groups_of(&FORMATS[w->fmt], w->cols) * group_bytes(w->fmt, w->cols);
+}
+
+int64_t edgeq_llm_tiles_size(const edgeq_llm_mat *w)
+{
+    return mat_ok(w, w->rows, w->cols) ? (int64_t)tile_bytes(w) * ((w->rows + TILE_ROWS - 1) / TILE_ROWS) : -1;
+}
+
+int edgeq_llm_make_tiles(edgeq_llm_mat *w, uint8_t *buf)
+{
+    const fmt_info *f = format_of(w->fmt);
+    int8_t vals[MAX_PLANES * EDGEQ_LLM_MAX_COLS];
+    int32_t r;
+    if (edgeq_llm_tiles_size(w) < 0)
+        return EDGEQ_LLM_E_MODEL;
+    {
+        const int cols = w->cols, nb = cols / 32, ng = groups_of(f, cols), planes = f->planes, fmt = w->fmt;
+        const int bb = block_bytes(fmt), bias = code_bias(fmt), gb = group_blocks(fmt, cols);
+        const size_t tb = tile_bytes(w), gbytes = group_bytes(fmt, cols);
+        memset(buf, 0, tb * ((w->rows + TILE_ROWS - 1) / TILE_ROWS));
+        for (r = 0; r < w->rows; r++) {
+            const int8_t *v = row_values(w, f, r, vals);
+            uint8_t *base = buf + (size_t)(r / TILE_ROWS) * tb;
+            int i = r % TILE_ROWS, b, p, j, g;
+            for (b = 0; b < nb; b++)
+                for (p = 0; p < planes; p++) {
+                    uint8_t *blk = base + (b / gb) * gbytes + (size_t)((b % gb) * planes + p) * bb;
+                    for (j = 0; j < 32; j++) {
+                        int q = j / 4, at = 4 * i + j % 4;
+                        unsigned u = (unsigned)(v[(size_t)p * cols + 32 * b + j] + bias);
+                        if (fmt == EDGEQ_LLM_FMT_INT8)
+                            blk[64 * q + at] = (uint8_t)u;
+                        else if (fmt == EDGEQ_LLM_FMT_INT4)
+                            blk[64 * (q % 4) + at] |= (uint8_t)(u << (4 * (q / 4)));
+                        else if (fmt <= EDGEQ_LLM_FMT_PTQTP)
+                            blk[64 * (q % 2) + at] |= (uint8_t)(u << (2 * (q / 2)));
+                        else
+                            blk[8 * q + at / 8] |= (uint8_t)(u << (at % 8));
+                    }
+                }
+            for (g = 0; g < ng; g++) {
+                uint16_t *sd = (uint16_t *)(base + g * gbytes + (size_t)gb * planes * bb);
+                for (p = 0; p < planes; p++)
+                    sd[p * TILE_ROWS + i] = w->d[((size_t)r * ng + g) * planes + p];
+                if (f->offset)
+                    sd[planes * TILE_ROWS + i] = w->m[(size_t)r * ng + g];
+            }
+        }
+    }
+    w->tiles = buf;
+    return EDGEQ_LLM_OK;
+}
+
+static int mat_ready(const edgeq_llm_mat *w, int32_t rows, int32_t cols)
+{
+    return mat_ok(w, rows, cols) && w->tiles;
+}
+
+/* The 8 quads' codes of one (block, plane) of a tile, as unsigned bytes, lane i = row i. */
+INLINE void block_codes(const int fmt, const uint8_t *blk, __m512i *c)
+{
+    int j;
+    if (fmt == EDGEQ_LLM_FMT_INT8) {
+        UNROLL
+        for (j = 0; j < 8; j++)
+            c[j] = _mm512_loadu_si512(blk + 64 * j);
+    } else if (fmt == EDGEQ_LLM_FMT_INT4) {
+        UNROLL
+        for (j = 0; j < 4; j++) {
+            __m512i b = _mm512_loadu_si512(blk + 64 * j);
+            c[j] = _mm512_and_si512(b, _mm512_set1_epi8(15));
+#if defined(__GFNI__)
+            /* gf2p8affine: byte 7-i of the matrix selects output bit i (here bits 4-7 -> 0-3) */
+            c[j + 4] = _mm512_gf2p8affine_epi64_epi8(b, _mm512_set1_epi64(0x1020408000000000LL), 0);
+#else
+            c[j + 4] = _mm512_and_si512(_mm512_srli_epi16(b, 4), _mm512_set1_epi8(15));
+#endif
+        }
+    } else if (fmt <= EDGEQ_LLM_FMT_PTQTP) {
+        UNROLL
+        for (j = 0; j < 2; j++) {
+            __m512i b = _mm512_loadu_si512(blk + 64 * j);
+#if defined(__GFNI__)
+            c[j] = _mm512_gf2p8affine_epi64_epi8(b, _mm512_set1_epi64(0x0102000000000000LL), 0);
+            c[j + 2] = _mm512_gf2p8affine_epi64_epi8(b, _mm512_set1_epi64(0x0408000000000000LL), 0);
+            c[j + 4] = _mm512_gf2p8affine_epi64_epi8(b, _mm512_set1_epi64(0x1020000000000000LL), 0);
+            c[j + 6] = _mm512_gf2p8affine_epi64_epi8(b, _mm512_set1_epi64(0x4080000000000000LL), 0);
+#else
+            c[j] = _mm512_and_si512(b, _mm512_set1_epi8(3));
+            c[j + 2] = _mm512_and_si512(_mm512_srli_epi16(b, 2), _mm512_set1_epi8(3));
+            c[j + 4] = _mm512_and_si512(_mm512_srli_epi16(b, 4), _mm512_set1_epi8(3));
+            c[j + 6] = _mm512_and_si512(_mm512_srli_epi16(b, 6), _mm512_set1_epi8(3));
+#endif
+        }
+    } else {
+        UNROLL
+        for (j = 0; j < 8; j++) {
+            uint64_t bits;
+            memcpy(&bits, blk + 8 * j, 8);
+            c[j] = _mm512_maskz_mov_epi8(_cvtu64_mask64(bits), _mm512_set1_epi8(1));
+        }
+    }
+}
+
+/* Dot products of the 16 rows of codes c with the 32 activations xb, starting from start (two chains). */
+INLINE __m512i block_dot(const __m512i *c, const int8_t *xb, int32_t start)
+{
+    __m512i s0 = _mm512_set1_epi32(start), s1 = _mm512_setzero_si512();
+    int j;
+    UNROLL
+    for (j = 0; j < 8; j += 2) {
+        int32_t a, b;
+        memcpy(&a, xb + 4 * j, 4);
+        memcpy(&b, xb + 4 * j + 4, 4);
+        s0 = _mm512_dpbusd_epi32(s0, c[j], _mm512_set1_epi32(a));
+        s1 = _mm512_dpbusd_epi32(s1, c[j + 1], _mm512_set1_epi32(b));
+    }
+    return _mm512_add_epi32(s0, s1);
+}
+
+/* Tokens per pass in prefill: the codes of a block are decoded once for them. */
+#define BATCH_TOKENS 4
+
+/* Tile `tile` (16 rows) times T tokens: y[t * rows + 16 tile + i] (fmt, planes, offset, T constant after
+   inlining). */
+INLINE void tile_pass(const int fmt, const int planes, const int offset, const int T, const edgeq_llm_mat *w,
+                      int32_t tile, const int8_t *xq, const float *xs, const int32_t *xsum, float *y)
+{
+    const int cols = w->cols, nb = cols / 32, bb = block_bytes(fmt), bias = code_bias(fmt), gb = group_blocks(fmt, cols);
+    const size_t gbytes = group_bytes(fmt, cols);
+    const uint8_t *base = w->tiles + (size_t)tile * tile_bytes(w);
+    const int32_t left = w->rows - tile * TILE_ROWS;
+    const __mmask16 rows = left >= TILE_ROWS ? 0xffff : (__mmask16)((1u << left) - 1);
+    __m512 acc[BATCH_TOKENS], tt[BATCH_TOKENS];
+    int b, p, t;
+    UNROLL
+    for (t = 0; t < T; t++)
+        acc[t] = tt[t] = _mm512_setzero_ps();
+    for (b = 0; b < nb; b++) {
+        const uint8_t *grp = base + (b / gb) * gbytes;
+        const uint16_t *sd = (const uint16_t *)(grp + (size_t)gb * planes * bb);
+        for (p = 0; p < planes; p++) {
+            __m512i c[8];
+            const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sd + p * TILE_ROWS)));
+            block_codes(fmt, grp + (size_t)((b % gb) * planes + p) * bb, c);
+            UNROLL
+            for (t = 0; t < T; t++) {
+                __m512i s = block_dot(c, xq + (size_t)t * cols + 32 * b, -bias * xsum[(size_t)t * nb + b]);
+                __m512 f = _mm512_mul_ps(dv, _mm512_cvtepi32_ps(s));
+                tt[t] = p ? _mm512_add_ps(tt[t], f) : f;
+            }
+        }
+        if (offset) {
+            const __m512 mv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sd + planes * TILE_ROWS)));
+            UNROLL
+            for (t = 0; t < T; t++)
+                tt[t] = _mm512_add_ps(tt[t], _mm512_mul_ps(mv, _mm512_set1_ps((float)xsum[(size_t)t * nb + b])));
+        }
+        UNROLL
+        for (t = 0; t < T; t++)
+            acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(tt[t], _mm512_set1_ps(xs[(size_t)t * nb + b])));
+    }
+    UNROLL
+    for (t = 0; t < T; t++)
+        _mm512_mask_storeu_ps(y + (size_t)t * w->rows + (size_t)tile * TILE_ROWS, rows, acc[t]);
+}
+
+INLINE void tiles_fmt(const int fmt, const int planes, const int offset, const edgeq_llm_mat *w, int32_t tile,
+                      const int8_t *xq, const float *xs, const int32_t *xsum, int32_t n, float *y)
+{
+    const int cols = w->cols, nb = cols / 32;
+    int32_t t;
+    for (t = 0; t + BATCH_TOKENS <= n; t += BATCH_TOKENS)
+        tile_pass(fmt, planes, offset, BATCH_TOKENS, w, tile, xq + (size_t)t * cols, xs + (size_t)t * nb,
+                  xsum + (size_t)t * nb, y + (size_t)t * w->rows);
+    for (; t < n; t++)
+        tile_pass(fmt, planes, offset, 1, w, tile, xq + (size_t)t * cols, xs + (size_t)t * nb, xsum + (size_t)t * nb,
+                  y + (size_t)t * w->rows);
+}
+
+/* Step s of a mat-vec: tile s for all n tokens. */
+static void matvec_step(const edgeq_llm_mat *w, int32_t s, const int8_t *xq, const float *xs, const int32_t *xsum,
+                        int32_t n, float *y)
+{
+    switch (w->fmt) {
+    case EDGEQ_LLM_FMT_INT8:
+        tiles_fmt(EDGEQ_LLM_FMT_INT8, 1, 0, w, s, xq, xs, xsum, n, y);
+        break;
+    case EDGEQ_LLM_FMT_INT4:
+        tiles_fmt(EDGEQ_LLM_FMT_INT4, 1, 0, w, s, xq, xs, xsum, n, y);
+        break;
+    case EDGEQ_LLM_FMT_TERNARY:
+        tiles_fmt(EDGEQ_LLM_FMT_TERNARY, 1, 0, w, s, xq, xs, xsum, n, y);
+        break;
+    case EDGEQ_LLM_FMT_PTQTP:
+        tiles_fmt(EDGEQ_LLM_FMT_PTQTP, 2, 0, w, s, xq, xs, xsum, n, y);
+        break;
+    case EDGEQ_LLM_FMT_LUT2:
+        tiles_fmt(EDGEQ_LLM_FMT_LUT2, 2, 1, w, s, xq, xs, xsum, n, y);
+        break;
+    default:
+        tiles_fmt(EDGEQ_LLM_FMT_LUT3, 3, 1, w, s, xq, xs, xsum, n, y);
+        break;
+    }
+}
+
+#define STEP_ROWS TILE_ROWS
+/* Bytes of weights step s reads (for the decode prefetch). */
+static void step_span(const edgeq_llm_mat *w, int32_t s, const char **p, size_t *len)
+{
+    *len = tile_bytes(w);
+    *p = (const char *)w->tiles + (size_t)s * *len;
+}
+#else
+/* ---- portable paths: a row is unpacked into signed plane values, one row and token at a time ---- */
+#define STEP_ROWS 1
+
+int64_t edgeq_llm_tiles_size(const edgeq_llm_mat *w)
+{
+    return mat_ok(w, w->rows, w->cols) ? 0 : -1;
+}
+
+int edgeq_llm_make_tiles(edgeq_llm_mat *w, uint8_t *buf)
+{
+    (void)buf;
+    return mat_ok(w, w->rows, w->cols) ? EDGEQ_LLM_OK : EDGEQ_LLM_E_MODEL;
+}
+
+static int mat_ready(const edgeq_llm_mat *w, int32_t rows, int32_t cols)
+{
+    return mat_ok(w, rows, cols);
+}
+
+#define MAX_GROUPS (EDGEQ_LLM_MAX_COLS / 32)
+
+/* float16 -> float32 of n values (exact on every path). */
+static void h2f_n(const uint16_t *h, int n, float *out)
+{
+    int i = 0;
+#if defined(__F16C__)
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + i))));
+#endif
+    for (; i < n; i++)
+        out[i] = h2f(h[i]);
+}
+
+#if defined(__AVX2__)
+#define SIMD_NAME "avx2"
+/* sum of v * x over 32 columns */
+static int32_t dot32(const int8_t *v, const int8_t *x)
+{
+    __m256i a = _mm256_loadu_si256((const __m256i *)v), b = _mm256_loadu_si256((const __m256i *)x);
+    /* |v|, |x| <= 127: |v| * sign(x, v) pairs fit int16 */
+    __m256i p = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_sign_epi8(a, a), _mm256_sign_epi8(b, a)),
+                                  _mm256_set1_epi16(1));
+    __m128i h = _mm_add_epi32(_mm256_castsi256_si128(p), _mm256_extracti128_si256(p, 1));
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0x4e));
+    h = _mm_add_epi32(h, _mm_shuffle_epi32(h, 0xb1));
+    return _mm_cvtsi128_si32(h);
+}
+#elif defined(__ARM_NEON) && defined(__aarch64__)
+#if defined(__ARM_FEATURE_DOTPROD)
+#define SIMD_NAME "neon-dotprod"
+#else
+#define SIMD_NAME "neon"
+#endif
+static int32x4_t dots4(int8x16_t a, int8x16_t x)
+{
+#if defined(__ARM_FEATURE_DOTPROD)
+    return vdotq_s32(vdupq_n_s32(0), a, x);
+#else
+    return vpaddq_s32(vpaddlq_s16(vmull_s8(vget_low_s8(a), vget_low_s8(x))),
+                      vpaddlq_s16(vmull_s8(vget_high_s8(a), vget_high_s8(x))));
+#endif
+}
+static int32_t dot32(const int8_t *v, const int8_t *x)
+{
+    return vaddvq_s32(vaddq_s32(dots4(vld1q_s8(v), vld1q_s8(x)), dots4(vld1q_s8(v + 16), vld1q_s8(x + 16))));
+}
+#else
+#define SIMD_NAME "scalar"
+static int32_t dot32(const int8_t *v, const int8_t *x)
+{
+    int32_t s = 0;
+    int i;
+    for (i = 0; i < 32; i++)
+        s += (int32_t)v[i] * x[i];
+    return s;
+}
+#endif
+
 /* One row times one token, in llm_formats.matvec's order. */
 static float row_dot(const fmt_info *f, int cols, const int8_t *v, const float *ds, const float *ms, const int8_t *x,
                      const float *xs, const int32_t *xsum)
 {
-    int nk = chunks_of(cols), group = f->group ? f->group : cols, planes = f->planes, k, j, p;
-    float acc[16] = {0};
-    for (k = 0; k < nk; k++) {
-        int nl = 64 * k + 32 == cols ? 8 : 16, c0 = 64 * k;
-        int32_t dots[MAX_PLANES][16];
-        for (p = 0; p < planes; p++)
-            for (j = 0; j < nl; j += 8)
-                dots8(v + (size_t)p * cols + c0 + 4 * j, x + c0 + 4 * j, dots[p] + j);
-        for (j = 0; j < nl; j++) {
-            int c = c0 + 4 * j, g = c / group;
-            float t = ds[g * planes] * (float)dots[0][j];
-            for (p = 1; p < planes; p++)
-                t = t + ds[g * planes + p] * (float)dots[p][j];
-            if (f->offset)
-                t = t + ms[g] * (float)xsum[c / 4];
-            acc[j] = acc[j] + t * xs[c / 32];
-        }
+    int group = f->group ? f->group : cols, planes = f->planes, b, p;
+    float acc = 0.0f;
+    for (b = 0; b < cols / 32; b++) {
+        int g = 32 * b / group;
+        float t = ds[g * planes] * (float)dot32(v + 32 * b, x + 32 * b);
+        for (p = 1; p < planes; p++)
+            t = t + ds[g * planes + p] * (float)dot32(v + (size_t)p * cols + 32 * b, x + 32 * b);
+        if (f->offset)
+            t = t + ms[g] * (float)xsum[b];
+        acc = acc + t * xs[b];
     }
-    for (j = 8; j >= 1; j /= 2)
-        for (p = 0; p < j; p++)
-            acc[p] = acc[p] + acc[p + j];
-    return acc[0];
+    return acc;
 }
 
-static void rows_any(const edgeq_llm_mat *w, int32_t r0, int32_t r1, const int8_t *xq, const float *xs,
-                     const int32_t *xsum, int32_t n, float *y)
+/* Step s of a mat-vec: row s for all n tokens. */
+static void matvec_step(const edgeq_llm_mat *w, int32_t r, const int8_t *xq, const float *xs, const int32_t *xsum,
+                        int32_t n, float *y)
 {
     const fmt_info *f = format_of(w->fmt);
     int8_t buf[MAX_PLANES * EDGEQ_LLM_MAX_COLS];
     float ds[MAX_PLANES * MAX_GROUPS], ms[MAX_GROUPS];
-    int cols = w->cols;
-    int32_t r, t;
-    for (r = r0; r < r1; r++) {
-        const int8_t *v = row_values(w, f, r, buf);
-        row_scales(w, f, r, r + 1, ds, ms);
-        for (t = 0; t < n; t++)
-            y[(size_t)t * w->rows + r] = row_dot(f, cols, v, ds, ms, xq + (size_t)t * cols, xs + (size_t)t * (cols / 32),
-                                                 xsum + (size_t)t * (cols / 4));
-    }
+    const int cols = w->cols, ng = groups_of(f, cols);
+    const int8_t *v = row_values(w, f, r, buf);
+    int32_t t;
+    h2f_n(w->d + (size_t)r * ng * f->planes, ng * f->planes, ds);
+    if (f->offset)
+        h2f_n(w->m + (size_t)r * ng, ng, ms);
+    for (t = 0; t < n; t++)
+        y[(size_t)t * w->rows + r] = row_dot(f, cols, v, ds, ms, xq + (size_t)t * cols, xs + (size_t)t * (cols / 32),
+                                             xsum + (size_t)t * (cols / 32));
+}
+
+static void step_span(const edgeq_llm_mat *w, int32_t r, const char **p, size_t *len)
+{
+    *len = (size_t)w->cols * FORMATS[w->fmt].bits / 8;
+    *p = (const char *)w->q + (size_t)r * *len;
 }
 #endif
 
@@ -472,6 +529,7 @@ void edgeq_llm_quantize(const float *x, int32_t n, int32_t cols, int8_t *xq, flo
         const float *xb = x + (size_t)b * 32;
         int8_t *qb = xq + (size_t)b * 32;
         float amax = 0.0f, inv;
+        int32_t sum = 0;
         int nan = 0;
         for (i = 0; i < 32; i++) {
             float a = fabsf(xb[i]);
@@ -486,57 +544,42 @@ void edgeq_llm_quantize(const float *x, int32_t n, int32_t cols, int8_t *xq, flo
             float v = xb[i] * inv;
             v = v != v ? 0.0f : (v < -127.0f ? -127.0f : (v > 127.0f ? 127.0f : v));
             qb[i] = (int8_t)rintf(v);
+            sum += qb[i];
         }
-        for (i = 0; i < 8; i++)
-            xsum[(size_t)b * 8 + i] = qb[4 * i] + qb[4 * i + 1] + qb[4 * i + 2] + qb[4 * i + 3];
+        xsum[b] = sum;
     }
 }
 
-static int mat_ok(const edgeq_llm_mat *w, int32_t rows, int32_t cols)
-{
-    const fmt_info *f = format_of(w->fmt);
-    return f && w->rows == rows && w->cols == cols && rows > 0 && cols > 0 && cols % 32 == 0 &&
-           cols <= EDGEQ_LLM_MAX_COLS && (!f->group || cols % f->group == 0) && w->q && w->d &&
-           (!f->offset || w->m);
-}
-
-/* Decode streams every weight once: asking for rows a little ahead keeps the memory system busy while the
-   current ones are computed (the hardware prefetcher alone left a single thread well below the bandwidth it
-   reaches on plain copies). */
-#ifndef PREFETCH_ROWS
-#define PREFETCH_ROWS 8
+/* Decode streams every weight once: asking for the next step's weights while the current ones are computed
+   keeps the memory system busy (the hardware prefetcher alone left a single thread well below the bandwidth
+   it reaches on plain copies). */
+#ifndef PREFETCH_STEPS
+#define PREFETCH_STEPS 1
 #endif
 #if !defined(__GNUC__)
 #define __builtin_prefetch(p, rw, loc) ((void)(p))
 #endif
-static void prefetch_span(const void *base, size_t row_bytes, int32_t r0, int32_t r1)
+static void prefetch_step(const edgeq_llm_mat *w, int32_t s)
 {
-    const char *b = (const char *)base;
-    size_t i, end = (size_t)r1 * row_bytes;
-    for (i = (size_t)r0 * row_bytes; i < end; i += 64)
-        __builtin_prefetch(b + i, 0, 0);
-}
-
-static void prefetch_rows(const edgeq_llm_mat *w, int32_t r0, int32_t r1)
-{
-    const fmt_info *f = &FORMATS[w->fmt];
-    r1 = r1 < w->rows ? r1 : w->rows;
-    if (r0 >= r1)
+    const char *p;
+    size_t len, i;
+    if (s >= (w->rows + STEP_ROWS - 1) / STEP_ROWS)
         return;
-    prefetch_span(w->q, (size_t)w->cols * f->bits / 8, r0, r1);
+    step_span(w, s, &p, &len);
+    for (i = 0; i < len; i += 64)
+        __builtin_prefetch(p + i, 0, 0);
 }
 
-/* Rows split across the threads of an enclosing parallel region (or run alone): call from every thread. */
+/* Steps split across the threads of an enclosing parallel region (or run alone): call from every thread. */
 static void matvec_rows(const edgeq_llm_mat *w, const int8_t *xq, const float *xs, const int32_t *xsum, int32_t n,
                         float *y)
 {
-    int32_t steps = (w->rows + ROW_STEP - 1) / ROW_STEP, s;
+    int32_t steps = (w->rows + STEP_ROWS - 1) / STEP_ROWS, s;
 #pragma omp for schedule(static) nowait
     for (s = 0; s < steps; s++) {
-        int32_t r0 = s * ROW_STEP, r1 = r0 + ROW_STEP < w->rows ? r0 + ROW_STEP : w->rows;
         if (n == 1)
-            prefetch_rows(w, r0 + PREFETCH_ROWS, r1 + PREFETCH_ROWS);
-        rows_any(w, r0, r1, xq, xs, xsum, n, y);
+            prefetch_step(w, s + PREFETCH_STEPS);
+        matvec_step(w, s, xq, xs, xsum, n, y);
     }
 }
 
@@ -556,7 +599,7 @@ static void matvecs(int count, const edgeq_llm_mat *const *mats, const int8_t *x
 int edgeq_llm_matvec(const edgeq_llm_mat *w, const int8_t *xq, const float *xs, const int32_t *xsum, int32_t n,
                      float *y)
 {
-    if (!mat_ok(w, w->rows, w->cols))
+    if (!mat_ready(w, w->rows, w->cols))
         return EDGEQ_LLM_E_MODEL;
     matvecs(1, &w, xq, xs, xsum, n, &y);
     return EDGEQ_LLM_OK;
@@ -666,13 +709,13 @@ int edgeq_llm_validate(const edgeq_llm_model *m)
     qd = m->n_heads * m->head_dim;
     kvd = m->n_kv_heads * m->head_dim;
     if (m->embed.fmt != EDGEQ_LLM_FMT_INT8 || !mat_ok(&m->embed, m->vocab, m->dim) ||
-        !mat_ok(&m->head, m->vocab, m->dim) || qd % 32 || m->dim % 8)
+        !mat_ready(&m->head, m->vocab, m->dim) || qd % 32 || m->dim % 8)
         return EDGEQ_LLM_E_MODEL;
     for (l = 0; l < m->n_layers; l++) {
         const edgeq_llm_layer *L = &m->layers[l];
-        if (!L->attn_norm || !L->ffn_norm || !mat_ok(&L->wq, qd, m->dim) || !mat_ok(&L->wk, kvd, m->dim) ||
-            !mat_ok(&L->wv, kvd, m->dim) || !mat_ok(&L->wo, m->dim, qd) || !mat_ok(&L->gate, m->ffn_dim, m->dim) ||
-            !mat_ok(&L->up, m->ffn_dim, m->dim) || !mat_ok(&L->down, m->dim, m->ffn_dim))
+        if (!L->attn_norm || !L->ffn_norm || !mat_ready(&L->wq, qd, m->dim) || !mat_ready(&L->wk, kvd, m->dim) ||
+            !mat_ready(&L->wv, kvd, m->dim) || !mat_ready(&L->wo, m->dim, qd) || !mat_ready(&L->gate, m->ffn_dim, m->dim) ||
+            !mat_ready(&L->up, m->ffn_dim, m->dim) || !mat_ready(&L->down, m->dim, m->ffn_dim))
             return EDGEQ_LLM_E_MODEL;
     }
     return EDGEQ_LLM_OK;
@@ -685,7 +728,7 @@ int edgeq_llm_state_sizes(const edgeq_llm_model *m, int32_t max_batch, int64_t *
         return EDGEQ_LLM_E_MODEL;
     sizes[0] = layout(m, max_batch, 0, 0);
     sizes[1] = max_batch * widest;
-    sizes[2] = max_batch * widest / 4;
+    sizes[2] = max_batch * widest / 32;
     sizes[3] = (int64_t)m->n_layers * m->n_kv_heads * m->head_dim * CTX_BLOCKS(m) * POS_BLOCK;
     return EDGEQ_LLM_OK;
 }
