@@ -289,6 +289,16 @@ INLINE void block_codes(const int fmt, const uint8_t *blk, __m512i *c)
     }
 }
 
+/* s + the dot products of the 16 rows of codes c with 4 activations at x, broadcast to every lane straight
+   from memory (vpdpbusd's embedded broadcast). Written as an asm statement because, from intrinsics, the
+   compiler hoisted the broadcasts out of the plane loop (the same activations serve every plane) and
+   spilled 32 registers of them to the stack every block: 30% of lut2's prefill time. */
+INLINE __m512i dot4(__m512i s, __m512i c, const int8_t *x)
+{
+    __asm__("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(s) : "v"(c), "m"(*(const int32_t(*)[1])x));
+    return s;
+}
+
 /* Dot products of the 16 rows of codes c with the 32 activations xb, starting from start (two independent
    sums: faster than one, even with several tokens in flight). */
 INLINE __m512i block_dot(const __m512i *c, const int8_t *xb, int32_t start)
@@ -298,11 +308,8 @@ INLINE __m512i block_dot(const __m512i *c, const int8_t *xb, int32_t start)
     s[0] = _mm512_set1_epi32(start);
     s[1] = _mm512_setzero_si512();
     UNROLL
-    for (j = 0; j < 8; j++) {
-        int32_t a;
-        memcpy(&a, xb + 4 * j, 4);
-        s[j % 2] = _mm512_dpbusd_epi32(s[j % 2], c[j], _mm512_set1_epi32(a));
-    }
+    for (j = 0; j < 8; j++)
+        s[j % 2] = dot4(s[j % 2], c[j], xb + 4 * j);
     return _mm512_add_epi32(s[0], s[1]);
 }
 
@@ -661,8 +668,19 @@ static void rope(float *x, int heads, int hd, const float *cos_row, const float 
 
 /* ---- the decoder ---------------------------------------------------------------------------- */
 
-/* Attention score slots (one per thread; attention runs on at most this many threads). */
-#define SCORE_SLOTS(m) (4 * (m)->n_heads)
+/* Query heads that share a key/value head are attended together, up to HEADS_MAX at a time: V is read
+   once for them, and their independent sums keep the vector units busy (one head alone waits on the
+   latency of its additions: the weighted sum of V runs over positions in order). The portable paths take
+   one head at a time (16-wide vectors there span several registers). */
+#if defined(__AVX512F__)
+#define HEADS_MAX 4
+#else
+#define HEADS_MAX 1
+#endif
+
+/* Attention score slots of HEADS_MAX score rows (one per thread; attention runs on at most this many
+   threads). */
+#define SCORE_SLOTS(m) ((m)->n_heads)
 /* Position blocks of the key cache: [kv head][ctx / 16][head_dim][16], so the 16 scores of a block read
    head_dim contiguous vectors. */
 #define POS_BLOCK 16
@@ -689,7 +707,7 @@ static int64_t layout(const edgeq_llm_model *m, int32_t nb, float *base, work_t 
     sizes[3] = sizes[4] = nb * kvd;
     sizes[6] = sizes[7] = (int64_t)nb * m->ffn_dim;
     sizes[9] = (int64_t)nb * (max3(m->dim, m->ffn_dim, (int64_t)m->n_heads * m->head_dim) / 32);
-    sizes[10] = (int64_t)SCORE_SLOTS(m) * CTX_BLOCKS(m) * POS_BLOCK; /* attention scores, a slot per thread */
+    sizes[10] = (int64_t)SCORE_SLOTS(m) * HEADS_MAX * CTX_BLOCKS(m) * POS_BLOCK; /* attention scores, a slot per thread */
     for (i = 0; i < 11; i++) {
         p[i] = base ? base + off : 0;
         off += (sizes[i] + 15) / 16 * 16;
@@ -767,89 +785,133 @@ static void scores16(const float *qh, const float *kb, int32_t hd, float scale, 
     memcpy(sc, &r, sizeof r);
 }
 
-/* o[0 .. NV vectors of VT) = sum over positions p in order of sc[p] * v[p] (rows kvd apart), then / total;
-   the NV accumulators run side by side. One body for 64 dimensions in 16-wide vectors and 8 in 8-wide ones. */
+/* For heads i < H: o[i * hd + ...] (NV vectors of VT) = sum over positions p in order of sc[i * stride + p] *
+   v[p] (rows kvd apart), then / total[i]. One body for 64 dimensions in 16-wide vectors and 8 in 8-wide ones;
+   H is a constant after inlining. */
 #define WEIGH_VALUES(name, VT, NV)                                                                             \
-    static void name(const float *v, int32_t kvd, const float *sc, int32_t n, float total, float *o)          \
+    static inline __attribute__((always_inline)) void name(const float *v, int32_t kvd, const float *sc,     \
+                                                           int32_t stride, int32_t n, const float *total,    \
+                                                           float *o, int32_t hd, const int H)                \
     {                                                                                                        \
         const int w = (int)(sizeof(VT) / sizeof(float));                                                    \
-        VT acc[NV], r;                                                                                       \
+        VT acc[HEADS_MAX][NV], r;                                                                            \
         int32_t p;                                                                                           \
-        int u;                                                                                               \
+        int u, i;                                                                                            \
         for (u = 0; u < NV; u++) {                                                                           \
             memcpy(&r, v + w * u, sizeof r);                                                                 \
-            acc[u] = sc[0] * r;                                                                              \
+            for (i = 0; i < H; i++)                                                                          \
+                acc[i][u] = sc[i * stride] * r;                                                              \
         }                                                                                                    \
         for (p = 1; p < n; p++)                                                                              \
             for (u = 0; u < NV; u++) {                                                                       \
                 memcpy(&r, v + (size_t)p * kvd + w * u, sizeof r);                                           \
-                acc[u] = acc[u] + sc[p] * r;                                                                 \
+                for (i = 0; i < H; i++)                                                                      \
+                    acc[i][u] = acc[i][u] + sc[i * stride + p] * r;                                          \
             }                                                                                                \
-        for (u = 0; u < NV; u++) {                                                                           \
-            acc[u] = acc[u] / total;                                                                         \
-            memcpy(o + w * u, &acc[u], sizeof acc[u]);                                                       \
-        }                                                                                                    \
+        for (i = 0; i < H; i++)                                                                              \
+            for (u = 0; u < NV; u++) {                                                                       \
+                acc[i][u] = acc[i][u] / total[i];                                                            \
+                memcpy(o + (size_t)i * hd + w * u, &acc[i][u], sizeof acc[i][u]);                            \
+            }                                                                                                \
     }
 WEIGH_VALUES(weigh_values64, vf16, 4)
 WEIGH_VALUES(weigh_values8, vf8, 1)
 
-/* One query head over positions 0 .. last (whole 16-position blocks are scored; the cache and sc are padded
-   to them, and the scores past `last` are not used). sc: scratch of CTX_BLOCKS * 16 floats. */
-static void attend(const edgeq_llm_model *m, const float *kt, const float *vc, const float *qh, int32_t h,
-                   int32_t last, float *sc, float *o)
+/* Softmax numerators of n scores in place (zeros up to the next 16-position block), returns their total:
+   position p into lane p % 16, lanes folded in halves (llm_reference). */
+static float softmax16(float *sc, int32_t n)
 {
-    int32_t hd = m->head_dim, kvd = m->n_kv_heads * hd, kvh = h / (m->n_heads / m->n_kv_heads);
-    int32_t n = last + 1, p, j;
-    const float *k = kt + (size_t)kvh * CTX_BLOCKS(m) * POS_BLOCK * hd, *v = vc + (size_t)kvh * hd;
-    float mx, total;
-    for (p = 0; p < n; p += POS_BLOCK)
-        scores16(qh, k + (size_t)p * hd, hd, m->kq_scale, sc + p);
-    mx = sc[0];
+    vf16 lanes, r;
+    float l[16], mx = sc[0];
+    int32_t p, j;
     for (p = 1; p < n; p++)
         mx = sc[p] > mx ? sc[p] : mx;
     for (p = 0; p < n; p++)
         sc[p] = exp_f32(sc[p] - mx);
     for (; p % POS_BLOCK; p++)
         sc[p] = 0.0f;
-    {   /* position p into lane p % 16, lanes folded in halves (llm_reference) */
-        vf16 lanes, r;
-        float l[16];
-        memcpy(&lanes, sc, sizeof lanes);
-        for (p = POS_BLOCK; p < n; p += POS_BLOCK) {
-            memcpy(&r, sc + p, sizeof r);
-            lanes = lanes + r;
-        }
-        memcpy(l, &lanes, sizeof l);
-        for (j = 8; j >= 1; j /= 2)
-            for (p = 0; p < j; p++)
-                l[p] = l[p] + l[p + j];
-        total = l[0];
+    memcpy(&lanes, sc, sizeof lanes);
+    for (p = POS_BLOCK; p < n; p += POS_BLOCK) {
+        memcpy(&r, sc + p, sizeof r);
+        lanes = lanes + r;
+    }
+    memcpy(l, &lanes, sizeof l);
+    for (j = 8; j >= 1; j /= 2)
+        for (p = 0; p < j; p++)
+            l[p] = l[p] + l[p + j];
+    return l[0];
+}
+
+/* Query heads h0 .. h0 + H - 1 (H <= HEADS_MAX, one key/value head) of one token over positions 0 .. last
+   (whole 16-position blocks are scored; the cache and sc are padded to them, and the scores past `last` are
+   not used). q, o: head h0's query and output (the others follow, head_dim apart); sc: scratch of
+   HEADS_MAX * CTX_BLOCKS * 16 floats. */
+static inline __attribute__((always_inline)) void attend(const edgeq_llm_model *m, const float *kt, const float *vc,
+                                                         const float *q, int32_t h0, const int H, int32_t last,
+                                                         float *sc, float *o)
+{
+    int32_t hd = m->head_dim, kvd = m->n_kv_heads * hd, kvh = h0 / (m->n_heads / m->n_kv_heads);
+    int32_t n = last + 1, stride = CTX_BLOCKS(m) * POS_BLOCK, p, j;
+    const float *k = kt + (size_t)kvh * stride * hd, *v = vc + (size_t)kvh * hd;
+    float total[HEADS_MAX];
+    int i;
+    for (i = 0; i < H; i++) {
+        for (p = 0; p < n; p += POS_BLOCK)
+            scores16(q + (size_t)i * hd, k + (size_t)p * hd, hd, m->kq_scale, sc + (size_t)i * stride + p);
+        total[i] = softmax16(sc + (size_t)i * stride, n);
     }
     for (j = 0; j + 64 <= hd; j += 64)
-        weigh_values64(v + j, kvd, sc, n, total, o + j);
+        weigh_values64(v + j, kvd, sc, stride, n, total, o + j, hd, H);
     for (; j < hd; j += 8) /* head_dim is a multiple of 8 */
-        weigh_values8(v + j, kvd, sc, n, total, o + j);
+        weigh_values8(v + j, kvd, sc, stride, n, total, o + j, hd, H);
+}
+
+/* The most heads of one key/value group, at most HEADS_MAX, that divide it evenly. */
+static int heads_per_pass(const edgeq_llm_model *m)
+{
+    int g = m->n_heads / m->n_kv_heads, h = HEADS_MAX;
+    while (g % h)
+        h--;
+    return h;
 }
 
 /* Attention of n tokens (token t at position pos + t, its keys and values already cached), one parallel loop
-   over (token, head) pairs; each thread scores into its own slot of `scratch` (`slots` of them). */
+   over (token, group of heads) pairs, dealt out round robin (later tokens attend to more positions); each
+   thread scores into its own slot of `scratch` (`slots` of them). */
 static void attention(const edgeq_llm_model *m, const float *kt, const float *vc, const float *q, int32_t n,
                       int32_t pos, float *scratch, int32_t slots, float *out)
 {
-    int32_t qd = m->n_heads * m->head_dim, pairs = n * m->n_heads, i;
+    const int H = heads_per_pass(m);
+    int32_t qd = m->n_heads * m->head_dim, passes = m->n_heads / H, units = n * passes, i;
     int threads = 1;
 #ifdef _OPENMP
     threads = omp_get_max_threads() < slots ? omp_get_max_threads() : slots;
 #endif
     (void)slots, (void)threads;
-#pragma omp parallel for schedule(static) num_threads(threads)
-    for (i = 0; i < pairs; i++) {
-        int32_t t = i / m->n_heads, h = i % m->n_heads, slot = 0;
+#pragma omp parallel for schedule(static, 1) num_threads(threads)
+    for (i = 0; i < units; i++) {
+        int32_t t = i / passes, h0 = i % passes * H, slot = 0;
+        const float *qh = q + (size_t)t * qd + (size_t)h0 * m->head_dim;
+        float *sc, *o = out + (size_t)t * qd + (size_t)h0 * m->head_dim;
 #ifdef _OPENMP
         slot = omp_get_thread_num();
 #endif
-        attend(m, kt, vc, q + (size_t)t * qd + (size_t)h * m->head_dim, h, pos + t, scratch + (size_t)slot * CTX_BLOCKS(m) * POS_BLOCK,
-               out + (size_t)t * qd + (size_t)h * m->head_dim);
+        sc = scratch + (size_t)slot * HEADS_MAX * CTX_BLOCKS(m) * POS_BLOCK;
+        switch (H) { /* H constant in each call: its loops unroll and its sums stay in registers */
+#if HEADS_MAX == 4
+        case 4:
+            attend(m, kt, vc, qh, h0, 4, pos + t, sc, o);
+            break;
+        case 3:
+            attend(m, kt, vc, qh, h0, 3, pos + t, sc, o);
+            break;
+        case 2:
+            attend(m, kt, vc, qh, h0, 2, pos + t, sc, o);
+            break;
+#endif
+        default:
+            attend(m, kt, vc, qh, h0, 1, pos + t, sc, o);
+        }
     }
 }
 
