@@ -531,32 +531,57 @@ static void step_span(const edgeq_llm_mat *w, int32_t r, const char **p, size_t 
 
 /* ---- activations ----------------------------------------------------------------------------- */
 
+#if defined(__AVX512F__)
+/* One 32-block with the scalar loop's exact results: max is order-free, NaN blocks are zeroed the same way,
+   x * inv, clamp and round-to-nearest-even are element-wise. */
+static void quantize_block(const float *xb, int8_t *qb, float *xs, int32_t *xsum)
+{
+    const __m512 a = _mm512_loadu_ps(xb), b = _mm512_loadu_ps(xb + 16);
+    const int nan = (_mm512_cmp_ps_mask(a, a, _CMP_UNORD_Q) | _mm512_cmp_ps_mask(b, b, _CMP_UNORD_Q)) != 0;
+    const float amax = nan ? 0.0f : _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(a), _mm512_abs_ps(b)));
+    const __m512 inv = _mm512_set1_ps(amax > 0.0f ? 127.0f / amax : 0.0f);
+    __m512i q[2];
+    int h;
+    *xs = amax / 127.0f;
+    for (h = 0; h < 2; h++) {
+        __m512 v = _mm512_mul_ps(h ? b : a, inv);
+        v = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), v);
+        v = _mm512_max_ps(_mm512_min_ps(v, _mm512_set1_ps(127.0f)), _mm512_set1_ps(-127.0f));
+        q[h] = _mm512_cvtps_epi32(v); /* the current rounding mode, as rintf */
+        _mm_storeu_si128((__m128i *)(qb + 16 * h), _mm512_cvtepi32_epi8(q[h]));
+    }
+    *xsum = _mm512_reduce_add_epi32(_mm512_add_epi32(q[0], q[1]));
+}
+#else
+static void quantize_block(const float *xb, int8_t *qb, float *xs, int32_t *xsum)
+{
+    float amax = 0.0f, inv;
+    int32_t sum = 0;
+    int nan = 0, i;
+    for (i = 0; i < 32; i++) {
+        float a = fabsf(xb[i]);
+        nan |= a != a;
+        amax = a > amax ? a : amax;
+    }
+    if (nan)
+        amax = 0.0f;
+    inv = amax > 0.0f ? 127.0f / amax : 0.0f;
+    *xs = amax / 127.0f;
+    for (i = 0; i < 32; i++) {
+        float v = xb[i] * inv;
+        v = v != v ? 0.0f : (v < -127.0f ? -127.0f : (v > 127.0f ? 127.0f : v));
+        qb[i] = (int8_t)rintf(v);
+        sum += qb[i];
+    }
+    *xsum = sum;
+}
+#endif
+
 void edgeq_llm_quantize(const float *x, int32_t n, int32_t cols, int8_t *xq, float *xs, int32_t *xsum)
 {
-    int32_t b, i, nb = cols / 32;
-    for (b = 0; b < n * nb; b++) {
-        const float *xb = x + (size_t)b * 32;
-        int8_t *qb = xq + (size_t)b * 32;
-        float amax = 0.0f, inv;
-        int32_t sum = 0;
-        int nan = 0;
-        for (i = 0; i < 32; i++) {
-            float a = fabsf(xb[i]);
-            nan |= a != a;
-            amax = a > amax ? a : amax;
-        }
-        if (nan)
-            amax = 0.0f;
-        inv = amax > 0.0f ? 127.0f / amax : 0.0f;
-        xs[b] = amax / 127.0f;
-        for (i = 0; i < 32; i++) {
-            float v = xb[i] * inv;
-            v = v != v ? 0.0f : (v < -127.0f ? -127.0f : (v > 127.0f ? 127.0f : v));
-            qb[i] = (int8_t)rintf(v);
-            sum += qb[i];
-        }
-        xsum[b] = sum;
-    }
+    int32_t b;
+    for (b = 0; b < n * (cols / 32); b++)
+        quantize_block(x + (size_t)b * 32, xq + (size_t)b * 32, xs + b, xsum + b);
 }
 
 /* Decode streams every weight once: asking for the next step's weights while the current ones are computed
