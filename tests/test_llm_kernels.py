@@ -166,7 +166,7 @@ def test_c_matvec_needs_the_tiled_copy_where_the_path_uses_one():
                               ffi.from_buffer("int32_t[]", xsum), 1, ffi.from_buffer("float[]", y))
     size = lib.edgeq_llm_tiles_size(mat)
     tiled = ffi.string(lib.edgeq_llm_simd()).decode() == "avx512vnni"
-    assert size == (2 * (2 * 2 * 64 + 3 * 16 * 2) if tiled else 0)  # 2 tiles of 2 blocks x 2 planes + 3 x 16 float16
+    assert size == (2 * 2 * 128 + 3 * 32 * 2 if tiled else 0)  # a 32-row tile: 2 blocks x 2 planes, 3 x 32 float16
     assert rc == (0 if size == 0 else -1)
 
 
