@@ -160,7 +160,7 @@ static const int8_t *row_values(const edgeq_llm_mat *w, const fmt_info *f, int32
      int8     512 bytes: quad j at 64 j, byte 4 i + k = v + 128 of row i, column 4 j + k
      int4     256 bytes: 64-byte unit u, byte 4 i + k: low nibble quad u, high nibble quad u + 4 (v + 8)
      trits    128 bytes: unit u, byte 4 i + k, bits 2 s, 2 s + 1: quad u + 2 s (v + 1)
-   then the group's float16 scales [plane][16 rows] and offsets [16 rows] (one stream: with the scales in
+   then the group's float16 scales [plane][tile rows] and offsets [tile rows] (one stream: with the scales in
    a region of their own, decode read memory at half the speed); rows past the matrix's end are zero. Codes
    stay unsigned for vpdpbusd: each dot starts at -bias * xsum[b].
    The bit planes (lut2, lut3) take tiles of 32 rows and no vpdpbusd: per block and plane, 4 units of 32

@@ -8,7 +8,8 @@
  * -std=c99, which implies it with GCC) and without -ffast-math: the float order is part of the spec.
  *
  * SIMD paths are chosen by compile-time macros: AVX-512 VNNI (__AVX512VNNI__, with GFNI code decoding when
- * __GFNI__; it runs on a copy of each matrix re-laid out in 16-row tiles, see edgeq_llm_make_tiles), AVX2,
+ * __GFNI__; it runs on a copy of each matrix re-laid out in tiles of 16 or 32 rows, see edgeq_llm_make_tiles
+ * and docs/llm-formats.md; lut2/lut3 by table lookups), AVX2,
  * AArch64 NEON with dotprod (__ARM_FEATURE_DOTPROD) or plain NEON, else scalar C. Rows of
  * a mat-vec and (token, head) pairs of attention are split across OpenMP threads when built with -fopenmp.
  * Float vector code only does element-wise IEEE operations in the spec's order, so every path gives the
