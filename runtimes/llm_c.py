@@ -72,7 +72,10 @@ class _Refs:
             if size < 0:
                 raise BackendError(f"C LLM kernels: invalid {m.fmt} matrix {m.rows}x{m.cols}")
             if size:
-                _check(lib.edgeq_llm_make_tiles(dst, self.ptr("uint8_t[]", np.empty(size, np.uint8))))
+                raw = np.empty(size + 64, np.uint8)
+                buf = raw[-raw.ctypes.data % 64:][:size]
+                self.keep.append(raw)
+                _check(lib.edgeq_llm_make_tiles(dst, self.ptr("uint8_t[]", buf)))
 
 
 class CDecoder:

@@ -109,7 +109,8 @@ int edgeq_llm_validate(const edgeq_llm_model *m);
 /* Run n tokens at positions pos .. pos+n-1; logits [n, vocab] (all_logits) or [vocab] (last token). */
 int edgeq_llm_forward(const edgeq_llm_model *m, edgeq_llm_state *s, const int32_t *tokens, int32_t n,
                       int32_t pos, float *logits, int32_t all_logits);
-/* The building blocks, exposed for the bit-exactness tests. */
+/* The building blocks, exposed for the bit-exactness tests: xsum = sums of xq per 32-block; matvec
+   allocates its own scratch for the bit-plane formats' activation tables (EDGEQ_LLM_E_MODEL if it cannot). */
 void edgeq_llm_quantize(const float *x, int32_t n, int32_t cols, int8_t *xq, float *xs, int32_t *xsum);
 int edgeq_llm_matvec(const edgeq_llm_mat *w, const int8_t *xq, const float *xs, const int32_t *xsum,
                      int32_t n, float *y);
