@@ -338,11 +338,17 @@ INLINE __m512i block_dot(const __m512i *c, const int8_t *xb, int32_t start)
 #define PREFETCH_AHEAD 4096
 #endif
 
-INLINE void prefetch_block(const uint8_t *codes, int bytes)
+/* Block b of a tile (gb blocks per group, gbytes per group, bb code bytes per plane): the start of its codes,
+   all planes, and (sd) its group's scales and offsets; in decode, asks for the codes PREFETCH_AHEAD on. */
+INLINE const uint8_t *block_at(const uint8_t *tile, int b, int gb, size_t gbytes, int planes, int bb, int prefetch,
+                               const uint16_t **sd)
 {
+    const uint8_t *grp = tile + (b / gb) * gbytes, *codes = grp + (size_t)(b % gb) * planes * bb;
     int o;
-    for (o = 0; o < bytes; o += 64)
+    *sd = (const uint16_t *)(grp + (size_t)gb * planes * bb);
+    for (o = 0; prefetch && o < planes * bb; o += 64)
         __builtin_prefetch(codes + o + PREFETCH_AHEAD, 0, 0);
+    return codes;
 }
 
 /* Tokens per pass in prefill: the codes of a block are decoded once for them. 8 was 8-13% faster than 4
@@ -366,14 +372,12 @@ INLINE void tile_pass(const int fmt, const int planes, const int offset, const i
     for (t = 0; t < T; t++)
         acc[t] = tt[t] = _mm512_setzero_ps();
     for (b = 0; b < nb; b++) {
-        const uint8_t *grp = base + (b / gb) * gbytes;
-        const uint16_t *sd = (const uint16_t *)(grp + (size_t)gb * planes * bb);
-        if (T == 1)
-            prefetch_block(grp + (size_t)(b % gb) * planes * bb, planes * bb);
+        const uint16_t *sd;
+        const uint8_t *codes = block_at(base, b, gb, gbytes, planes, bb, T == 1, &sd);
         for (p = 0; p < planes; p++) {
             __m512i c[8];
             const __m512 dv = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(sd + p * TILE_ROWS)));
-            block_codes(fmt, grp + (size_t)((b % gb) * planes + p) * bb, c);
+            block_codes(fmt, codes + (size_t)p * bb, c);
             UNROLL
             for (t = 0; t < T; t++) {
                 __m512i s = block_dot(c, xq + (size_t)t * cols + 32 * b, -bias * xsum[(size_t)t * nb + b]);
@@ -429,12 +433,10 @@ INLINE void tile_pass_bits(const int fmt, const int planes, const int T, const e
     for (t = 0; t < T; t++)
         acc[t][0] = acc[t][1] = tt[t][0] = tt[t][1] = _mm512_setzero_ps();
     for (b = 0; b < nb; b++) {
-        const uint8_t *grp = base + (b / gb) * gbytes;
-        const uint16_t *sd = (const uint16_t *)(grp + (size_t)gb * planes * bb);
-        if (T == 1)
-            prefetch_block(grp + (size_t)(b % gb) * planes * bb, planes * bb);
+        const uint16_t *sd;
+        const uint8_t *codes = block_at(base, b, gb, gbytes, planes, bb, T == 1, &sd);
         for (p = 0; p < planes; p++) {
-            const uint8_t *blk = grp + (size_t)((b % gb) * planes + p) * bb;
+            const uint8_t *blk = codes + (size_t)p * bb;
             __m512i idx[8];
             __m512 dv[2];
             UNROLL
