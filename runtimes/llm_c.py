@@ -57,12 +57,25 @@ class _Refs:
         self.keep.append(p)
         return p
 
-    def mat(self, dst: Any, m: Matrix) -> None:
+    def mat(self, dst: Any, m: Matrix, lib: Any = None) -> None:
+        """Point ``dst`` at ``m``'s arrays; with ``lib``, also lay out the tiles the SIMD path multiplies (a
+        second copy of the weights in RAM on the AVX-512 path, built once here)."""
         dst.fmt = llm_formats.get_format(m.fmt).code
         dst.rows, dst.cols = m.rows, m.cols
         dst.q = self.ptr("uint8_t[]", m.arrays["q"].view(np.uint8))
         dst.d = self.ptr("uint16_t[]", m.arrays["d"].view(np.uint16))
         dst.m = self.ptr("uint16_t[]", m.arrays["m"].view(np.uint16)) if "m" in m.arrays else self.ffi.NULL
+        dst.tiles = self.ffi.NULL
+        if lib is not None:
+            dst = self.ffi.addressof(dst)
+            size = lib.edgeq_llm_tiles_size(dst)
+            if size < 0:
+                raise BackendError(f"C LLM kernels: invalid {m.fmt} matrix {m.rows}x{m.cols}")
+            if size:
+                raw = np.empty(size + 64, np.uint8)
+                buf = raw[-raw.ctypes.data % 64:][:size]
+                self.keep.append(raw)
+                _check(lib.edgeq_llm_make_tiles(dst, self.ptr("uint8_t[]", buf)))
 
 
 class CDecoder:
@@ -83,7 +96,7 @@ class CDecoder:
         model.rope_cos, model.rope_sin = refs.ptr("float[]", cos), refs.ptr("float[]", sin)
         model.out_norm = refs.ptr("float[]", weights.norms["output_norm"])
         refs.mat(model.embed, weights.mats["token_embd"])
-        refs.mat(model.head, weights.head)
+        refs.mat(model.head, weights.head, lib)
         layers = ffi.new("edgeq_llm_layer[]", c.n_layers)
         names = {"wq": "attn_q", "wk": "attn_k", "wv": "attn_v", "wo": "attn_output", "gate": "ffn_gate",
                  "up": "ffn_up", "down": "ffn_down"}
@@ -92,7 +105,7 @@ class CDecoder:
             layers[i].attn_norm = refs.ptr("float[]", weights.norms[p + "attn_norm"])
             layers[i].ffn_norm = refs.ptr("float[]", weights.norms[p + "ffn_norm"])
             for field, name in names.items():
-                refs.mat(getattr(layers[i], field), weights.mats[p + name])
+                refs.mat(getattr(layers[i], field), weights.mats[p + name], lib)
         model.layers = layers
         self.model, self._layers = model, layers
         _check(lib.edgeq_llm_validate(model))
@@ -150,11 +163,11 @@ def matvec(m: Matrix, xq: np.ndarray, xs: np.ndarray, build: CBackend | None = N
     ffi, lib = b._loaded()
     refs = _Refs(ffi)
     mat = ffi.new("edgeq_llm_mat *")
-    refs.mat(mat, m)
+    refs.mat(mat[0], m, lib)
     xq = np.ascontiguousarray(xq, np.int8)
     xs = np.ascontiguousarray(xs, np.float32)
     n = xq.shape[0]
-    xsum = np.ascontiguousarray(xq.reshape(n, -1, llm_formats.SUB).sum(-1, dtype=np.int32))
+    xsum = np.ascontiguousarray(xq.reshape(n, -1, llm_formats.BLOCK).sum(-1, dtype=np.int32))
     y = np.empty((n, m.rows), np.float32)
     _check(lib.edgeq_llm_matvec(mat, refs.ptr("int8_t[]", xq), refs.ptr("float[]", xs), refs.ptr("int32_t[]", xsum),
                                 n, ffi.from_buffer("float[]", y)))
@@ -169,7 +182,7 @@ def quantize(x: np.ndarray, build: CBackend | None = None) -> tuple[np.ndarray, 
     x = np.ascontiguousarray(x, np.float32)
     n, cols = x.shape
     xq, xs = np.empty((n, cols), np.int8), np.empty((n, cols // 32), np.float32)
-    xsum = np.empty((n, max(cols // llm_formats.SUB, 1)), np.int32)
+    xsum = np.empty((n, max(cols // llm_formats.BLOCK, 1)), np.int32)
     lib.edgeq_llm_quantize(ffi.from_buffer("float[]", x), n, cols, ffi.from_buffer("int8_t[]", xq),
                            ffi.from_buffer("float[]", xs), ffi.from_buffer("int32_t[]", xsum))
     return xq, xs

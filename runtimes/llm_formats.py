@@ -23,21 +23,21 @@ else uint8), ``d`` float16 ``[rows, groups * planes]`` (plane-minor), ``m`` floa
 
 Activations are quantized to int8 in blocks of 32 along the row, each block with its own float32 scale
 (:func:`quantize_act`). The mat-vec (:func:`matvec`) is defined so that optimized kernels can reproduce
-it bit for bit. A row is cut into chunks of 64 columns (the last may hold 32) and each chunk into 16 lanes
-of 4 columns (lane j of chunk k: columns 64k + 4j .. 64k + 4j + 3; one vpdpbusd or vdotq_s32 lane).
-Per lane: exact integer dot products of the 4 columns for each plane, then float32 arithmetic in this
-fixed order (no fused multiply-add)::
+it bit for bit. Per output row and token, the row is cut into the activation's 32-column blocks; per block
+``b`` (in column order; ``g`` = the weight group holding it) the integer dot products of each plane over the
+block's 32 columns are exact in int32, and only then does float32 arithmetic start, in this fixed order
+(no fused multiply-add)::
 
-    acc[0..15] = 0
-    for each chunk k in order, for each lane j the chunk has (g = group, b = 32-block of its columns):
+    acc = 0
+    for each block b in order:
         t = d_0[g] * float(dot_0)
         t = t + d_p[g] * float(dot_p)             for p = 1 .. planes-1
-        t = t + m[g] * float(sum of x_q over the 4 columns)   (formats with an offset)
-        acc[j] = acc[j] + t * x_scale[b]
-    y = halving sum of acc: a[i] + a[i+8], then + [i+4], then + [i+2], then a[0] + a[1]
+        t = t + m[g] * float(sum of x_q over the block)   (formats with an offset)
+        acc = acc + t * x_scale[b]
+    y = acc
 
-Sixteen lanes match one AVX-512 register (four NEON registers); the halving order is how a vector is
-folded.
+One convert and multiply per (row, block, plane): the vector kernels put 16 rows in the 16 lanes of a
+register (rows interleaved at load time), so no lane ever needs a horizontal reduction.
 
 This module needs only NumPy: the converter lays out its chosen numbers with :func:`encode` and the runtime
 checks against :func:`matvec`; choosing the numbers (fitting) is the converter's (converters/llm_quantize.py).
@@ -211,9 +211,7 @@ def unpack(packed: dict[str, np.ndarray], fmt_name: str) -> np.ndarray:
 
 # ---- activations and the reference mat-vec -------------------------------------------------------
 
-BLOCK = 32  # activation block: one int8 scale per 32 values of a token
-LANES = 16  # float accumulators of the mat-vec
-SUB = 4     # columns per lane: one integer dot product
+BLOCK = 32  # activation block: one int8 scale per 32 values of a token; the mat-vec's float step
 
 
 def quantize_act(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -245,29 +243,28 @@ def halving_sum(acc: np.ndarray) -> np.ndarray:
 
 def matvec(packed: dict[str, np.ndarray], fmt_name: str, xq: np.ndarray, xs: np.ndarray) -> np.ndarray:
     """Reference ``y[t, r] = sum_c W[r, c] x[t, c]`` for int8 tokens ``xq[t, cols]`` with block scales
-    ``xs[t, cols / 32]``: integer dots per 4-column lane and plane, float32 in the module docstring's order."""
+    ``xs[t, cols / 32]``: integer dots per 32-column block and plane, float32 in the module docstring's order."""
     fmt = get_format(fmt_name)
     v = plane_values(packed, fmt_name).astype(np.int64)
     planes, r, c = v.shape
     g = fmt.group_size(c)
-    ns = c // SUB
-    xsub = xq.astype(np.int64).reshape(len(xq), ns, SUB)
-    dots = np.einsum("prsj,tsj->ptrs", v.reshape(planes, r, ns, SUB), xsub).astype(F32)  # exact: |dot| < 2^16
-    sums = xsub.sum(-1).astype(F32)  # [t, ns]
-    first = np.arange(ns) * SUB  # first column of each lane
-    d = packed["d"].astype(F32).reshape(r, c // g, planes)[:, first // g]  # [r, ns, planes]
-    m = packed["m"].astype(F32).reshape(r, c // g)[:, first // g] if fmt.offset else None
-    xl = xs.astype(F32)[:, first // BLOCK]  # [t, ns]
-    acc = np.zeros((len(xq), r, LANES), F32)
-    for k in range(0, ns, LANES):
-        s = slice(k, min(k + LANES, ns))
-        t = d[None, :, s, 0] * dots[0, :, :, s]
+    nb = c // BLOCK
+    xb = xq.astype(np.int64).reshape(len(xq), nb, BLOCK)
+    dots = np.einsum("prbj,tbj->ptrb", v.reshape(planes, r, nb, BLOCK), xb).astype(F32)  # exact: |dot| < 2^20
+    sums = xb.sum(-1).astype(F32)  # [t, nb]
+    group_of = np.arange(nb) * BLOCK // g
+    d = packed["d"].astype(F32).reshape(r, c // g, planes)[:, group_of]  # [r, nb, planes]
+    m = packed["m"].astype(F32).reshape(r, c // g)[:, group_of] if fmt.offset else None
+    xs = xs.astype(F32)
+    acc = np.zeros((len(xq), r), F32)
+    for b in range(nb):
+        t = d[None, :, b, 0] * dots[0, :, :, b]
         for p in range(1, planes):
-            t = t + d[None, :, s, p] * dots[p, :, :, s]
+            t = t + d[None, :, b, p] * dots[p, :, :, b]
         if m is not None:
-            t = t + m[None, :, s] * sums[:, None, s]
-        acc[:, :, :s.stop - k] = acc[:, :, :s.stop - k] + t * xl[:, None, s]
-    return halving_sum(acc)
+            t = t + m[None, :, b] * sums[:, None, b]
+        acc = acc + t * xs[:, None, b]
+    return acc
 
 
 def packed_nbytes(packed: dict[str, np.ndarray]) -> int:

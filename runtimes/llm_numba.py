@@ -47,33 +47,26 @@ def _matvec(code: int, q: np.ndarray, d: np.ndarray, m: np.ndarray, has_m: bool,
             planes: int, xq: np.ndarray, xs: np.ndarray, y: np.ndarray) -> None:
     n = xq.shape[0]
     vals = np.zeros((planes, cols), np.int8)
-    acc = np.zeros(16, F32)
     for r in range(rows):
         _unpack_row(code, q[r], cols, planes, vals)
         for t in range(n):
-            acc[:] = F32(0.0)
-            for c in range(0, cols, 4):  # lane (c % 64) // 4 of chunk c // 64
+            acc = F32(0.0)
+            for c in range(0, cols, 32):  # one activation block
                 g = c // group
                 xsum = 0
-                for j in range(c, c + 4):
+                for j in range(c, c + 32):
                     xsum += np.int32(xq[t, j])
                 tt = F32(0.0)
                 for p in range(planes):
                     dot = 0
-                    for j in range(c, c + 4):
+                    for j in range(c, c + 32):
                         dot += np.int32(vals[p, j]) * np.int32(xq[t, j])
                     term = d[r, g * planes + p] * F32(dot)
                     tt = term if p == 0 else tt + term
                 if has_m:
                     tt = tt + m[r, g] * F32(xsum)
-                lane = (c % 64) // 4
-                acc[lane] = acc[lane] + tt * xs[t, c // 32]
-            h = 8
-            while h >= 1:
-                for i in range(h):
-                    acc[i] = acc[i] + acc[i + h]
-                h //= 2
-            y[t, r] = acc[0]
+                acc = acc + tt * xs[t, c // 32]
+            y[t, r] = acc
 
 
 _scales: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}

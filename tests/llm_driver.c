@@ -29,11 +29,24 @@ static void read_mat(edgeq_llm_mat *m)
     m->q = read_array();
     m->d = read_array();
     m->m = read_array();
+    m->tiles = NULL;
+}
+
+/* The tiled copy the compiled SIMD path multiplies (edgeq_llm.h). */
+static void tile_mat(edgeq_llm_mat *m)
+{
+    int64_t size = edgeq_llm_tiles_size(m);
+    uint8_t *buf;
+    if (size < 0)
+        exit(6);
+    buf = malloc(size ? (size_t)size : 1);
+    if (!buf || edgeq_llm_make_tiles(m, buf) != 0)
+        exit(7);
 }
 
 int main(void)
 {
-    int32_t h[10], i, rc, n_tokens, max_batch;
+    int32_t h[10], i, j, rc, n_tokens, max_batch;
     float f[2];
     int64_t sizes[4];
     edgeq_llm_model m;
@@ -51,17 +64,17 @@ int main(void)
     m.out_norm = read_array();
     read_mat(&m.embed);
     read_mat(&m.head);
+    tile_mat(&m.head);
     layers = calloc((size_t)m.n_layers, sizeof *layers);
     for (i = 0; i < m.n_layers; i++) {
         layers[i].attn_norm = read_array();
         layers[i].ffn_norm = read_array();
-        read_mat(&layers[i].wq);
-        read_mat(&layers[i].wk);
-        read_mat(&layers[i].wv);
-        read_mat(&layers[i].wo);
-        read_mat(&layers[i].gate);
-        read_mat(&layers[i].up);
-        read_mat(&layers[i].down);
+        edgeq_llm_mat *mats[7] = {&layers[i].wq, &layers[i].wk, &layers[i].wv, &layers[i].wo, &layers[i].gate,
+                                  &layers[i].up, &layers[i].down};
+        for (j = 0; j < 7; j++) {
+            read_mat(mats[j]);
+            tile_mat(mats[j]);
+        }
     }
     m.layers = layers;
     tokens = read_array();

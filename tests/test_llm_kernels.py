@@ -84,10 +84,11 @@ def test_dot8_order_is_the_documented_one():
 
 
 @SETTINGS
-@given(fmt=st.sampled_from(FORMATS), rows=st.integers(1, 40), blocks=st.integers(1, 40), n=st.integers(1, 5),
+@given(fmt=st.sampled_from(FORMATS), rows=st.integers(1, 40), blocks=st.integers(1, 40), n=st.integers(1, 19),
        seed=st.integers(0, 2**31 - 1))
 def test_matvec_c_and_numba_bit_exact(fmt, rows, blocks, n, seed):
-    """Any number of 32-blocks (the 16-block chunks' tails included) the format's group size allows."""
+    """Any number of 32-blocks the format's group size allows, of rows (partial 16-row tiles) and of tokens
+    (the C prefill's passes of 4 or 8 tokens and their remainders)."""
     rng = np.random.default_rng(seed)
     group = llm_formats.FORMATS[fmt].group or 32
     cols = 32 * blocks // group * group or group
@@ -124,20 +125,20 @@ def test_matvec_float_combination_matches_dequantized_product():
 
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(scheme=st.sampled_from(FORMATS), layers=st.integers(1, 2), heads=st.sampled_from([(2, 1), (4, 2), (4, 4), (8, 2)]),
-       dim=st.sampled_from([32, 64, 128]), ffn=st.sampled_from([64, 96, 128]), batch=st.integers(1, 5),
-       seed=st.integers(0, 2**31 - 1))
+@given(scheme=st.sampled_from(FORMATS), layers=st.integers(1, 2),
+       heads=st.sampled_from([(2, 1), (4, 2), (4, 4), (8, 2), (6, 2)]), dim=st.sampled_from([32, 64, 128, 192]),
+       ffn=st.sampled_from([64, 96, 128]), batch=st.integers(1, 12), seed=st.integers(0, 2**31 - 1))
 def test_c_decoder_bit_exact(scheme, layers, heads, dim, ffn, batch, seed):
     nh, nkv = heads
     group = llm_formats.FORMATS[scheme].group or 32
     assume(dim % group == 0 and ffn % group == 0 and (dim // nh) % 8 == 0)
     c = LLMConfig(n_layers=layers, dim=dim, n_heads=nh, n_kv_heads=nkv, head_dim=dim // nh, ffn_dim=ffn,
-                  vocab=40, ctx=16, eps=1e-5, rope_base=10000.0)
+                  vocab=40, ctx=24, eps=1e-5, rope_base=10000.0)
     w = packed_weights(c, scheme, seed)
-    toks = np.random.default_rng(seed).integers(0, 40, size=9)
+    toks = np.random.default_rng(seed).integers(0, 40, size=20)
     want = ReferenceDecoder(w).forward(toks, 0)
     dec = llm_c.CDecoder(w, max_batch=batch)
-    got = np.concatenate([dec.forward(toks[:4], 0), dec.forward(toks[4:], 4)])  # prefill, then continue
+    got = np.concatenate([dec.forward(toks[:11], 0), dec.forward(toks[11:], 11)])  # prefill, then continue
     assert np.array_equal(got.view(np.int32), want.view(np.int32))
     last = dec.forward(toks, 0, all_logits=False)
     assert np.array_equal(last[0].view(np.int32), want[-1].view(np.int32))
@@ -148,6 +149,25 @@ def test_numba_decoder_bit_exact():
     w = packed_weights(tiny_config(n_layers=1), "lut3", 5)
     toks = [3, 1, 4, 1, 5]
     assert np.array_equal(numba_decoder(w).forward(toks, 0), ReferenceDecoder(w).forward(toks, 0))
+
+
+def test_c_matvec_needs_the_tiled_copy_where_the_path_uses_one():
+    """On the AVX-512 path a matrix without its tiles is refused (the kernels would read a NULL pointer)."""
+    b = llm_c.backend()
+    b.ensure_available()
+    ffi, lib = b._loaded()
+    w = np.random.default_rng(4).standard_normal((20, 64)).astype(np.float32)
+    refs = llm_c._Refs(ffi)
+    mat = ffi.new("edgeq_llm_mat *")
+    refs.mat(mat[0], Matrix("lut2", 20, 64, quantize_matrix(w, "lut2")))
+    xq = np.zeros((1, 64), np.int8)
+    xs, xsum, y = np.zeros((1, 2), np.float32), np.zeros((1, 2), np.int32), np.zeros((1, 20), np.float32)
+    rc = lib.edgeq_llm_matvec(mat, ffi.from_buffer("int8_t[]", xq), ffi.from_buffer("float[]", xs),
+                              ffi.from_buffer("int32_t[]", xsum), 1, ffi.from_buffer("float[]", y))
+    size = lib.edgeq_llm_tiles_size(mat)
+    tiled = ffi.string(lib.edgeq_llm_simd()).decode() == "avx512vnni"
+    assert size == (2 * 2 * 128 + 3 * 32 * 2 if tiled else 0)  # a 32-row tile: 2 blocks x 2 planes, 3 x 32 float16
+    assert rc == (0 if size == 0 else -1)
 
 
 def test_c_decoder_rejects_bad_tokens_and_positions():

@@ -20,10 +20,11 @@ from edgeq.runtimes.llm_reference import LLMConfig, ReferenceDecoder, rope_table
 from llm_util import packed_weights
 
 DRIVER = Path(__file__).parent / "llm_driver.c"
-CONFIG = LLMConfig(n_layers=2, dim=128, n_heads=4, n_kv_heads=2, head_dim=32, ffn_dim=576, vocab=40, ctx=16,
+# 3 query heads per key/value head: AVX-512 attends them together (attention in edgeq_llm.c)
+CONFIG = LLMConfig(n_layers=2, dim=192, n_heads=6, n_kv_heads=2, head_dim=32, ffn_dim=576, vocab=40, ctx=16,
                    eps=1e-5, rope_base=10000.0)
 TOKENS = np.array([3, 1, 4, 1, 5, 9, 2, 6, 5, 3, 5], np.int32)
-MAX_BATCH = 4
+MAX_BATCH = 10  # batches of 10 and 1: the AVX-512 prefill's 8-token passes and remainders
 SYSROOT = "/usr/aarch64-linux-gnu"
 
 

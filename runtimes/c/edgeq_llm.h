@@ -3,12 +3,14 @@
  * runtimes/llm_reference.py and runtimes/llm_formats.py.
  *
  * Weight formats (llm_formats.FORMATS; byte layouts in docs/llm-formats.md) share one mat-vec: integer dot
- * products per plane over lanes of 4 columns, combined in float32 in the fixed order of llm_formats.py
- * (16 lanes per 64 columns, one per vpdpbusd / vdotq_s32 lane). Build with -ffp-contract=off (or -std=c99,
- * which implies it with GCC) and without -ffast-math: the float order is part of the spec.
+ * products per plane over each 32-column activation block, combined in float32 in the fixed order of
+ * llm_formats.py (one convert and multiply per row, block and plane). Build with -ffp-contract=off (or
+ * -std=c99, which implies it with GCC) and without -ffast-math: the float order is part of the spec.
  *
  * SIMD paths are chosen by compile-time macros: AVX-512 VNNI (__AVX512VNNI__, with GFNI code decoding when
- * __GFNI__), AVX2, AArch64 NEON with dotprod (__ARM_FEATURE_DOTPROD) or plain NEON, else scalar C. Rows of
+ * __GFNI__; it runs on a copy of each matrix re-laid out in tiles of 16 or 32 rows, see edgeq_llm_make_tiles
+ * and docs/llm-formats.md; lut2/lut3 by table lookups), AVX2,
+ * AArch64 NEON with dotprod (__ARM_FEATURE_DOTPROD) or plain NEON, else scalar C. Rows of
  * a mat-vec and (token, head) pairs of attention are split across OpenMP threads when built with -fopenmp.
  * Float vector code only does element-wise IEEE operations in the spec's order, so every path gives the
  * same bits.
@@ -42,7 +44,8 @@ extern "C" {
 #define EDGEQ_LLM_FMT_LUT3 6
 
 /* A packed matrix [rows, cols]: q codes, d float16 scales [rows, groups * planes], m float16 offsets
-   [rows, groups] (lut formats; else NULL). */
+   [rows, groups] (lut formats; else NULL); tiles: the layout the compiled SIMD path multiplies, filled by
+   edgeq_llm_make_tiles (NULL when edgeq_llm_tiles_size is 0). */
 typedef struct {
     int32_t fmt;
     int32_t rows;
@@ -50,6 +53,7 @@ typedef struct {
     const void *q;
     const uint16_t *d;
     const uint16_t *m;
+    const uint8_t *tiles;
 } edgeq_llm_mat;
 
 typedef struct {
@@ -90,9 +94,14 @@ typedef struct {
     float *v_cache; /* [n_layers, ctx, n_kv_heads, head_dim] */
     float *work;
     int8_t *xq;
-    int32_t *xsum;  /* sums of the quantized activations per 4 columns */
+    int32_t *xsum;  /* sums of the quantized activations per 32-block */
 } edgeq_llm_state;
 
+/* Bytes of the tiled copy of w the compiled SIMD path multiplies (0: it uses q, d, m as they are; -1: w is
+   invalid). Every layer matrix and the head need edgeq_llm_make_tiles into a buffer of that size (kept
+   alive as long as w) before edgeq_llm_validate / forward / matvec accept them. */
+int64_t edgeq_llm_tiles_size(const edgeq_llm_mat *w);
+int edgeq_llm_make_tiles(edgeq_llm_mat *w, uint8_t *buf);
 /* sizes[0] floats of work, sizes[1] bytes of xq, sizes[2] int32 of xsum, sizes[3] floats of k_cache;
    EDGEQ_LLM_E_MODEL if invalid. */
 int edgeq_llm_state_sizes(const edgeq_llm_model *m, int32_t max_batch, int64_t *sizes);
@@ -100,7 +109,8 @@ int edgeq_llm_validate(const edgeq_llm_model *m);
 /* Run n tokens at positions pos .. pos+n-1; logits [n, vocab] (all_logits) or [vocab] (last token). */
 int edgeq_llm_forward(const edgeq_llm_model *m, edgeq_llm_state *s, const int32_t *tokens, int32_t n,
                       int32_t pos, float *logits, int32_t all_logits);
-/* The building blocks, exposed for the bit-exactness tests. */
+/* The building blocks, exposed for the bit-exactness tests: xsum = sums of xq per 32-block; matvec
+   allocates its own scratch for the bit-plane formats' activation tables (EDGEQ_LLM_E_MODEL if it cannot). */
 void edgeq_llm_quantize(const float *x, int32_t n, int32_t cols, int8_t *xq, float *xs, int32_t *xsum);
 int edgeq_llm_matvec(const edgeq_llm_mat *w, const int8_t *xq, const float *xs, const int32_t *xsum,
                      int32_t n, float *y);
