@@ -219,10 +219,10 @@ def calibrate(graph: Graph, calib: dict[str, np.ndarray], methods: tuple[str, ..
     per_sample = max(sum(int(np.prod(v.shape[1:])) for v in calib.values()), 1)
     batch = max(1, min(BATCH, BATCH_VALUES // per_sample))
     starts = list(range(0, n, batch))
-    with Progress("calibrating", n, progress) as bar:
-        if views is not None:  # the batches of the first views.samples alone: they decide the views
+    with Progress("calibrating", n, progress) as bar, ThreadPoolExecutor(WORKERS) as pool:
+        if views is not None:  # the batches of the first views.samples first: they decide the views
             first = [start for start in starts if start < views.samples]
-            held = {start: run_batch(start, views.tensors, bar) for start in first}
+            held = dict(zip(first, pool.map(lambda start: run_batch(start, views.tensors, bar), first)))
             chosen.update(views.decide(lambda t: np.concatenate([held[s][t] for s in first])))
             for key, (t, _) in chosen.items():
                 by_tensor.setdefault(t, []).append(key)
@@ -231,8 +231,7 @@ def calibrate(graph: Graph, calib: dict[str, np.ndarray], methods: tuple[str, ..
                 for t in sorted(views.tensors):
                     add(t, batch_values[t], start)
             starts = starts[len(first):]
-        with ThreadPoolExecutor(WORKERS) as pool:
-            list(pool.map(lambda start: run_batch(start, set(), bar), starts))
+        list(pool.map(lambda start: run_batch(start, set(), bar), starts))
     return Calibration({m: stats.ranges(m) for m in methods},
                        {o: np.concatenate([outputs[k][o] for k in sorted(outputs)]) for o in graph.outputs}
                        if outputs else {})

@@ -10,7 +10,7 @@ from typing import Callable
 import numpy as np
 
 from edgeq.ir import Node
-from .float_loops import depthwise
+from .float_loops import CHAIN_CODES, chain, depthwise
 from .resize_tables import resize_float
 
 ACTIVATIONS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
@@ -50,17 +50,17 @@ def _hard_sigmoid(t: np.ndarray, beta: float, times: np.ndarray | None = None) -
 
 
 def _chain(x: np.ndarray, steps: list[dict]) -> np.ndarray:
-    own = False  # whether x is this chain's own fresh array: a Mul or Add that keeps its shape and dtype
-    for step in steps:  # then updates it in place (the same ufunc and values, no new 640x640 map)
-        if step["op"] in ("Mul", "Add"):
-            fn, c = (np.multiply if step["op"] == "Mul" else np.add), step["c"]
-            if own and np.result_type(x, c) == x.dtype and np.broadcast_shapes(x.shape, np.shape(c)) == x.shape:
-                fn(x, c, out=x)
-            else:
-                x = fn(x, c)
+    if x.dtype == np.float32 and all(st["op"] in CHAIN_CODES and (st["op"] == "HardSwish" or type(st["c"]) is float)
+                                     for st in steps):  # (a NumPy float64 constant would promote to float64)
+        return chain(np.ascontiguousarray(x), np.array([CHAIN_CODES[st["op"]] for st in steps], dtype=np.int64),
+                     np.array([st.get("c", 0.0) for st in steps], dtype=np.float32))
+    for step in steps:
+        if step["op"] == "Mul":
+            x = x * step["c"]
+        elif step["op"] == "Add":
+            x = x + step["c"]
         else:
             x = ACTIVATIONS[step["op"]](x, step)
-        own = True
     return x
 
 

@@ -106,6 +106,33 @@ def test_depthwise_loop_equals_numpy_tap_sums(data):
     assert got.dtype == np.float32 and np.array_equal(got.view(np.int32), want.view(np.int32))
 
 
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_chain_loop_equals_numpy_steps(data):
+    """float_loops.chain (HardSwish, Mul and Add by Python floats) gives the bits of the NumPy steps,
+    large, tiny and infinite values included; a float64 NumPy constant keeps the NumPy path (it promotes)."""
+    d = data.draw
+    rng = np.random.default_rng(d(st.integers(0, 2**31)))
+    steps = [{"op": d(st.sampled_from(["HardSwish", "Mul", "Add"]))} for _ in range(d(st.integers(1, 4)))]
+    for s in steps:
+        if s["op"] != "HardSwish":
+            s["c"] = float(rng.standard_normal() * 10.0 ** int(rng.integers(-3, 3)))
+    x = (rng.standard_normal((d(st.integers(1, 2)), 3, d(st.integers(1, 70)), 9)) * 10).astype(np.float32)
+    x.reshape(-1)[rng.random(x.size) < 0.05] = rng.choice(np.array([0, -3, 3, 1e-40, 3e38, np.inf, -np.inf], np.float32))
+    want = x
+    for s in steps:
+        if s["op"] == "HardSwish":
+            t = np.divide(want, 6, dtype=np.float32)
+            t += 0.5
+            want = np.clip(t, 0, 1) * want
+        else:
+            want = want * s["c"] if s["op"] == "Mul" else want + s["c"]
+    got = float_ops.FLOAT_OPS["Chain"](float_ops.Node("Chain", "c", ["x"], ["y"], {"steps": steps}), [x])
+    assert got.dtype == np.float32 and np.array_equal(got.view(np.int32), want.view(np.int32))
+    wide = [dict(s, c=np.float64(s["c"])) if "c" in s else s for s in steps]
+    assert float_ops._chain(x, wide).dtype == (np.float64 if any("c" in s for s in wide) else np.float32)
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.data())
 def test_conv_transpose_matches_direct_definition(data):
