@@ -13,6 +13,9 @@
  *     (channel, tap) is one unit-stride `acc[i] += w * x[i + offset]` over output positions, with
  *     EDGEQ_OC_BLOCK x EDGEQ_VPOS accumulators held in vector registers.
  *   - scalar: the last resort for patches no scratch budget fits.
+ * With AVX-512 (VNNI) the host paths of their own sections come first: depthwise and few-channel first
+ * layers as byte quads, stride-1 convolutions with many input channels over a padded band (implicit
+ * im2col), other single-group convolutions as im2col tiles (pointwise).
  * Loops that matter are written with constant trip counts or whole-vector padding so gcc -O3 emits
  * them without scalar remainders. Nothing allocates: scratch is stack arrays sized by the budgets
  * below (edgeq_kernels.h lists them and the stack they imply).
