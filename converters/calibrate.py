@@ -219,6 +219,7 @@ def calibrate(graph: Graph, calib: dict[str, np.ndarray], methods: tuple[str, ..
     per_sample = max(sum(int(np.prod(v.shape[1:])) for v in calib.values()), 1)
     batch = max(1, min(BATCH, BATCH_VALUES // per_sample))
     starts = list(range(0, n, batch))
+    pending = []
     with Progress("calibrating", n, progress) as bar, ThreadPoolExecutor(WORKERS) as pool:
         if views is not None:  # the batches of the first views.samples first: they decide the views
             first = [start for start in starts if start < views.samples]
@@ -226,12 +227,17 @@ def calibrate(graph: Graph, calib: dict[str, np.ndarray], methods: tuple[str, ..
             chosen.update(views.decide(lambda t: np.concatenate([held[s][t] for s in first])))
             for key, (t, _) in chosen.items():
                 by_tensor.setdefault(t, []).append(key)
-            for start in first:  # then their held tensors count like the others
+
+            def add_held(start: int) -> None:  # then their held tensors count like the others
                 batch_values = held.pop(start)
                 for t in sorted(views.tensors):
                     add(t, batch_values[t], start)
+
+            pending = [pool.submit(add_held, start) for start in first]  # queued before the other batches
             starts = starts[len(first):]
         list(pool.map(lambda start: run_batch(start, set(), bar), starts))
+        for done in pending:
+            done.result()
     return Calibration({m: stats.ranges(m) for m in methods},
                        {o: np.concatenate([outputs[k][o] for k in sorted(outputs)]) for o in graph.outputs}
                        if outputs else {})
