@@ -43,6 +43,7 @@ AUTO_SAMPLES = 32    # calibration samples on which --calib-method auto compares
 SUBSET_VALUES = 1 << 22
 REPORT_VALUES = 1 << 26
 REPORT_WORKERS = 2   # runs of report samples in flight
+AUTO_WORKERS = 2     # auto candidates quantized and scored at a time
 
 
 @dataclass
@@ -219,28 +220,35 @@ def _auto_quantize(fg: Graph, data: dict[str, np.ndarray],
     cal = calibrate(fg, data, ("minmax", "percentile"), views=planner, keep_outputs=n, progress=progress)
     producers = fg.producers()
     classes = all(producers[o].op == "Softmax" for o in fg.outputs if o in producers)
-    scores, graphs, scored = {}, {}, []
     variants = [("", fg, {})]
     if planner.groups:
         split = copy.deepcopy(fg)
         variants.append(("+split", split, split_wide_channels(split, planner.groups)))
+    keys, todo, same_as = [], [], {}  # every candidate in order; (key, graph, ranges) to score; repeats
     for suffix, g, parts_of in variants:
         sets = {m: {t: cal.ranges[m][parts_of.get(t, t)] for t in g.tensors
                     if t not in g.consts and parts_of.get(t, t) in cal.ranges[m]} for m in ("minmax", "percentile")}
         sets["hybrid"] = hybrid_ranges(g, sets["minmax"], sets["percentile"])
         for name, ranges in sets.items():
-            key = name + suffix
-            same = next((k for k, r in scored if graphs[k][0] is g and r == ranges), None)
+            keys.append(name + suffix)
+            same = next((k for k, kg, r in todo if kg is g and r == ranges), None)
             if same is not None:
-                graphs[key], scores[key] = graphs[same], scores[same]
-                continue
-            graphs[key] = (g, quantize_graph(g, ranges))
-            scored.append((key, ranges))
-            got = Executor(graphs[key][1], "auto").run(inputs)
-            if classes:
-                scores[key] = round(float(np.mean([_top1_agreement(cal.outputs[o], got[o]) for o in fg.outputs])), 4)
+                same_as[name + suffix] = same
             else:
-                scores[key] = round(float(np.mean([min(sqnr_db(cal.outputs[o], got[o]), 200.0) for o in fg.outputs])), 2)
+                todo.append((name + suffix, g, ranges))
+
+    def score(item: tuple[str, Graph, dict]) -> tuple[Graph, Graph, float]:
+        _, g, ranges = item
+        qg = quantize_graph(g, ranges)
+        got = Executor(qg, "auto").run(inputs)
+        if classes:
+            return g, qg, round(float(np.mean([_top1_agreement(cal.outputs[o], got[o]) for o in fg.outputs])), 4)
+        return g, qg, round(float(np.mean([min(sqnr_db(cal.outputs[o], got[o]), 200.0) for o in fg.outputs])), 2)
+
+    with ThreadPoolExecutor(AUTO_WORKERS) as pool:  # the compiled runs release the GIL
+        done = dict(zip([k for k, _, _ in todo], pool.map(score, todo)))
+    graphs = {key: done[same_as.get(key, key)][:2] for key in keys}
+    scores = {key: done[same_as.get(key, key)][2] for key in keys}
     best = max(scores, key=scores.get)
     return (*graphs[best], {"chosen": best, ("top1_agreement" if classes else "output_sqnr_db"): scores,
                             "samples_compared": n})
