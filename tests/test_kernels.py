@@ -425,3 +425,26 @@ def test_requantize(backend, seed, x_bits, y_bits):
     attrs = dict(x_bits=x_bits, y_bits=y_bits, x_zp=0 if x_bits == 16 else int(rng.integers(-128, 128)),
                  y_zp=0 if y_bits == 16 else int(rng.integers(-128, 128)), mult=int(mult[0]), shift=int(shift[0]))
     assert_bit_exact(*make_graph("QRequantize", {"x": x}, {}, ["x"], attrs), backend)
+
+
+def test_c_backend_shared_by_threads():
+    """Two executors on the one C library in two threads (as --calib-method auto scores its candidates):
+    each gets its own program's outputs, never the other's cached buffers."""
+    from concurrent.futures import ThreadPoolExecutor
+    from edgeq.runtimes.executor import Executor
+    rng = np.random.default_rng(7)
+    cases = []
+    for oc in (3, 5):
+        x = i8(rng, (1, 4, 6, 7))
+        consts, order = conv_consts(rng, oc, 4, 3, 3)
+        attrs = dict(strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=1, x_zp=3, y_zp=-2, act_min=-128,
+                     act_max=127)
+        graph, inputs = make_graph("QConv", {"x": x}, consts, order, attrs)
+        cases.append((Executor(graph, "c"), inputs, Executor(graph, "reference").run_quantized(inputs)))
+
+    def hammer(case) -> bool:
+        ex, inputs, want = case
+        return all(all(np.array_equal(ex.run_quantized(inputs)[k], want[k]) for k in want) for _ in range(300))
+
+    with ThreadPoolExecutor(2) as pool:
+        assert all(pool.map(hammer, cases))
