@@ -108,27 +108,29 @@ class RangeStats:
         self.seed = seed
 
     def add(self, key: Hashable, v: np.ndarray, batch: int = 0) -> None:
-        """Fold in batch number ``batch`` of ``key``'s values (the batch is the leading axis), in any order."""
-        flat = v.reshape(-1)
+        """Fold in batch number ``batch`` of ``key``'s values (the batch is the leading axis), in any order.
+        ``v`` is scanned as it is (a cropped convolution output is strided: flattening would copy it)."""
         if self.tails:
-            n = self.count.setdefault(key, self.total * (flat.size // max(v.shape[0], 1)))
+            n = self.count.setdefault(key, self.total * (v.size // max(v.shape[0], 1)))
             k = int(np.ceil((n - 1) * (100 - PERCENTILE) / 100)) + 2
             low, high = self.low.get(key), self.high.get(key)
             if low is None:
+                flat = v.reshape(-1)
                 self.low[key], self.high[key] = _smallest(flat, k), _largest(flat, k)
             else:
                 # Only values beyond the k-th kept one can enter a full tail; the batch's extremes (fast
                 # reductions) tell whether any does: a ReLU's low tail of zeros never needs the scan.
-                if low.size < k or flat.min() < low[-1]:
-                    self.low[key] = _smallest(np.concatenate((low, flat if low.size < k else flat[flat < low[-1]])), k)
-                if high.size < k or flat.max() > high[0]:
-                    self.high[key] = _largest(np.concatenate((high, flat if high.size < k else flat[flat > high[0]])), k)
+                if low.size < k or v.min() < low[-1]:
+                    self.low[key] = _smallest(np.concatenate((low, v.reshape(-1) if low.size < k else v[v < low[-1]])), k)
+                if high.size < k or v.max() > high[0]:
+                    self.high[key] = _largest(np.concatenate((high, v.reshape(-1) if high.size < k else v[v > high[0]])), k)
             # the tails hold the extremes too
             self.lo[key], self.hi[key] = float(self.low[key][0]), float(self.high[key][-1])
         else:
-            self.lo[key] = min(self.lo.get(key, np.inf), float(flat.min()))
-            self.hi[key] = max(self.hi.get(key, -np.inf), float(flat.max()))
+            self.lo[key] = min(self.lo.get(key, np.inf), float(v.min()))
+            self.hi[key] = max(self.hi.get(key, -np.inf), float(v.max()))
         if self.sampled:
+            flat = v.reshape(-1)
             # Each batch contributes its share of SAMPLE_CAP; small tensors are kept whole.
             take = -(-SAMPLE_CAP * v.shape[0] // self.total)
             rng = np.random.default_rng([self.seed, batch, zlib.crc32(repr(key).encode())])
@@ -188,12 +190,15 @@ def calibrate(graph: Graph, calib: dict[str, np.ndarray], methods: tuple[str, ..
     n = next(iter(calib.values())).shape[0]
     stats = RangeStats(n, methods)
     lock = threading.Lock()
+    # One lock per tensor: the workers fold different tensors' statistics at the same time (RangeStats
+    # keeps each key's state apart), one tensor's batches one after the other.
+    tensor_locks = {name: threading.Lock() for name in [*graph.inputs, *(o for nd in graph.nodes for o in nd.outputs)]}
     chosen: dict[Hashable, tuple[str, np.ndarray]] = {}
     by_tensor: dict[str, list[Hashable]] = {}
     outputs: dict[int, dict[str, np.ndarray]] = {}
 
     def add(name: str, v: np.ndarray, start: int) -> None:
-        with lock:
+        with tensor_locks[name]:
             stats.add(name, v, start)
             for key in by_tensor.get(name, ()):
                 stats.add(key, v[:, chosen[key][1]], start)
@@ -214,20 +219,25 @@ def calibrate(graph: Graph, calib: dict[str, np.ndarray], methods: tuple[str, ..
     per_sample = max(sum(int(np.prod(v.shape[1:])) for v in calib.values()), 1)
     batch = max(1, min(BATCH, BATCH_VALUES // per_sample))
     starts = list(range(0, n, batch))
-    with Progress("calibrating", n, progress) as bar:
-        if views is not None:  # the batches of the first views.samples alone: they decide the views
+    pending = []
+    with Progress("calibrating", n, progress) as bar, ThreadPoolExecutor(WORKERS) as pool:
+        if views is not None:  # the batches of the first views.samples first: they decide the views
             first = [start for start in starts if start < views.samples]
-            held = {start: run_batch(start, views.tensors, bar) for start in first}
+            held = dict(zip(first, pool.map(lambda start: run_batch(start, views.tensors, bar), first)))
             chosen.update(views.decide(lambda t: np.concatenate([held[s][t] for s in first])))
             for key, (t, _) in chosen.items():
                 by_tensor.setdefault(t, []).append(key)
-            for start in first:  # then their held tensors count like the others
+
+            def add_held(start: int) -> None:  # then their held tensors count like the others
                 batch_values = held.pop(start)
                 for t in sorted(views.tensors):
                     add(t, batch_values[t], start)
+
+            pending = [pool.submit(add_held, start) for start in first]  # queued before the other batches
             starts = starts[len(first):]
-        with ThreadPoolExecutor(WORKERS) as pool:
-            list(pool.map(lambda start: run_batch(start, set(), bar), starts))
+        list(pool.map(lambda start: run_batch(start, set(), bar), starts))
+        for done in pending:
+            done.result()
     return Calibration({m: stats.ranges(m) for m in methods},
                        {o: np.concatenate([outputs[k][o] for k in sorted(outputs)]) for o in graph.outputs}
                        if outputs else {})

@@ -10,6 +10,7 @@ from typing import Callable
 import numpy as np
 
 from edgeq.ir import Node
+from .float_loops import CHAIN_CODES, chain, depthwise
 from .resize_tables import resize_float
 
 ACTIVATIONS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
@@ -49,6 +50,10 @@ def _hard_sigmoid(t: np.ndarray, beta: float, times: np.ndarray | None = None) -
 
 
 def _chain(x: np.ndarray, steps: list[dict]) -> np.ndarray:
+    if x.dtype == np.float32 and all(st["op"] in CHAIN_CODES and (st["op"] == "HardSwish" or type(st["c"]) is float)
+                                     for st in steps):  # (a NumPy float64 constant would promote to float64)
+        return chain(np.ascontiguousarray(x), np.array([CHAIN_CODES[st["op"]] for st in steps], dtype=np.int64),
+                     np.array([st.get("c", 0.0) for st in steps], dtype=np.float32))
     for step in steps:
         if step["op"] == "Mul":
             x = x * step["c"]
@@ -66,9 +71,15 @@ def _gelu(x: np.ndarray, approximate: str) -> np.ndarray:
     return (0.5 * x * (1 + erf(np.asarray(x, dtype=np.float64) / math.sqrt(2)))).astype(np.asarray(x).dtype)
 
 
+def _as_dtype(y: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``y`` in ``x``'s dtype, never ``x`` itself: converted only when the dtypes differ (a copy of a
+    640x640 map per activation otherwise)."""
+    return y.astype(x.dtype, copy=y is x)
+
+
 def apply_activation(x: np.ndarray, act: dict | None) -> np.ndarray:
     """Apply a fused activation ``{"op": name, **attrs}`` (or nothing)."""
-    return x if act is None else ACTIVATIONS[act["op"]](x, act).astype(x.dtype)
+    return x if act is None else _as_dtype(ACTIVATIONS[act["op"]](x, act), x)
 
 
 def _windows(x: np.ndarray, kernel, strides, pads, dilations, pad_value: float) -> np.ndarray:
@@ -91,34 +102,30 @@ COLS_LIMIT = 1 << 24  # floats per im2col block: bounds the scratch of a large b
 
 
 def _conv_stride1(xp: np.ndarray, w: np.ndarray, out_hw, dilations, group: int) -> np.ndarray:
-    """Stride-1 convolution, one step per kernel tap on the flattened padded input: tap (i, j) reads the
-    contiguous run starting at row i, column j, so no im2col copy is made (1.5x faster on det's 3x3
-    convolutions). Each output row is computed over the full padded width and cropped. A depthwise tap
-    is a per-channel multiply-add, any other a matrix product per group."""
+    """Stride-1 grouped convolution, one matrix product per group and kernel tap on the flattened padded
+    input: tap (i, j) reads the contiguous run starting at row i, column j, so no im2col copy is made
+    (1.5x faster on det's 3x3 convolutions). Each output row is computed over the full padded width and
+    cropped."""
     n, c, hp, wp = xp.shape
     oc, cg, kh, kw = w.shape
     (oh, ow), (dh, dw) = out_hw, dilations
-    depthwise = cg == 1 and oc == group
-    flat = xp.reshape(n, c, hp * wp) if depthwise else xp.reshape(n, group, cg, hp * wp)
+    flat = xp.reshape(n, group, cg, hp * wp)
     span = (oh - 1) * wp + ow
-    y = np.zeros(((n, c) if depthwise else (n, group, oc // group)) + (oh * wp,), dtype=np.float32)
+    y = np.zeros((n, group, oc // group, oh * wp), dtype=np.float32)
     prod = np.empty(y.shape[:-1] + (span,), dtype=np.float32)  # reused: fresh temporaries cost page faults
     wt = w.reshape(group, oc // group, cg, kh, kw)
     for i in range(kh):
         for j in range(kw):
             at = i * dh * wp + j * dw
-            if depthwise:
-                np.multiply(flat[..., at: at + span], w[:, 0, i, j, None], out=prod)
-            else:
-                np.matmul(wt[:, :, :, i, j], flat[..., at: at + span], out=prod)
+            np.matmul(wt[:, :, :, i, j], flat[..., at: at + span], out=prod)
             y[..., :span] += prod
     return y.reshape(n, oc, oh, wp)[..., :ow]
 
 
 def conv(x, w, b=None, *, strides, pads, dilations, group, act=None):
-    """Grouped 2-D convolution, NCHW / OIHW, in float32: stride 1 by kernel taps (_conv_stride1), 1x1 as
-    one BLAS matrix product, other strides over im2col columns (depthwise ones as one multiply-add per
-    tap: a matrix product per channel would be a 1 x KH*KW one)."""
+    """Grouped 2-D convolution, NCHW / OIHW, in float32: 1x1 as one BLAS matrix product, depthwise as
+    one multiply-add per tap (float_loops.depthwise: a matrix product per channel would be a 1 x KH*KW
+    one), other stride-1 ones by kernel taps (_conv_stride1), the rest over im2col columns."""
     n, c, h, wd = x.shape
     oc, cg, kh, kw = w.shape
     pt, pl, pb, pr = pads
@@ -126,27 +133,25 @@ def conv(x, w, b=None, *, strides, pads, dilations, group, act=None):
     ow = (wd + pl + pr - (kw - 1) * dilations[1] - 1) // strides[1] + 1
     x = x.astype(np.float32, copy=False)
     w = w.astype(np.float32, copy=False)
-    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr))) if any(pads) else x
-    taps = [(i, j) for i in range(kh) for j in range(kw)]
-    if kh == kw == 1 and tuple(strides) == (1, 1):
-        y = np.matmul(w.reshape(group, oc // group, cg), xp.reshape(n, group, cg, oh * ow))
-    elif tuple(strides) == (1, 1):
-        y = _conv_stride1(xp, w, (oh, ow), dilations, group)
-    elif cg == 1 and oc == group:
-        y = np.zeros((n, oc, oh, ow), dtype=np.float32)
-        prod = np.empty_like(y)
-        for i, j in taps:
-            np.multiply(_tap(xp, i, j, (oh, ow), strides, dilations), w[:, 0, i, j, None, None], out=prod)
-            y += prod
+    if cg == 1 and oc == group and not (kh == kw == 1 and tuple(strides) == (1, 1)):
+        # y += x_tap * w_tap tap by tap in one pass over the map, the padding skipped (y + 0 * w is y)
+        y = depthwise(np.ascontiguousarray(x), np.ascontiguousarray(w), oh, ow, *strides, *dilations, pt, pl)
     else:
-        wm = w.reshape(group, oc // group, cg * kh * kw)
-        y = np.empty((n, group, oc // group, oh * ow), dtype=np.float32)
-        step = max(1, COLS_LIMIT // (c * kh * kw * oh * ow))
-        for s in range(0, n, step):
-            cols = np.empty((min(step, n - s), c, kh, kw, oh, ow), dtype=np.float32)
-            for i, j in taps:
-                cols[:, :, i, j] = _tap(xp[s: s + step], i, j, (oh, ow), strides, dilations)
-            np.matmul(wm, cols.reshape(len(cols), group, cg * kh * kw, oh * ow), out=y[s: s + step])
+        xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr))) if any(pads) else x
+        if kh == kw == 1 and tuple(strides) == (1, 1):
+            y = np.matmul(w.reshape(group, oc // group, cg), xp.reshape(n, group, cg, oh * ow))
+        elif tuple(strides) == (1, 1):
+            y = _conv_stride1(xp, w, (oh, ow), dilations, group)
+        else:
+            wm = w.reshape(group, oc // group, cg * kh * kw)
+            y = np.empty((n, group, oc // group, oh * ow), dtype=np.float32)
+            step = max(1, COLS_LIMIT // (c * kh * kw * oh * ow))
+            for s in range(0, n, step):
+                cols = np.empty((min(step, n - s), c, kh, kw, oh, ow), dtype=np.float32)
+                for i in range(kh):
+                    for j in range(kw):
+                        cols[:, :, i, j] = _tap(xp[s: s + step], i, j, (oh, ow), strides, dilations)
+                np.matmul(wm, cols.reshape(len(cols), group, cg * kh * kw, oh * ow), out=y[s: s + step])
     y = y.reshape(n, oc, oh, ow)
     if b is not None:
         y += b[None, :, None, None]  # y is always a fresh array here
@@ -280,7 +285,7 @@ FLOAT_OPS: dict[str, Callable[[Node, list[np.ndarray]], np.ndarray]] = {
     "LayerNorm": lambda n, xs: layer_norm(*xs, **n.attrs),
     "ReduceSum": lambda n, xs: xs[0].sum(axis=tuple(n.attrs["axes"]), keepdims=bool(n.attrs["keepdims"])).astype(xs[0].dtype),
     "Pad": lambda n, xs: np.pad(xs[0], [(0, 0), (0, 0), *zip(n.attrs["pads"][:2], n.attrs["pads"][2:])]),
-    **{k: (lambda f: lambda n, xs: f(xs[0], n.attrs).astype(xs[0].dtype))(f) for k, f in ACTIVATIONS.items()},
+    **{k: (lambda f: lambda n, xs: _as_dtype(f(xs[0], n.attrs), xs[0]))(f) for k, f in ACTIVATIONS.items()},
 }
 
 

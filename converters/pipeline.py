@@ -9,6 +9,8 @@ budgets, and the output error against the float model on the calibration data.
 from __future__ import annotations
 
 import copy
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +23,7 @@ from edgeq.bundle import write_bundle
 from edgeq.devices import DeviceProfile, get_device
 from edgeq.export_c import DEFAULT_STACK_BYTES
 from edgeq.errors import CalibrationError, DoesNotFitError, EdgeqError, InputError
-from edgeq.ir import Graph
+from edgeq.ir import Graph, Tensor
 from edgeq.runtimes.executor import Executor, dequantize, quantize
 from .calibrate import calibrate, check_calibration, collect_ranges, hybrid_ranges, load_calibration
 from .channel_split import SplitPlanner, split_wide_channels
@@ -40,6 +42,8 @@ AUTO_SAMPLES = 32    # calibration samples on which --calib-method auto compares
 # layer output values (the report), the report in runs of a quarter of that (its all-layer buffers)
 SUBSET_VALUES = 1 << 22
 REPORT_VALUES = 1 << 26
+REPORT_WORKERS = 2   # runs of report samples in flight
+AUTO_WORKERS = 2     # auto candidates quantized and scored at a time
 
 
 @dataclass
@@ -110,6 +114,15 @@ def _calibration(raw: dict[str, np.ndarray] | None, graph: Graph, sample: Any) -
     return check_calibration(raw, graph)
 
 
+def _dequantize_codes(q: np.ndarray, t: Tensor) -> np.ndarray:
+    """executor.dequantize of an int8 tensor as a lookup in its 256 dequantized codes (one pass over
+    the tensor instead of three, the same values); wider tensors go through dequantize itself."""
+    if q.dtype != np.int8:
+        return dequantize(q, t)
+    table = dequantize(np.arange(256, dtype=np.uint8).view(np.int8), t)  # indexed by the code's byte
+    return table[q.view(np.uint8)]
+
+
 def _report(fg: Graph, qg: Graph, calib: dict[str, np.ndarray], device: DeviceProfile, plan: PatchPlan,
             sample: Any) -> dict[str, Any]:
     # Every layer's integer output (int8 or int16) from the compiled backend (bit-exact with the reference
@@ -119,22 +132,36 @@ def _report(fg: Graph, qg: Graph, calib: dict[str, np.ndarray], device: DevicePr
     n, step = _subset(calib, fg, REPORT_SAMPLES, REPORT_VALUES,
                       sum(int(np.prod(qg.tensors[o].shape[1:])) for o in every.outputs))
     ex = Executor(every, "auto")
-    sums = {o: [0.0, 0.0] for o in every.outputs}
-    max_diff = {o: 0.0 for o in qg.outputs}
-    for i in range(0, n, step):
-        raw = ex.run_quantized({k: quantize(v[i: i + step], qg.tensors[k]) for k, v in calib.items()})
-        qvals = {k: dequantize(v, qg.tensors[k]) for k, v in raw.items()}
+    lock = threading.Lock()
+
+    def run(i: int) -> dict[str, tuple[float, float]]:
+        """(signal, noise) of every layer, and (0, max |error|) of every output, on samples [i, i + step)."""
+        with lock:  # one arena
+            raw = ex.run_quantized({k: quantize(v[i: i + step], qg.tensors[k]) for k, v in calib.items()})
+        qvals = {k: _dequantize_codes(v, qg.tensors[k]) for k, v in raw.items()}
+        got: dict[str, Any] = {}
 
         def observe(name: str, v: np.ndarray) -> None:
-            if name in sums:
-                signal, noise = _signal_noise(v, qvals[name])
-                sums[name][0] += signal
-                sums[name][1] += noise
-            if name in max_diff:
-                max_diff[name] = max(max_diff[name], float(np.abs(v - qvals[name]).max()))
+            if name in qvals:
+                got[name] = _signal_noise(v, qvals[name])
+            if name in qg.outputs:
+                got[("max", name)] = float(np.abs(v - qvals[name]).max())
 
         run_float(fg.nodes, {**fg.consts, **{k: v[i: i + step] for k, v in calib.items()}}, keep=lambda t: False,
                   observe=observe)
+        return got
+
+    # Runs of samples on both cores (BLAS and NumPy release the GIL), then summed in sample order, as one
+    # loop would.
+    sums = {o: [0.0, 0.0] for o in every.outputs}
+    max_diff = {o: 0.0 for o in qg.outputs}
+    with ThreadPoolExecutor(REPORT_WORKERS) as pool:
+        for got in pool.map(run, range(0, n, step)):
+            for name in sums:
+                sums[name][0] += got[name][0]
+                sums[name][1] += got[name][1]
+            for name in max_diff:
+                max_diff[name] = max(max_diff[name], got[("max", name)])
     layers = [{"name": node.name, "op": node.op, "tensor": node.outputs[0],
                "bits": 8 * np.dtype(qg.tensors[node.outputs[0]].dtype).itemsize,
                "sqnr_db": round(_db(*sums[node.outputs[0]]), 2)}
@@ -193,28 +220,35 @@ def _auto_quantize(fg: Graph, data: dict[str, np.ndarray],
     cal = calibrate(fg, data, ("minmax", "percentile"), views=planner, keep_outputs=n, progress=progress)
     producers = fg.producers()
     classes = all(producers[o].op == "Softmax" for o in fg.outputs if o in producers)
-    scores, graphs, scored = {}, {}, []
     variants = [("", fg, {})]
     if planner.groups:
         split = copy.deepcopy(fg)
         variants.append(("+split", split, split_wide_channels(split, planner.groups)))
+    keys, todo, same_as = [], [], {}  # every candidate in order; (key, graph, ranges) to score; repeats
     for suffix, g, parts_of in variants:
         sets = {m: {t: cal.ranges[m][parts_of.get(t, t)] for t in g.tensors
                     if t not in g.consts and parts_of.get(t, t) in cal.ranges[m]} for m in ("minmax", "percentile")}
         sets["hybrid"] = hybrid_ranges(g, sets["minmax"], sets["percentile"])
         for name, ranges in sets.items():
-            key = name + suffix
-            same = next((k for k, r in scored if graphs[k][0] is g and r == ranges), None)
+            keys.append(name + suffix)
+            same = next((k for k, kg, r in todo if kg is g and r == ranges), None)
             if same is not None:
-                graphs[key], scores[key] = graphs[same], scores[same]
-                continue
-            graphs[key] = (g, quantize_graph(g, ranges))
-            scored.append((key, ranges))
-            got = Executor(graphs[key][1], "auto").run(inputs)
-            if classes:
-                scores[key] = round(float(np.mean([_top1_agreement(cal.outputs[o], got[o]) for o in fg.outputs])), 4)
+                same_as[name + suffix] = same
             else:
-                scores[key] = round(float(np.mean([min(sqnr_db(cal.outputs[o], got[o]), 200.0) for o in fg.outputs])), 2)
+                todo.append((name + suffix, g, ranges))
+
+    def score(item: tuple[str, Graph, dict]) -> tuple[Graph, Graph, float]:
+        _, g, ranges = item
+        qg = quantize_graph(g, ranges)
+        got = Executor(qg, "auto").run(inputs)
+        if classes:
+            return g, qg, round(float(np.mean([_top1_agreement(cal.outputs[o], got[o]) for o in fg.outputs])), 4)
+        return g, qg, round(float(np.mean([min(sqnr_db(cal.outputs[o], got[o]), 200.0) for o in fg.outputs])), 2)
+
+    with ThreadPoolExecutor(AUTO_WORKERS) as pool:  # the compiled runs release the GIL
+        done = dict(zip([k for k, _, _ in todo], pool.map(score, todo)))
+    graphs = {key: done[same_as.get(key, key)][:2] for key in keys}
+    scores = {key: done[same_as.get(key, key)][2] for key in keys}
     best = max(scores, key=scores.get)
     return (*graphs[best], {"chosen": best, ("top1_agreement" if classes else "output_sqnr_db"): scores,
                             "samples_compared": n})

@@ -425,9 +425,10 @@ class CBackend:
         self._prepared = None
         _check(lib.edgeq_validate(buffers[0], words.size, arena.size, pool.size, buffers[3], in_desc.shape[0],
                                   in_stride, buffers[4], out_desc.shape[0], out_stride))
-        self._prepared = (words, arena, pool, in_desc, out_desc, (in_stride, out_stride),
-                          words.tobytes() + in_desc.tobytes() + out_desc.tobytes(), buffers)
-        return self._prepared
+        prepared = (words, arena, pool, in_desc, out_desc, (in_stride, out_stride),
+                    words.tobytes() + in_desc.tobytes() + out_desc.tobytes(), buffers)
+        self._prepared = prepared
+        return prepared  # not self._prepared: another thread may have prepared its own program since
 
 
 def _mutable(*arrays: np.ndarray) -> bool:

@@ -32,8 +32,9 @@ from util import make_graph
 
 BUDGETS = {
     "default": (),
+    "native": ("-march=native",),  # the host's SIMD paths (AVX-512 / VNNI here)
     "tiny": ("-DEDGEQ_SCRATCH_BYTES=512", "-DEDGEQ_TILE_BYTES=256", "-DEDGEQ_PATCH_BYTES=256",
-             "-DEDGEQ_WEIGHT_BYTES=2048"),
+             "-DEDGEQ_WEIGHT_BYTES=2048", "-DEDGEQ_BAND_BYTES=8192"),
 }
 SANITIZER_REPORTS = ("ERROR: AddressSanitizer", "runtime error:", "ERROR: LeakSanitizer", "SUMMARY: ")
 
@@ -228,6 +229,21 @@ def _resize(rng: np.random.Generator, hostile: bool):
                       {"zp": int(rng.integers(-128, 128))})
 
 
+def _shuffle(rng: np.random.Generator, w: int):
+    """The 2x pixel shuffle of a lowered ConvTranspose: (C, 2, 2, H, W) -> (C, H, 2, W, 2)."""
+    c, h = 3, 2
+    attrs = {"shape": [c, h, 2, w, 2], "strides": [4 * h * w, w, 2 * h * w, 1, h * w], "offset": 0}
+    return make_graph("QStridedCopy", {"x": _i8(rng, (2, c, 2, 2, h, w))}, {}, ["x"], attrs)
+
+
+def _resize2x(rng: np.random.Generator):
+    """Nearest 2x upsampling with rows of more than one vector (the C kernel's doubled-row path)."""
+    c, h, w = 2, 3, 70
+    tabs = {"yt": np.stack([np.arange(2 * h) // 2] * 2 + [np.zeros(2 * h, np.int64)], axis=1).astype(np.int32),
+            "xt": np.stack([np.arange(2 * w) // 2] * 2 + [np.zeros(2 * w, np.int64)], axis=1).astype(np.int32)}
+    return make_graph("QResize", {"x": _i8(rng, (2, c, h, w))}, tabs, ["x", "yt", "xt"], {"zp": int(rng.integers(-128, 128))})
+
+
 def _layer_norm(rng: np.random.Generator, cols: int):
     consts = {"g": rng.integers(-(1 << 20), 1 << 20, size=cols).astype(np.int32),
               "b": rng.integers(-(1 << 31), (1 << 31) - 1, size=cols).astype(np.int32)}
@@ -279,6 +295,8 @@ def make_cases(seed: int = 0) -> list[tuple[Graph, dict]]:
         _conv(rng, 64, 5, 5, 9, 1, (1, 1), (1, 1), (1, 1), (0, 0, 0, 0)),       # pointwise, dot path
         _conv(rng, 1, 3, 300, 3, 1, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),      # rows wider than a chunk
         _conv(rng, 40, 4, 4, 5, 1, (3, 3), (1, 2), (2, 1), (2, 0, 1, 2)),       # dot path, K not a multiple of 64
+        _conv(rng, 37, 21, 40, 7, 1, (5, 3), (1, 1), (2, 1), (2, 0, 1, 2)),     # padded band, several bands
+        _conv(rng, 16, 9, 5, 3, 1, (1, 2), (1, 1), (1, 2), (0, 2, 1, 1)),       # padded band, narrow rows
     ]
     cases += [_fc(rng) for _ in range(5)]
     cases += [_binary(rng, op) for op in ("QAdd", "QMul") for _ in range(6)]
@@ -290,6 +308,7 @@ def make_cases(seed: int = 0) -> list[tuple[Graph, dict]]:
     cases += [_matmul(rng, w) for w in (True, False, True, False)]
     cases += [_conv_transpose(rng, 2, 2, 0), _conv_transpose(rng, 3, 2, 1), _conv_transpose(rng, 4, 3, 2)]
     cases += [_resize(rng, False), _resize(rng, True), _layer_norm(rng, 1), _layer_norm(rng, 120)]
+    cases += [_shuffle(rng, 70), _shuffle(rng, 150), _resize2x(rng)]
     widths = [(8, 16), (16, 8), (16, 16)]
     cases += [_conv16(rng, xb, yb, c, k, g) for xb, yb in widths for c, k, g in ((4, 3, 1), (6, 1, 6), (80, 3, 1))]
     cases += [_conv16(rng, 16, 8, 3, 1, 1, w=300)]  # rows wider than a chunk

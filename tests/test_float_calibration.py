@@ -74,6 +74,65 @@ def test_fast_conv_matches_direct_definition(data):
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
 
 
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_depthwise_loop_equals_numpy_tap_sums(data):
+    """float_loops.depthwise gives the bits of the NumPy expression it replaced (y = 0, then y += x_tap *
+    w_tap in float32 over the zero-padded input, taps in row-major order), so calibration ranges stay
+    the same: any stride, dilation, asymmetric padding (wider than the kernel too), batch."""
+    d = data.draw
+    k = (d(st.integers(1, 5)), d(st.integers(1, 5)))
+    strides = (d(st.integers(1, 3)), d(st.integers(1, 3)))
+    dil = (d(st.integers(1, 2)), d(st.integers(1, 2)))
+    pads = tuple(d(st.integers(0, 6)) for _ in range(4))
+    rng = np.random.default_rng(d(st.integers(0, 2**31)))
+    n, c = d(st.integers(1, 2)), d(st.integers(1, 5))
+    h, w_ = d(st.integers(1, 40)), d(st.integers(1, 80))
+    x = rng.standard_normal((n, c, h, w_)).astype(np.float32)
+    x[rng.random(x.shape) < 0.05] = 0.0
+    w = rng.standard_normal((c, 1) + k).astype(np.float32)
+    xp = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    oh = (xp.shape[2] - (k[0] - 1) * dil[0] - 1) // strides[0] + 1
+    ow = (xp.shape[3] - (k[1] - 1) * dil[1] - 1) // strides[1] + 1
+    if oh < 1 or ow < 1:
+        return
+    want = np.zeros((n, c, oh, ow), dtype=np.float32)
+    for i in range(k[0]):
+        for j in range(k[1]):
+            tap = xp[:, :, i * dil[0]: i * dil[0] + (oh - 1) * strides[0] + 1: strides[0],
+                     j * dil[1]: j * dil[1] + (ow - 1) * strides[1] + 1: strides[1]]
+            want += tap * w[:, 0, i, j, None, None]
+    got = conv(x, w, None, strides=strides, pads=pads, dilations=dil, group=c)
+    assert got.dtype == np.float32 and np.array_equal(got.view(np.int32), want.view(np.int32))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_chain_loop_equals_numpy_steps(data):
+    """float_loops.chain (HardSwish, Mul and Add by Python floats) gives the bits of the NumPy steps,
+    large, tiny and infinite values included; a float64 NumPy constant keeps the NumPy path (it promotes)."""
+    d = data.draw
+    rng = np.random.default_rng(d(st.integers(0, 2**31)))
+    steps = [{"op": d(st.sampled_from(["HardSwish", "Mul", "Add"]))} for _ in range(d(st.integers(1, 4)))]
+    for s in steps:
+        if s["op"] != "HardSwish":
+            s["c"] = float(rng.standard_normal() * 10.0 ** int(rng.integers(-3, 3)))
+    x = (rng.standard_normal((d(st.integers(1, 2)), 3, d(st.integers(1, 70)), 9)) * 10).astype(np.float32)
+    x.reshape(-1)[rng.random(x.size) < 0.05] = rng.choice(np.array([0, -3, 3, 1e-40, 3e38, np.inf, -np.inf], np.float32))
+    want = x
+    for s in steps:
+        if s["op"] == "HardSwish":
+            t = np.divide(want, 6, dtype=np.float32)
+            t += 0.5
+            want = np.clip(t, 0, 1) * want
+        else:
+            want = want * s["c"] if s["op"] == "Mul" else want + s["c"]
+    got = float_ops.FLOAT_OPS["Chain"](float_ops.Node("Chain", "c", ["x"], ["y"], {"steps": steps}), [x])
+    assert got.dtype == np.float32 and np.array_equal(got.view(np.int32), want.view(np.int32))
+    wide = [dict(s, c=np.float64(s["c"])) if "c" in s else s for s in steps]
+    assert float_ops._chain(x, wide).dtype == (np.float64 if any("c" in s for s in wide) else np.float32)
+
+
 @settings(max_examples=30, deadline=None)
 @given(st.data())
 def test_conv_transpose_matches_direct_definition(data):

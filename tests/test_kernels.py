@@ -73,6 +73,29 @@ def test_conv(backend, seed, depthwise, pointwise, wide):
 
 
 @SETTINGS
+@given(seed=st.integers(0, 2**32 - 1), threads=st.sampled_from([1, 2]))
+def test_conv_band(backend, seed, threads):
+    """Stride-1 convolutions with many input channels and 2+ taps (the C kernels' padded-band path): odd
+    channel and output-channel counts, dilations, asymmetric padding, fused clamps and tables, and maps
+    tall enough to take several bands, on 1 and 2 threads."""
+    rng = np.random.default_rng(seed)
+    c, oc = int(rng.integers(16, 100)), int(rng.integers(1, 14))
+    kh, kw = (int(v) for v in rng.integers(1, 6, size=2))
+    if kh * kw == 1:
+        kw = 3
+    dil = [int(v) for v in rng.integers(1, 3, size=2)]
+    pads = [int(v) for v in rng.integers(0, 3, size=4)]
+    h = int(rng.integers(max(1, dil[0] * (kh - 1) + 1 - pads[0] - pads[2]), 48))
+    w = int(rng.integers(max(1, dil[1] * (kw - 1) + 1 - pads[1] - pads[3]), 90))
+    x = i8(rng, (int(rng.integers(1, 3)), c, h, w))
+    consts, order = conv_consts(rng, oc, c, kh, kw)
+    lo, hi = act_range(rng)
+    attrs = dict(strides=[1, 1], pads=pads, dilations=dil, group=1, x_zp=int(rng.integers(-128, 128)),
+                 y_zp=int(rng.integers(-128, 128)), act_min=lo, act_max=hi)
+    assert_bit_exact(*make_graph("QConv", {"x": x}, consts, order, attrs), backend, threads)
+
+
+@SETTINGS
 @given(seed=st.integers(0, 2**32 - 1))
 def test_fully_connected(backend, seed):
     rng = np.random.default_rng(seed)
@@ -244,9 +267,16 @@ def _transpose_or_slice(rng: np.random.Generator, shape: tuple) -> dict:
 @given(seed=st.integers(0, 2**32 - 1))
 def test_strided_copy(backend, seed):
     rng = np.random.default_rng(seed)
-    shape = tuple(int(v) for v in rng.integers(1, 6, size=int(rng.integers(1, 7))))
-    x = i8(rng, (int(rng.integers(1, 3)),) + shape)
-    assert_bit_exact(*make_graph("QStridedCopy", {"x": x}, {}, ["x"], _transpose_or_slice(rng, shape)), backend)
+    shape = [int(v) for v in rng.integers(1, 6, size=int(rng.integers(1, 7)))]
+    if rng.random() < 0.5:  # one long axis: the C kernel copies contiguous rows whole
+        shape[int(rng.integers(0, len(shape)))] = int(rng.integers(16, 150))
+    attrs = _transpose_or_slice(rng, tuple(shape))
+    if rng.random() < 0.25:  # a 2x pixel shuffle, (C, 2, 2, H, W) -> (C, H, 2, W, 2): interleaved rows
+        c, h, w = int(rng.integers(1, 4)), int(rng.integers(1, 5)), int(rng.integers(1, 150))
+        shape = [c, 2, 2, h, w]
+        attrs = {"shape": [c, h, 2, w, 2], "strides": [4 * h * w, w, 2 * h * w, 1, h * w], "offset": 0}
+    x = i8(rng, (int(rng.integers(1, 3)),) + tuple(shape))
+    assert_bit_exact(*make_graph("QStridedCopy", {"x": x}, {}, ["x"], attrs), backend)
 
 
 @SETTINGS
@@ -395,3 +425,26 @@ def test_requantize(backend, seed, x_bits, y_bits):
     attrs = dict(x_bits=x_bits, y_bits=y_bits, x_zp=0 if x_bits == 16 else int(rng.integers(-128, 128)),
                  y_zp=0 if y_bits == 16 else int(rng.integers(-128, 128)), mult=int(mult[0]), shift=int(shift[0]))
     assert_bit_exact(*make_graph("QRequantize", {"x": x}, {}, ["x"], attrs), backend)
+
+
+def test_c_backend_shared_by_threads():
+    """Two executors on the one C library in two threads (as --calib-method auto scores its candidates):
+    each gets its own program's outputs, never the other's cached buffers."""
+    from concurrent.futures import ThreadPoolExecutor
+    from edgeq.runtimes.executor import Executor
+    rng = np.random.default_rng(7)
+    cases = []
+    for oc in (3, 5):
+        x = i8(rng, (1, 4, 6, 7))
+        consts, order = conv_consts(rng, oc, 4, 3, 3)
+        attrs = dict(strides=[1, 1], pads=[1, 1, 1, 1], dilations=[1, 1], group=1, x_zp=3, y_zp=-2, act_min=-128,
+                     act_max=127)
+        graph, inputs = make_graph("QConv", {"x": x}, consts, order, attrs)
+        cases.append((Executor(graph, "c"), inputs, Executor(graph, "reference").run_quantized(inputs)))
+
+    def hammer(case) -> bool:
+        ex, inputs, want = case
+        return all(all(np.array_equal(ex.run_quantized(inputs)[k], want[k]) for k in want) for _ in range(300))
+
+    with ThreadPoolExecutor(2) as pool:
+        assert all(pool.map(hammer, cases))

@@ -22,10 +22,13 @@ def make_graph(op: str, acts: dict[str, np.ndarray], consts: dict[str, np.ndarra
     return g, acts
 
 
-def assert_bit_exact(graph: Graph, inputs: dict[str, np.ndarray], backend: str) -> None:
-    """The backend's integer outputs equal the reference's byte for byte (same dtype, int8 or int16)."""
+def assert_bit_exact(graph: Graph, inputs: dict[str, np.ndarray], backend: str, threads: int = 1) -> None:
+    """The backend's integer outputs (on ``threads`` threads) equal the reference's byte for byte (same
+    dtype, int8 or int16)."""
     want = Executor(graph, "reference").run_quantized(inputs)
-    got = Executor(graph, backend).run_quantized(inputs)
+    ex = Executor(graph, backend)
+    ex.set_threads(threads)
+    got = ex.run_quantized(inputs)
     for k in want:
         assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape, k
         if not np.array_equal(got[k], want[k]):

@@ -13,6 +13,9 @@
  *     (channel, tap) is one unit-stride `acc[i] += w * x[i + offset]` over output positions, with
  *     EDGEQ_OC_BLOCK x EDGEQ_VPOS accumulators held in vector registers.
  *   - scalar: the last resort for patches no scratch budget fits.
+ * With AVX-512 (VNNI) the host paths of their own sections come first: depthwise and few-channel first
+ * layers as byte quads, stride-1 convolutions with many input channels over a padded band (implicit
+ * im2col), other single-group convolutions as im2col tiles (pointwise).
  * Loops that matter are written with constant trip counts or whole-vector padding so gcc -O3 emits
  * them without scalar remainders. Nothing allocates: scratch is stack arrays sized by the budgets
  * below (edgeq_kernels.h lists them and the stack they imply).
@@ -1757,14 +1760,35 @@ static void pw_pack_small(const conv_t *a, int32_t np, int32_t npv, uint8_t *res
 }
 #endif
 
+/* Bytes [0, n) of four int8 rows as uint8 x + 128, interleaved: d[4 * p + j] = r[j][p] + 128. */
+static EDGEQ_ALWAYS_INLINE void interleave4(uint8_t *restrict d, const int8_t *const r[4], int32_t n)
+{
+    const __m128i flip = _mm_set1_epi8((char)0x80);
+    int32_t p = 0, j;
+    for (; p + 16 <= n; p += 16) {
+        const __m128i x0 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(r[0] + p)), flip);
+        const __m128i x1 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(r[1] + p)), flip);
+        const __m128i x2 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(r[2] + p)), flip);
+        const __m128i x3 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(r[3] + p)), flip);
+        const __m128i a0 = _mm_unpacklo_epi8(x0, x1), a1 = _mm_unpackhi_epi8(x0, x1);
+        const __m128i b0 = _mm_unpacklo_epi8(x2, x3), b1 = _mm_unpackhi_epi8(x2, x3);
+        _mm_storeu_si128((__m128i *)(d + 4 * p), _mm_unpacklo_epi16(a0, b0));
+        _mm_storeu_si128((__m128i *)(d + 4 * p + 16), _mm_unpackhi_epi16(a0, b0));
+        _mm_storeu_si128((__m128i *)(d + 4 * p + 32), _mm_unpacklo_epi16(a1, b1));
+        _mm_storeu_si128((__m128i *)(d + 4 * p + 48), _mm_unpackhi_epi16(a1, b1));
+    }
+    for (; p < n; p++)
+        for (j = 0; j < 4; j++)
+            d[4 * p + j] = (uint8_t)(r[j][p] + 128);
+}
+
 static void pw_pack(const conv_t *a, int32_t p0, int32_t np, int32_t npv, uint8_t *restrict xp, int8_t *rows)
 {
     const int64_t P = (int64_t)a->H * a->W;
     const int32_t K = a->K, K4 = (K + 3) / 4;
     const int direct = a->KH == 1 && a->KW == 1 && a->sh == 1 && a->sw == 1 && a->pt == 0 && a->pl == 0 &&
                        a->OH == a->H && a->OW == a->W;
-    const __m128i flip = _mm_set1_epi8((char)0x80);
-    int32_t c4, p, j;
+    int32_t c4, j;
 #if defined(__AVX512VBMI__)
     if (!direct && p0 == 0 && np == a->OH * a->OW && pw_small(a)) {
         pw_pack_small(a, np, npv, xp);
@@ -1785,22 +1809,7 @@ static void pw_pack(const conv_t *a, int32_t p0, int32_t np, int32_t npv, uint8_
                 r[j] = r[0];
             }
         }
-        p = 0;
-        for (; p + 16 <= np; p += 16) {
-            const __m128i x0 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(r[0] + p)), flip);
-            const __m128i x1 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(r[1] + p)), flip);
-            const __m128i x2 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(r[2] + p)), flip);
-            const __m128i x3 = _mm_xor_si128(_mm_loadu_si128((const __m128i *)(r[3] + p)), flip);
-            const __m128i a0 = _mm_unpacklo_epi8(x0, x1), a1 = _mm_unpackhi_epi8(x0, x1);
-            const __m128i b0 = _mm_unpacklo_epi8(x2, x3), b1 = _mm_unpackhi_epi8(x2, x3);
-            _mm_storeu_si128((__m128i *)(d + 4 * p), _mm_unpacklo_epi16(a0, b0));
-            _mm_storeu_si128((__m128i *)(d + 4 * p + 16), _mm_unpackhi_epi16(a0, b0));
-            _mm_storeu_si128((__m128i *)(d + 4 * p + 32), _mm_unpacklo_epi16(a1, b1));
-            _mm_storeu_si128((__m128i *)(d + 4 * p + 48), _mm_unpackhi_epi16(a1, b1));
-        }
-        for (; p < np; p++)
-            for (j = 0; j < 4; j++)
-                d[4 * p + j] = (uint8_t)(r[j][p] + 128);
+        interleave4(d, r, np);
         memset(d + 4 * (int64_t)np, 0, (size_t)(npv - np) * 4);
     }
 }
@@ -1962,7 +1971,6 @@ static void pw_core44(const conv_t *a, const uint8_t *xp, int32_t npv, int32_t p
     pw_out4(s, 2, y + 2 * P, a20, a21, a22, a23);
     pw_out4(s, 3, y + 3 * P, a30, a31, a32, a33);
 }
-#undef PW_DP4
 
 /* nv (1..4) vectors of 16 pixels from pv, nb (1..4) output channels from oc0. */
 static EDGEQ_ALWAYS_INLINE void pw_core(const conv_t *a, const uint8_t *xp, int32_t npv, int32_t np, int32_t p0,
@@ -2024,13 +2032,13 @@ static EDGEQ_ALWAYS_INLINE void pw_core(const conv_t *a, const uint8_t *xp, int3
     }
 }
 
-static EDGEQ_ALWAYS_INLINE void pw_block(const conv_t *a, const uint8_t *xp, int32_t npv, int32_t np, int32_t p0,
-                                         int32_t oc0, int32_t nb, const int32_t *sums)
+/* Requantization state of output channels [oc0, oc0 + nb), from their weight sums (``sums`` as pairs of
+ * sum(w), sum(|w|) per channel, or NULL to compute them from the rows of K weights). */
+static EDGEQ_ALWAYS_INLINE void pwq_setup(const conv_t *a, int32_t oc0, int32_t nb, const int32_t *sums, pwq_t *s)
 {
     const int32_t C = a->K;
     const uint32_t corr = (uint32_t)(a->x_zp + 128);
-    pwq_t s;
-    int32_t j, pv;
+    int32_t j;
     for (j = 0; j < nb; j++) {
         int32_t sum, sabs;
         if (sums) {
@@ -2039,14 +2047,22 @@ static EDGEQ_ALWAYS_INLINE void pw_block(const conv_t *a, const uint8_t *xp, int
         } else {
             pw_row_sums(a->w + (int64_t)(oc0 + j) * C, C, &sum, &sabs);
         }
-        s.q[j] = conv_requant(a, oc0 + j);
-        s.fast[j] = fastq_make(&s.q[j], fastq_bound(sabs, s.q[j].bias), &s.f[j]);
-        s.ordinary[j] = mbqm_ordinary(s.q[j].mult, s.q[j].shift);
-        if (!s.fast[j])
-            s.m[j] = vmbqm_make(s.ordinary[j] ? s.q[j].mult : 0, s.ordinary[j] ? s.q[j].shift : 0);
+        s->q[j] = conv_requant(a, oc0 + j);
+        s->fast[j] = fastq_make(&s->q[j], fastq_bound(sabs, s->q[j].bias), &s->f[j]);
+        s->ordinary[j] = mbqm_ordinary(s->q[j].mult, s->q[j].shift);
+        if (!s->fast[j])
+            s->m[j] = vmbqm_make(s->ordinary[j] ? s->q[j].mult : 0, s->ordinary[j] ? s->q[j].shift : 0);
         /* int32 wrap-around is exact: the true accumulator (plus the bias, when added) is < 2^31 */
-        s.init[j] = _mm512_set1_epi32((int32_t)((s.fast[j] ? (uint32_t)s.q[j].bias : 0u) - corr * (uint32_t)sum));
+        s->init[j] = _mm512_set1_epi32((int32_t)((s->fast[j] ? (uint32_t)s->q[j].bias : 0u) - corr * (uint32_t)sum));
     }
+}
+
+static EDGEQ_ALWAYS_INLINE void pw_block(const conv_t *a, const uint8_t *xp, int32_t npv, int32_t np, int32_t p0,
+                                         int32_t oc0, int32_t nb, const int32_t *sums)
+{
+    pwq_t s;
+    int32_t pv;
+    pwq_setup(a, oc0, nb, sums, &s);
     if (nb == 4 && !a->lut) {
         for (pv = 0; pv + 64 <= np; pv += 64)
             pw_core44(a, xp, npv, p0, oc0, pv, &s);
@@ -2163,6 +2179,195 @@ static int conv_pointwise(const conv_t *a)
 #endif
     for (job = 0; job < n_jobs; job++)
         pw_job(a, job, n_parts, pt, P, sums);
+    return 1;
+}
+
+/* ---- Stride-1 convolutions with many input channels: implicit im2col over a padded band -------------
+ * A band of input rows is packed once as uint8 x + 128, four channels per 32-bit lane, the padding (x_zp)
+ * written out and every row widened to Wp = OW + (KW - 1) * dw columns: [c4][position][4]. Output
+ * position m = r * Wp + ow meets tap (kh, kw) at position m + kh * dh * Wp + kw * dw, a constant offset,
+ * so each (channel quad, tap) pair is one vector load per 16 positions and no patch is copied (the im2col
+ * tiles above copy K bytes per output and, with a long K, get only 32 pixels per tile). Positions with
+ * ow >= OW fall on a row's padding: computed, then dropped. The sums are exact, so the order of the
+ * pairs does not matter. */
+#ifndef EDGEQ_BAND_BYTES
+#define EDGEQ_BAND_BYTES 131072
+#endif
+#define EDGEQ_BAND_QUADS 4096 /* (channel quad, tap) pairs at most: their offsets live on the stack */
+#define EDGEQ_BAND_MAX_W 1024 /* padded row width at most */
+#define EDGEQ_BAND_MIN_C 16   /* fewer input channels: the packing costs more than the copies it saves */
+
+typedef struct {
+    int32_t Wp, R, rows, C4, taps, nq; /* row width, output rows per band, input rows per band, quads */
+    int64_t plane;                     /* positions per channel quad, past the furthest read of a band */
+    int32_t n_bands;
+} band_t;
+
+static int64_t band_plane(const conv_t *a, int32_t Wp, int32_t R)
+{
+    const int64_t m = ((int64_t)R * Wp + 63) / 64 * 64;
+    return (m + (int64_t)(a->KH - 1) * a->dh * Wp + (int64_t)(a->KW - 1) * a->dw + 15) / 16 * 16;
+}
+
+static int band_geometry(const conv_t *a, band_t *b)
+{
+    int32_t R;
+    b->Wp = a->OW + (a->KW - 1) * a->dw;
+    b->C4 = (a->C + 3) / 4;
+    b->taps = a->KH * a->KW;
+    b->nq = b->C4 * b->taps;
+    if (a->group != 1 || a->sh != 1 || a->sw != 1 || b->taps < 2 || a->C < EDGEQ_BAND_MIN_C || a->pt < 0 ||
+        a->pl < 0 || a->K > EDGEQ_K_INT32 || a->OC > EDGEQ_PW_MAX_OC || b->Wp > EDGEQ_BAND_MAX_W || b->nq > EDGEQ_BAND_QUADS ||
+        (int64_t)(a->OC + 3) / 4 * 4 * b->nq * 4 > EDGEQ_WEIGHT_BYTES ||
+        (int64_t)b->C4 * 4 * band_plane(a, b->Wp, 1) > EDGEQ_BAND_BYTES)
+        return 0;
+    for (R = 1; R < a->OH && (int64_t)b->C4 * 4 * band_plane(a, b->Wp, R + 1) <= EDGEQ_BAND_BYTES; R++)
+        ;
+    b->n_bands = (a->OH + R - 1) / R;
+    if (edgeq_threads > 1 && conv_work(a) >= EDGEQ_PAR_MIN_WORK) /* whole rounds of bands per thread */
+        b->n_bands = (b->n_bands + edgeq_threads - 1) / edgeq_threads * edgeq_threads;
+    b->R = (a->OH + b->n_bands - 1) / b->n_bands;
+    b->n_bands = (a->OH + b->R - 1) / b->R;
+    b->rows = b->R + (a->KH - 1) * a->dh;
+    b->plane = band_plane(a, b->Wp, b->R);
+    return 1;
+}
+
+/* Input rows [ih0, ih0 + rows) of every channel into the band layout (rows outside the image and
+ * channels past C as x_zp; the slack after the last row zero). */
+static void band_pack(const conv_t *a, const band_t *b, int32_t ih0, uint8_t *restrict xb)
+{
+    int8_t rows[5][EDGEQ_BAND_MAX_W]; /* one per lane, their padding written once; the last all padding */
+    const int8_t *r[4];
+    const int32_t Wp = b->Wp, n_in = min_i32(a->W, Wp - a->pl);
+    int32_t c4, rr, j;
+    for (j = 0; j < 5; j++)
+        memset(rows[j], a->x_zp, (size_t)Wp);
+    for (c4 = 0; c4 < b->C4; c4++) {
+        uint8_t *d = xb + (int64_t)c4 * b->plane * 4;
+        for (rr = 0; rr < b->rows; rr++, d += (int64_t)Wp * 4) {
+            const int32_t ih = ih0 + rr;
+            for (j = 0; j < 4; j++) {
+                const int32_t c = 4 * c4 + j;
+                if (ih < 0 || ih >= a->H || c >= a->C) {
+                    r[j] = rows[4];
+                } else {
+                    memcpy(rows[j] + a->pl, a->x + ((int64_t)c * a->H + ih) * a->W, (size_t)n_in);
+                    r[j] = rows[j];
+                }
+            }
+            interleave4(d, r, Wp);
+        }
+        memset(d, 0, (size_t)(b->plane - (int64_t)b->rows * Wp) * 4);
+    }
+}
+
+/* 4 output channels x 64 positions from position 0 of src: nq (channel quad, tap) pairs at byte offsets
+ * offs, weight quads wq[j * nq + pair] for channel j; requantized (no table) into out[j]. */
+static void band_core(const uint8_t *src, const int64_t *offs, int32_t nq, const int32_t *wq, const pwq_t *s,
+                      int8_t out[4][64])
+{
+    const int32_t *w0 = wq, *w1 = w0 + nq, *w2 = w1 + nq, *w3 = w2 + nq;
+    __m512i a00 = s->init[0], a01 = a00, a02 = a00, a03 = a00;
+    __m512i a10 = s->init[1], a11 = a10, a12 = a10, a13 = a10;
+    __m512i a20 = s->init[2], a21 = a20, a22 = a20, a23 = a20;
+    __m512i a30 = s->init[3], a31 = a30, a32 = a30, a33 = a30;
+    int32_t q;
+    for (q = 0; q < nq; q++) {
+        const uint8_t *p = src + offs[q];
+        const __m512i x0 = _mm512_loadu_si512((const void *)p), x1 = _mm512_loadu_si512((const void *)(p + 64));
+        const __m512i x2 = _mm512_loadu_si512((const void *)(p + 128));
+        const __m512i x3 = _mm512_loadu_si512((const void *)(p + 192));
+        PW_DP4(a00, a01, a02, a03, _mm512_set1_epi32(w0[q]));
+        PW_DP4(a10, a11, a12, a13, _mm512_set1_epi32(w1[q]));
+        PW_DP4(a20, a21, a22, a23, _mm512_set1_epi32(w2[q]));
+        PW_DP4(a30, a31, a32, a33, _mm512_set1_epi32(w3[q]));
+    }
+    pw_out4(s, 0, out[0], a00, a01, a02, a03);
+    pw_out4(s, 1, out[1], a10, a11, a12, a13);
+    pw_out4(s, 2, out[2], a20, a21, a22, a23);
+    pw_out4(s, 3, out[3], a30, a31, a32, a33);
+}
+#undef PW_DP4
+
+/* Output rows [oh0, oh0 + R) of every channel: pack the band, then 4 channels x 64 positions at a time,
+ * the positions of each output row copied out (through the table, if any). */
+static void band_job(const conv_t *a, const band_t *b, int32_t band, const int32_t *wq, const int64_t *offs,
+                     const int32_t *sums)
+{
+    EDGEQ_ALIGN64 uint8_t xb[EDGEQ_BAND_BYTES];
+    int8_t out[4][64];
+    const int32_t oh0 = band * b->R, R = min_i32(b->R, a->OH - oh0), Wp = b->Wp, end = R * Wp;
+    const int64_t P = (int64_t)a->OH * a->OW;
+    int32_t oc0, m0, j;
+    pwq_t s;
+    band_pack(a, b, oh0 - a->pt, xb);
+    for (oc0 = 0; oc0 < a->OC; oc0 += 4) {
+        const int32_t nb = min_i32(4, a->OC - oc0);
+        pwq_setup(a, oc0, nb, sums, &s);
+        for (j = 0; j < 4; j++) {
+            if (j >= nb) { /* rows of zero weights past OC: any valid state, their outputs are dropped */
+                s.init[j] = s.init[0];
+                s.f[j] = s.f[0];
+                s.m[j] = s.m[0];
+                s.q[j] = s.q[0];
+                s.fast[j] = s.fast[0];
+                s.ordinary[j] = s.ordinary[0];
+            }
+            s.q[j].lut = NULL; /* applied when the rows are copied out */
+        }
+        for (m0 = 0; m0 < end; m0 += 64) {
+            const int32_t stop = min_i32(m0 + 64, end);
+            band_core(xb + (int64_t)m0 * 4, offs, b->nq, wq + (int64_t)oc0 * b->nq, &s, out);
+            for (j = 0; j < nb; j++) {
+                int8_t *yc = a->y + (int64_t)(oc0 + j) * P + (int64_t)oh0 * a->OW;
+                int32_t m = m0;
+                while (m < stop) {
+                    const int32_t r = m / Wp, ow = m - r * Wp, n = min_i32(Wp - ow, stop - m);
+                    if (ow < a->OW) {
+                        const int32_t k = min_i32(n, a->OW - ow);
+                        int8_t *dst = yc + (int64_t)r * a->OW + ow;
+                        const int8_t *got = out[j] + (m - m0);
+                        int32_t i;
+                        if (a->lut)
+                            for (i = 0; i < k; i++)
+                                dst[i] = a->lut[got[i] + 128];
+                        else
+                            memcpy(dst, got, (size_t)k);
+                    }
+                    m += n;
+                }
+            }
+        }
+    }
+}
+
+static int conv_band(const conv_t *a)
+{
+    band_t b;
+    int32_t sums[2 * EDGEQ_PW_MAX_OC], wq[EDGEQ_WEIGHT_BYTES / 4];
+    int64_t offs[EDGEQ_BAND_QUADS];
+    int32_t oc, c4, t, j, band;
+    if (!band_geometry(a, &b))
+        return 0;
+    for (oc = 0; oc < a->OC; oc++)
+        pw_row_sums(a->w + (int64_t)oc * a->K, a->K, &sums[2 * oc], &sums[2 * oc + 1]);
+    for (oc = 0; oc < (a->OC + 3) / 4 * 4; oc++) /* quads (4 channels, one tap), zero past C and OC */
+        for (c4 = 0; c4 < b.C4; c4++)
+            for (t = 0; t < b.taps; t++) {
+                uint32_t v = 0;
+                for (j = 0; j < 4 && oc < a->OC; j++)
+                    if (4 * c4 + j < a->C)
+                        v |= (uint32_t)(uint8_t)a->w[((int64_t)oc * a->C + 4 * c4 + j) * b.taps + t] << (8 * j);
+                wq[((int64_t)oc * b.C4 + c4) * b.taps + t] = (int32_t)v;
+            }
+    for (c4 = 0; c4 < b.C4; c4++)
+        for (t = 0; t < b.taps; t++)
+            offs[c4 * b.taps + t] =
+                (c4 * b.plane + (int64_t)(t / a->KW) * a->dh * b.Wp + (int64_t)(t % a->KW) * a->dw) * 4;
+    EDGEQ_PARALLEL_FOR(conv_work(a) >= EDGEQ_PAR_MIN_WORK && b.n_bands > 1)
+    for (band = 0; band < b.n_bands; band++)
+        band_job(a, &b, band, wq, offs, sums);
     return 1;
 }
 #endif
@@ -2340,7 +2545,7 @@ void edgeq_conv_wide(const void *x, int32_t x_bits, const int8_t *w, const int32
         return;
 #endif
 #if EDGEQ_AVX512 && defined(__AVX512VNNI__)
-    if (conv_pointwise(&a))
+    if (conv_band(&a) || conv_pointwise(&a))
         return;
 #endif
     if (dot_worthwhile(a.K) && a.ocg >= 2 && dot_geometry(&a, &dg))
@@ -2960,6 +3165,26 @@ static int8_t clamp_lut(int64_t v, int32_t lo, int32_t hi, const int8_t *lut)
     return lut ? lut[(int32_t)q + 128] : q;
 }
 
+/* y[2 i] = p[i], y[2 i + 1] = q[i] for i < n: the interleave of a 2x pixel shuffle (ConvTranspose 2x2/2). */
+static void interleave2(int8_t *restrict y, const int8_t *restrict p, const int8_t *restrict q, int32_t n)
+{
+    int32_t i = 0;
+#if EDGEQ_AVX512
+    for (; i + 64 <= n; i += 64) {
+        const __m512i a = _mm512_loadu_si512((const void *)(p + i)), b = _mm512_loadu_si512((const void *)(q + i));
+        /* unpack works within 128-bit lanes: lo/hi of lane L hold pixels 16L..16L+7 and 16L+8..16L+15 */
+        const __m512i lo = _mm512_unpacklo_epi8(a, b), hi = _mm512_unpackhi_epi8(a, b);
+        _mm512_storeu_si512((void *)(y + 2 * i), _mm512_permutex2var_epi64(lo, _mm512_set_epi64(11, 10, 3, 2, 9, 8, 1, 0), hi));
+        _mm512_storeu_si512((void *)(y + 2 * i + 64),
+                            _mm512_permutex2var_epi64(lo, _mm512_set_epi64(15, 14, 7, 6, 13, 12, 5, 4), hi));
+    }
+#endif
+    for (; i < n; i++) {
+        y[2 * i] = p[i];
+        y[2 * i + 1] = q[i];
+    }
+}
+
 void edgeq_strided_copy(const int8_t *x, int8_t *y, int64_t offset, const int32_t dims[6], const int32_t strides[6])
 {
     int64_t o = 0;
@@ -2967,14 +3192,25 @@ void edgeq_strided_copy(const int8_t *x, int8_t *y, int64_t offset, const int32_
     for (i0 = 0; i0 < dims[0]; i0++)
         for (i1 = 0; i1 < dims[1]; i1++)
             for (i2 = 0; i2 < dims[2]; i2++)
-                for (i3 = 0; i3 < dims[3]; i3++)
-                    for (i4 = 0; i4 < dims[4]; i4++) {
-                        const int64_t b = offset + (int64_t)i0 * strides[0] + (int64_t)i1 * strides[1] +
-                                          (int64_t)i2 * strides[2] + (int64_t)i3 * strides[3] +
-                                          (int64_t)i4 * strides[4];
-                        for (i5 = 0; i5 < dims[5]; i5++)
-                            y[o++] = x[b + (int64_t)i5 * strides[5]];
+                for (i3 = 0; i3 < dims[3]; i3++) {
+                    const int64_t b = offset + (int64_t)i0 * strides[0] + (int64_t)i1 * strides[1] +
+                                      (int64_t)i2 * strides[2] + (int64_t)i3 * strides[3];
+                    if (dims[5] == 2 && strides[4] == 1 && dims[4] >= 16) { /* a 2x pixel shuffle's rows */
+                        interleave2(y + o, x + b, x + b + strides[5], dims[4]);
+                        o += 2 * (int64_t)dims[4];
+                        continue;
                     }
+                    for (i4 = 0; i4 < dims[4]; i4++) {
+                        const int64_t c = b + (int64_t)i4 * strides[4];
+                        if (strides[5] == 1 && dims[5] >= 16) {
+                            memcpy(y + o, x + c, (size_t)dims[5]);
+                            o += dims[5];
+                            continue;
+                        }
+                        for (i5 = 0; i5 < dims[5]; i5++)
+                            y[o++] = x[c + (int64_t)i5 * strides[5]];
+                    }
+                }
 }
 
 /* Dot product of contiguous rows (the weights case, b [N, K]): a loop the compiler vectorizes. */
@@ -3076,6 +3312,15 @@ static void resize_tap(const int32_t *table, int32_t r, int32_t size, int32_t *i
     *w1 = w < 0 ? 0 : w > 2048 ? 2048 : w;
 }
 
+/* The first source index of output index r (what nearest copies). */
+static int32_t resize_first(const int32_t *table, int32_t r, int32_t size)
+{
+    int32_t i0, i1;
+    int64_t w1;
+    resize_tap(table, r, size, &i0, &i1, &w1);
+    return i0;
+}
+
 void edgeq_resize(const int8_t *x, const int32_t *ytab, const int32_t *xtab, int8_t *y, int32_t C, int32_t H,
                   int32_t W, int32_t OH, int32_t OW, int32_t zp)
 {
@@ -3091,12 +3336,25 @@ void edgeq_resize(const int8_t *x, const int32_t *ytab, const int32_t *xtab, int
         nearest &= wy == 0;
     }
     if (nearest) { /* every weight 0 (nearest neighbour): a gather, the arithmetic below gives the same bytes */
+        int doubled = OW == 2 * W; /* column ox reads ox / 2: two copies of each byte, interleaved */
+        for (ox = 0; ox < OW && doubled; ox++) {
+            resize_tap(xtab, ox, W, &x0, &x1, &wx);
+            doubled = x0 == ox / 2;
+        }
         for (c = 0; c < C; c++)
             for (oy = 0; oy < OH; oy++) {
                 const int8_t *r0;
                 int8_t *yr = y + ((int64_t)c * OH + oy) * OW;
                 resize_tap(ytab, oy, H, &y0, &y1, &wy);
+                if (oy > 0 && y0 == resize_first(ytab, oy - 1, H)) { /* the row above read the same input row */
+                    memcpy(yr, yr - OW, (size_t)OW);
+                    continue;
+                }
                 r0 = x + ((int64_t)c * H + y0) * W;
+                if (doubled) {
+                    interleave2(yr, r0, r0, W);
+                    continue;
+                }
                 for (ox = 0; ox < OW; ox++) {
                     resize_tap(xtab, ox, W, &x0, &x1, &wx);
                     yr[ox] = r0[x0];

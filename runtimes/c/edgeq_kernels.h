@@ -11,7 +11,7 @@
  * runtimes/program.py: per node [opcode, n_words, *op_words], op words as documented in registry.py.
  *
  * Tuning knobs (define on the compiler command line). Kernels keep their scratch on the stack; with the
- * defaults a convolution needs about 240 KB of stack on the calling thread and 100 KB on each OpenMP
+ * defaults a convolution needs about 280 KB of stack on the calling thread and 150 KB on each OpenMP
  * worker (set OMP_STACKSIZE if your platform's thread stacks are smaller). An MCU build would use e.g.
  * -DEDGEQ_SCRATCH_BYTES=2048 -DEDGEQ_TILE_BYTES=1024 -DEDGEQ_PATCH_BYTES=1024 -DEDGEQ_WEIGHT_BYTES=4096.
  *   EDGEQ_SCRATCH_BYTES  input tile of the plane convolution kernel (default 49152).
@@ -19,6 +19,8 @@
  *   EDGEQ_PATCH_BYTES    assembled patches of the dot path (32768).
  *   EDGEQ_WEIGHT_BYTES   weights reordered once per convolution by the dot path (131072); larger weight
  *                        sets are reordered by each job, an eighth of this at a time.
+ *   EDGEQ_BAND_BYTES     packed input band of the AVX-512 VNNI path for stride-1 convolutions with many
+ *                        input channels and 2+ taps, per thread (131072; fewer rows per band when smaller).
  *   EDGEQ_PAR_MIN_WORK   multiply-accumulates below which an op stays single-threaded (200000).
  *   EDGEQ_PAR_MIN_ELEMS  elements below which Add / Mul stay single-threaded (8192; depthwise
  *                        convolutions also go parallel from half as many outputs).
