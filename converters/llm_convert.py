@@ -1,10 +1,9 @@
 """GGUF -> LLM bundle: stream every tensor through its weight format, write the ``kind: llm`` container.
 
-Layer matrices get the chosen scheme (lut3 and lut2 give some matrices more bits, see MIXES); the
-embedding (and the output head, tied or not) stay int8, since the head is read every token and is the
-most sensitive matrix. The report gives per-tensor relative
-weight error, bits per weight, bytes read per token and the device's predicted decode speed
-(bandwidth / bytes per token).
+Layer matrices get the chosen scheme (lut3, lut2 and ptqtp give some matrices more bits, see MIXES and
+LAYER_MIXES); the embedding (and the output head, tied or not) stay int8, since the head is read every
+token and is the most sensitive matrix. The report gives per-tensor relative weight error, bits per
+weight, bytes read per token and the device's predicted decode speed (bandwidth / bytes per token).
 """
 
 from __future__ import annotations
@@ -36,15 +35,24 @@ HEAD_FORMAT = "int8"
 # in the LUT schemes. lut3 keeps the big feed-forward gate/up (half the layer weights) at 3 bits and the rest
 # at 4 (the value projection at 8): 4.36 bits/weight on SmolLM2, below the 4.63 of llama.cpp's Q3_K_M file
 # there, and measured better than it (benchmarks/RESULTS.md; with attn_q/attn_k at lut3 too, 4.30 bits, it
-# was level). lut2 is the same recipe with gate/up at 2 bits (truly 2-bit bit planes for two thirds of the
-# feed-forward weights): every other format costs it more perplexity per bit saved (benchmarks/RESULTS.md,
-# "lut2 recipes").
+# was level). lut2 is the same recipe with gate/up at 2 bits (2-bit bit planes for two thirds of the
+# feed-forward weights, as llama.cpp's Q2_K recipe keeps its ffn_down and attention at more bits): 3.89
+# bits/weight on SmolLM2 with the layer exceptions below. The recipes tried are in docs/llm.md ("Recipes").
 MIXES: dict[str, dict[str, str]] = {s: {"attn_q": "int4", "attn_k": "int4", "attn_v": "int8",
                                         "attn_output": "int4", "ffn_down": "int4"} for s in ("lut3", "lut2")}
-# Layer-specific exceptions {scheme: {layer: {matrix: format}}}, like llama.cpp's more bits for the first
-# layers' ffn_down: the first layer's feed-forward block writes the residual stream's huge outlier channels
-# (its output is ~170x the residual's size on SmolLM2), and 2 bits there cost more than in any other layer.
-LAYER_MIXES: dict[str, dict[int, dict[str, str]]] = {"lut2": {0: {"ffn_gate": "int4", "ffn_up": "int4"}}}
+# Layer-specific exceptions {scheme: {layer: {matrix: format}}}, like llama.cpp's extra bits for some layers'
+# ffn_down. The first layer's feed-forward block writes the residual stream's huge outlier channels (its
+# output is ~170x the residual's size on SmolLM2), and low bits there cost more than in any other layer:
+# lut2 keeps layer 0's gate/up at int4 (+0.03 bits/weight; perplexity 20.96 -> 19.37), ptqtp its whole
+# feed-forward block (same 4.5 bits/weight; 16.83 -> 16.21). lut2 also keeps gate/up at lut3 in the six
+# layers where 2 bits cost SmolLM2 most, measured one layer at a time on held-out calibration text (not the
+# evaluation text): 3.89 bits/weight, 19.37 -> 18.28, with 23 of 30 layers' gate/up (51% of the feed-forward
+# weights) still lut2. Figures: docs/llm.md, "Recipes".
+_LUT3_FFN = {"ffn_gate": "lut3", "ffn_up": "lut3"}
+LAYER_MIXES: dict[str, dict[int, dict[str, str]]] = {
+    "lut2": {0: {"ffn_gate": "int4", "ffn_up": "int4"}, **{i: _LUT3_FFN for i in (6, 7, 10, 18, 19, 23)}},
+    "ptqtp": {0: {"ffn_gate": "int4", "ffn_up": "int4", "ffn_down": "int4"}},
+}
 
 
 def tensor_format(name: str, scheme: str, mix: dict[str, str] | None = None) -> str:

@@ -206,7 +206,7 @@ def test_lut2_recipe_is_mostly_two_bit_and_within_q2_k_bits():
     bits = sum(n[k] * llm_formats.FORMATS[f].bits_per_weight(shapes[k.split(".")[2]][1]) for k, f in recipe.items())
     ffn = [k for k in recipe if ".ffn_" in k]
     assert bits / sum(n.values()) <= 4.23
-    assert sum(n[k] for k in ffn if recipe[k] == "lut2") > 0.6 * sum(n[k] for k in ffn)
+    assert sum(n[k] for k in ffn if recipe[k] == "lut2") > 0.5 * sum(n[k] for k in ffn)
 
 
 def test_mix_overrides_the_recipe_and_bad_entries_fail(tiny, tmp_path):
