@@ -8,7 +8,9 @@ its own quantizer from the same file (bench_llm.llama_file) and the peer script'
 read with the gguf package, with the type of every layer matrix listed (its 2/3-bit and ternary types
 need rows that are multiples of 256, so most SmolLM2 matrices fall back to other types).
 
-Run: python benchmarks/llm_quality.py [--schemes ...] [--types ...] [--quantizer gptq] [--out DIR] [--json F]
+Run: python benchmarks/llm_quality.py [--schemes ...] [--types ...] [--quantizer gptq] [--calib-tokens N]
+     [--mix '{"ffn_down": "lut3", "0.ffn_up": "int4"}'] [--out DIR] [--json F]
+(``--mix`` overrides the schemes' recipes, converters/llm_convert.py ``tensor_format``: to try recipes.)
 """
 
 from __future__ import annotations
@@ -43,12 +45,13 @@ def llama_bpw(path: str) -> dict:
             "bits_per_weight": 8 * all_bytes / all_n, "layer_types": {k: dict(v) for k, v in types.items()}}
 
 
-def edgeq_side(scheme: str, out: str, quantizer: str, text: str) -> dict:
+def edgeq_side(scheme: str, out: str, quantizer: str, text: str, calib_tokens: int, mix: dict | None) -> dict:
+    from edgeq.converters.llm_calib import DEFAULT_TOKENS
+    from edgeq.converters.llm_convert import convert_gguf
     dst = os.path.join(out, f"{scheme}.{quantizer}.edgeq")
     t = time.perf_counter()
-    conv = json.loads(subprocess.run([sys.executable, "-m", "edgeq.cli", "convert", source(), "--device", "rpi5",
-                                      "--scheme", scheme, "--quantizer", quantizer, "--eval", "never", "-o", dst,
-                                      "--json"], check=True, capture_output=True, text=True).stdout)
+    conv = convert_gguf(source(), "rpi5", scheme, dst, progress=False, quantizer=quantizer,
+                        calib_tokens=calib_tokens or DEFAULT_TOKENS, mix=mix).report
     seconds = time.perf_counter() - t
     ppl = json.loads(subprocess.run([sys.executable, "-m", "edgeq.cli", "perplexity", dst, "--text", text, "--json"],
                                     check=True, capture_output=True, text=True).stdout)
@@ -62,6 +65,8 @@ def main() -> None:
     ap.add_argument("--schemes", nargs="*", default=["int8", "int4", "ptqtp", "lut3", "lut2", "ternary"])
     ap.add_argument("--types", nargs="*", default=["Q8_0", "Q4_0", "Q3_K_M", "Q2_K", "TQ2_0", "TQ1_0"])
     ap.add_argument("--quantizer", default="gptq", choices=["gptq", "imatrix", "plain"])
+    ap.add_argument("--calib-tokens", type=int, default=None, help="default: the converter's")
+    ap.add_argument("--mix", type=json.loads, default=None, help="JSON recipe overrides, e.g. '{\"ffn_down\": \"lut3\"}'")
     ap.add_argument("--out", default="/tmp/edgeq_llm_quality")
     ap.add_argument("--json", help="also write the figures here")
     args = ap.parse_args()
@@ -83,7 +88,7 @@ def main() -> None:
             res[f"llama.cpp {t}"] = {"perplexity": llama_ppl(path, ids), **llama_bpw(path)}
             print(t, json.dumps(res[f"llama.cpp {t}"]), flush=True)
     for s in args.schemes:
-        res[f"edgeq {s}"] = edgeq_side(s, args.out, args.quantizer, text)
+        res[f"edgeq {s}"] = edgeq_side(s, args.out, args.quantizer, text, args.calib_tokens, args.mix)
         print(s, json.dumps(res[f"edgeq {s}"]), flush=True)
     if args.json:
         with open(args.json, "w") as f:

@@ -220,7 +220,7 @@ def fit_matrix(w: np.ndarray, fmt: WeightFormat, imp: np.ndarray | None = None
     return _to_planes(v, r, c, g), d.reshape(r, -1), m.reshape(r, -1)
 
 
-def gptq(w: np.ndarray, hessian: np.ndarray, fmt: WeightFormat, damp: float = GPTQ_DAMP, act_order: bool = True
+def gptq(w: np.ndarray, hessian: np.ndarray, fmt: WeightFormat, damp: float | None = None, act_order: bool = True
          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """GPTQ of ``w[rows, cols]`` against ``hessian[cols, cols]`` (sum of x x^T over calibration inputs):
     values [P, rows, cols], scales [rows, groups * P], offsets [rows, groups] of format ``fmt``.
@@ -232,6 +232,7 @@ def gptq(w: np.ndarray, hessian: np.ndarray, fmt: WeightFormat, damp: float = GP
     """
     r, c = w.shape
     g = fmt.group_size(c)
+    damp = GPTQ_DAMP if damp is None else damp
     if GPTQ_BLOCK % g:
         raise ValueError(f"GPTQ needs groups that divide {GPTQ_BLOCK} columns ({fmt.name} has {g})")
     H = np.array(hessian, dtype=np.float64)

@@ -14,6 +14,7 @@ import pytest
 import edgeq
 from edgeq.converters import llm_calib, llm_quantize
 from edgeq.runtimes import llm_formats
+from edgeq.runtimes.llm_reference import LAYER_MATS
 from llm_util import smollm2_path, tiny_config, write_tiny_gguf
 
 GROUPED = ("int4", "ternary", "ptqtp", "lut2", "lut3")
@@ -184,3 +185,40 @@ def test_calibration_reaches_the_right_matrices(tiny, tmp_path):
                                     quantizer=method, calib_text=text, calib_tokens=256).path)
         errs[method] = float(np.mean((b.session("c", ctx=64).feed(toks, all_logits=True) - want) ** 2))
     assert errs["gptq"] < min(errs["imatrix"], errs["plain"]), errs
+
+
+def _smollm2_recipe(scheme: str) -> tuple:
+    from edgeq.converters.llm_convert import tensor_format
+    from edgeq.runtimes.llm_reference import LLMConfig
+    c = LLMConfig(n_layers=30, dim=576, n_heads=9, n_kv_heads=3, head_dim=64, ffn_dim=1536, vocab=49152, ctx=8192,
+                  eps=1e-5, rope_base=1e5)
+    return c, {f"blk.{i}.{m}": tensor_format(f"blk.{i}.{m}", scheme) for i in range(c.n_layers)
+               for m in LAYER_MATS}
+
+
+def test_lut2_recipe_is_mostly_two_bit_and_within_q2_k_bits():
+    """On SmolLM2's shapes the lut2 recipe keeps most feed-forward weights in 2-bit lut2 planes and stays below
+    the 4.23 bits per weight of llama.cpp's "Q2_K" file for the same model (benchmarks/RESULTS.md)."""
+    from edgeq.runtimes.llm_reference import matrix_shapes
+    c, recipe = _smollm2_recipe("lut2")
+    shapes = matrix_shapes(c)
+    n = {k: shapes[k.split(".")[2]][0] * shapes[k.split(".")[2]][1] for k in recipe}
+    bits = sum(n[k] * llm_formats.FORMATS[f].bits_per_weight(shapes[k.split(".")[2]][1]) for k, f in recipe.items())
+    ffn = [k for k in recipe if ".ffn_" in k]
+    assert bits / sum(n.values()) <= 4.23
+    assert sum(n[k] for k in ffn if recipe[k] == "lut2") > 0.5 * sum(n[k] for k in ffn)
+
+
+def test_mix_overrides_the_recipe_and_bad_entries_fail(tiny, tmp_path):
+    from edgeq.converters.llm_convert import convert_gguf, tensor_format
+    assert tensor_format("blk.0.ffn_up", "lut2") != "lut2" and tensor_format("blk.1.ffn_up", "lut2") == "lut2"
+    mix = {"ffn_down": "lut3", "1.ffn_up": "int4"}
+    assert tensor_format("blk.1.ffn_up", "lut2", mix) == "int4" and tensor_format("blk.0.ffn_down", "lut2", mix) == "lut3"
+    b = edgeq.load(convert_gguf(tiny, "rpi5", "lut2", tmp_path / "m.edgeq", progress=False, quantizer="plain",
+                                mix=mix).path)
+    assert {k: m.fmt for k, m in b.weights.mats.items() if k.startswith("blk.1.ffn")} == {
+        "blk.1.ffn_gate": "lut2", "blk.1.ffn_up": "int4", "blk.1.ffn_down": "lut3"}
+    for bad in ({"ffn_dwn": "lut3"}, {"ffn_down": "lut5"}, {"x.ffn_down": "int4"}):
+        with pytest.raises(edgeq.errors.EdgeqError, match="bad mix entry"):
+            convert_gguf(tiny, "rpi5", "lut2", tmp_path / "bad.edgeq", progress=False, mix=bad)
+    assert not (tmp_path / "bad.edgeq").exists()
