@@ -72,7 +72,8 @@ def add_convert_args(p: argparse.ArgumentParser) -> None:
                         "importance-weighted fits only, plain = no calibration")
     p.add_argument("--calib-text", help="GGUF models: UTF-8 calibration text (default: docstrings of standard-library "
                                          "modules, disjoint from the default evaluation text)")
-    p.add_argument("--calib-tokens", type=int, default=4096, help="GGUF models: calibration tokens used (default 4096)")
+    p.add_argument("--calib-tokens", type=int, help="GGUF models: calibration tokens used (default 8192, "
+                                                    "converters.llm_calib.DEFAULT_TOKENS)")
 
 
 def cmd_convert_gguf(args: argparse.Namespace) -> None:
@@ -81,7 +82,7 @@ def cmd_convert_gguf(args: argparse.Namespace) -> None:
     res = convert_gguf(args.model, device=args.device, scheme=args.scheme, output=args.output,
                        progress=not args.json and not args.quiet, quantizer=args.quantizer,
                        calib_text=_read_text(args.calib_text) if args.calib_text else None,
-                       calib_tokens=args.calib_tokens)
+                       **({"calib_tokens": args.calib_tokens} if args.calib_tokens else {}))
     r = res.report
     q = r["quantizer"]
     lines = [f"wrote {r['output']} ({_mb(r['bundle_bytes'])}) for {r['device']}: layers {r['scheme']} "
