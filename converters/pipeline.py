@@ -243,7 +243,7 @@ def convert(model: str | Path | bytes | None = None, device: str = "host", outpu
             input_shapes: dict[str, tuple[int, ...]] | None = None, progress: bool = True,
             patch: str | int = "auto", preprocess: str | None = None, mixed_precision: str = "off",
             int16_budget: str = DEFAULT_BUDGET) -> ConversionResult:
-    """Convert an ONNX model (or, with ``model=None``, the embedded digits sample) into a ``.edgeq`` bundle.
+    """Convert an ONNX or int8 TFLite model (or, with ``model=None``, the embedded digits sample) into a ``.edgeq`` bundle.
 
     ``calib`` is a .npy/.npz path, a folder of images (read with the ``preprocess`` spec, see
     ``converters.image_calib``), an array (single input) or a dict of arrays keyed by input name.
@@ -253,6 +253,13 @@ def convert(model: str | Path | bytes | None = None, device: str = "host", outpu
     within ``int16_budget`` (see ``converters.mixed_precision``).
     """
     profile = get_device(device)
+    if isinstance(model, (str, Path)) and str(model).lower().endswith(".tflite") or \
+            isinstance(model, bytes) and model[4:8] == b"TFL3":
+        if calib is not None or mixed_precision != "off" or (scheme or "int8") != "int8":
+            raise CalibrationError("an int8 TFLite model keeps its own scales: --calib, --scheme and "
+                                   "--mixed-precision do not apply")
+        from .tflite_import import convert_tflite
+        return convert_tflite(model, profile, output, patch, progress)
     if mixed_precision not in ("off", "auto"):
         raise InputError(f"--mixed-precision must be off or auto, not '{mixed_precision}'")
     parse_budget(int16_budget, 0)  # a bad budget fails before any work
