@@ -26,7 +26,7 @@ import numpy as np
 
 from edgeq.errors import EdgeqError, ModelError, UnsupportedOpError
 from edgeq.ir import Graph, Node, Tensor
-from edgeq.runtimes.fixedpoint import multiply_by_quantized_multiplier
+from edgeq.runtimes.fixedpoint import multiply_by_quantized_multiplier, rounding_divide_by_pot
 from edgeq.runtimes.reference import conv_out_size
 from .quantize import QMAX, QMIN, quantize_multiplier
 
@@ -55,7 +55,7 @@ _OPTIONS: dict[str, tuple[str, tuple[str, ...]] | None] = {
     "SOFTMAX": ("SoftmaxOptions", ("Beta",)),
     "CONCATENATION": ("ConcatenationOptions", ("Axis", "FusedActivationFunction")),
     "RESHAPE": None, "SQUEEZE": None, "EXPAND_DIMS": None, "TRANSPOSE": None,
-    "LOGISTIC": None, "TANH": None, "RELU": None, "RELU6": None, "RELU_N1_TO_1": None,
+    "LOGISTIC": None, "TANH": None, "HARD_SWISH": None, "PAD": None, "RELU": None, "RELU6": None, "RELU_N1_TO_1": None,
     "QUANTIZE": None, "DEQUANTIZE": None,
 }
 SUPPORTED_OPS = tuple(sorted(_OPTIONS))
@@ -196,7 +196,7 @@ class _Builder:
         self.m = model
         self.g = Graph([], {}, [], [])
         self.stored: dict[int, dict[tuple[int, ...], str]] = {}  # tensor -> {stored order: edgeq name}
-        self.quant: dict[int, tuple[float, int]] = {}
+        self.pads: dict[int, tuple[int, list[int]]] = {}  # folded PAD output -> (its input, extra pads t l b r)
 
     # --- tensors ---------------------------------------------------------------------------------------
     def t(self, i: int) -> _Tensor:
@@ -302,7 +302,7 @@ class _Builder:
     def window(self, op: _Op, kh: int, kw: int) -> dict:
         """strides, pads, dilations of a window op on the NCHW input, checked against TFLite's output shape."""
         o = op.options
-        _, h, w, _ = self.t(op.inputs[0]).shape
+        _, h, w, _ = self.t(op.inputs[0]).shape  # (after a folded PAD: the padded size)
         dh, dw = o.get("DilationHFactor", 1), o.get("DilationWFactor", 1)
         oh, pt, pb = _same_pads(h, kh, o["StrideH"], dh, o["Padding"])
         ow, pl, pr = _same_pads(w, kw, o["StrideW"], dw, o["Padding"])
@@ -310,12 +310,29 @@ class _Builder:
                 conv_out_size(h, kh, o["StrideH"], pt, pb, dh) != oh:
             raise ModelError(f"{op.code} (node {op.index}): output shape {self.t(op.outputs[0]).shape} does not "
                              f"match the window (expected {oh}x{ow})")
-        return {"strides": [o["StrideH"], o["StrideW"]], "pads": [pt, pl, pb, pr], "dilations": [dh, dw]}
+        extra = self.pads.get(op.inputs[0], (None, [0, 0, 0, 0]))[1]
+        return {"strides": [o["StrideH"], o["StrideW"]], "pads": [v + e for v, e in zip([pt, pl, pb, pr], extra)],
+                "dilations": [dh, dw]}
 
     def _nchw_input(self, op: _Op) -> str:
         if len(self.t(op.inputs[0]).shape) != 4:
             raise UnsupportedOpError(f"{op.code} (node {op.index}): input must be 4-D NHWC")
-        return self.view(op.inputs[0], NCHW)
+        return self.view(self.pads.get(op.inputs[0], (op.inputs[0],))[0], NCHW)
+
+    def fold_pad(self, op: _Op, users: list[_Op]) -> bool:
+        """A PAD of H and W feeding only a convolution becomes that convolution's padding (TFLite pads int8
+        with the zero point, as edgeq's QConv does)."""
+        p = self.const(op, 1, "paddings").reshape(-1, 2)
+        if len(users) != 1 or users[0].code not in ("CONV_2D", "DEPTHWISE_CONV_2D") or users[0].inputs[0] != \
+                op.outputs[0] or p.shape[0] != 4 or p[0].any() or p[3].any() or (p < 0).any():
+            return False
+        self._same_quant(op)
+        self.pads[op.outputs[0]] = (op.inputs[0], [int(p[1, 0]), int(p[2, 0]), int(p[1, 1]), int(p[2, 1])])
+        return True
+
+    def op_PAD(self, op: _Op) -> None:
+        raise UnsupportedOpError(f"PAD (node {op.index}) is supported only on H and W right before a CONV_2D or "
+                                 "DEPTHWISE_CONV_2D (it becomes the convolution's padding)")
 
     def _weights(self, op: _Op) -> tuple[np.ndarray, np.ndarray]:
         w = self.const(op, 1, "filter")
@@ -487,6 +504,10 @@ class _Builder:
             raise UnsupportedOpError(f"QUANTIZE (node {op.index}): only at a model input, or int8 -> int8")
         self._requant_table(op, None, None)
 
+    def op_HARD_SWISH(self, op: _Op) -> None:
+        (sx, zx), (sy, zy) = self.qp(op.inputs[0]), self.qp(op.outputs[0])
+        self.table(op, lambda v: _hard_swish(v, sx, zx, sy, zy))
+
     def op_RESHAPE(self, op: _Op) -> None:
         rank = len(self.t(op.inputs[0]).shape)
         x = self.view(op.inputs[0], tuple(range(rank)))  # TFLite's flattening order
@@ -544,6 +565,9 @@ class _Builder:
                 skip.add(users[0].index)
                 i = users[0].outputs[0]
             inputs.append(i)
+        for op in m.ops:
+            if op.code == "PAD" and op.outputs[0] not in m.outputs and self.fold_pad(op, consumers.get(op.outputs[0], [])):
+                skip.add(op.index)
         for i in m.outputs:
             op = producers.get(i)
             if self.t(i).dtype == "FLOAT32" and op is not None and op.code == "DEQUANTIZE":
@@ -586,6 +610,44 @@ def _moves_only_ones(shape: tuple[int, ...], a: tuple[int, ...], b: tuple[int, .
 
 def _round_half_away(x: np.ndarray) -> np.ndarray:
     return np.where(x < 0, -np.floor(-x + np.float32(0.5)), np.floor(x + np.float32(0.5))).astype(np.float32)
+
+
+def _srdhm16(a: np.ndarray, b: int) -> np.ndarray:
+    """gemmlowp SaturatingRoundingDoublingHighMul on int16: round(a * b / 2^15), C's truncating division."""
+    ab = a * b
+    v = ab + np.where(ab >= 0, 1 << 14, 1 - (1 << 14))
+    out = np.where(v >= 0, v >> 15, -((-v) >> 15))
+    return np.where((a == -32768) & (b == -32768), 32767, out)
+
+
+def _int16_multiplier(m: float) -> tuple[int, int]:
+    """QuantizeMultiplier then TFLite's DownScaleInt32ToInt16Multiplier."""
+    mult, exponent = quantize_multiplier(m)
+    return (32767 if mult >= 2**31 - 1 - (1 << 15) else (mult + (1 << 15)) >> 16), exponent
+
+
+def _hard_swish(v: np.ndarray, sx: float, zx: int, sy: float, zy: int) -> np.ndarray:
+    """TFLite's reference int8 HardSwish (16-bit fixed point), for every input value ``v``."""
+    f32 = np.float32
+    hires_scale = f32(1.0 / 128.0) * f32(sx)
+    out_mult, out_exp = _int16_multiplier(float(hires_scale / f32(sy)))
+    relu_mult, relu_exp = _int16_multiplier(float(hires_scale / (f32(3.0) / f32(32768.0))))
+    sat16 = lambda a: np.clip(a, -32768, 32767)  # noqa: E731
+    hires = (v - zx) * 128
+    pre_out = _srdhm16(hires, out_mult)
+    relu = hires
+    if relu_exp > 0:
+        relu = sat16(relu << (relu_exp - 1))
+    relu = _srdhm16(relu, relu_mult)
+    if relu_exp > 0:
+        relu = sat16(relu << 1)
+    if relu_exp < 0:
+        relu = rounding_divide_by_pot(relu, -relu_exp)
+    relu = (relu + (1 << 15)) >> 1
+    prod = relu * pre_out  # SaturatingDoublingHighMul: truncating, no rounding
+    pre = np.where(prod >= 0, prod >> 15, -((-prod) >> 15))
+    pre = np.where((relu == -32768) & (pre_out == -32768), 32767, pre)
+    return rounding_divide_by_pot(pre, -out_exp) + zy
 
 
 def import_tflite(model: str | Path | bytes) -> tuple[Graph, str]:

@@ -151,8 +151,8 @@ def _offsets(b: flatbuffers.Builder, start: Any, values: list[int]) -> int:
 
 # --- random models -------------------------------------------------------------------------------------
 
-KINDS = ("conv", "depthwise", "fc", "add", "mul", "maxpool", "avgpool", "softmax", "logistic", "tanh", "relu",
-         "reshape", "concat", "transpose", "net")
+KINDS = ("conv", "depthwise", "pad_conv", "fc", "add", "mul", "maxpool", "avgpool", "softmax", "logistic", "tanh",
+         "hard_swish", "relu", "reshape", "concat", "transpose", "net")
 
 
 def _scale(rng: np.random.Generator) -> float:
@@ -268,6 +268,14 @@ class _Draw:
             self.w.op(code, [x], [y])
         return y
 
+    def pad(self, x: int) -> int:
+        p = np.zeros((4, 2), np.int32)
+        p[1:3] = self.rng.integers(0, 3, size=(2, 2))
+        shape = tuple(int(n + a + b) for n, (a, b) in zip(self.shapes[x], p))
+        y = self.act("pad_y", shape, *self.q[x])
+        self.w.op(OP.PAD, [x, self.w.tensor("paddings", (4, 2), "int32", data=p)], [y])
+        return y
+
     def reshape(self, x: int, shape: tuple[int, ...]) -> int:
         y = self.act("reshape_y", shape, *self.q[x])
         self.w.op(OP.RESHAPE, [x, self.w.tensor("shape", (len(shape),), "int32", data=np.array(shape, np.int32))], [y])
@@ -308,8 +316,10 @@ def random_model(seed: int, kind: str) -> tuple[bytes, list[tuple[int, ...]]]:
         y = d.pool(x, kind == "avgpool")
     elif kind == "softmax":
         y = d.unary(d.reshape(x, (1, int(np.prod(image[1:])))) if rng.integers(0, 2) else x, OP.SOFTMAX)
-    elif kind in ("logistic", "tanh", "relu"):
-        y = d.unary(x, {"logistic": OP.LOGISTIC, "tanh": OP.TANH, "relu": OP.RELU}[kind])
+    elif kind in ("logistic", "tanh", "relu", "hard_swish"):
+        y = d.unary(x, {"logistic": OP.LOGISTIC, "tanh": OP.TANH, "relu": OP.RELU, "hard_swish": OP.HARD_SWISH}[kind])
+    elif kind == "pad_conv":
+        y = d.conv(d.pad(x), depthwise=bool(rng.integers(0, 2)))
     elif kind == "reshape":
         flat = d.reshape(x, (1, int(np.prod(image[1:]))))
         y = d.reshape(flat, (1, image[3], image[1], image[2])) if rng.integers(0, 2) else flat
