@@ -115,21 +115,26 @@ def _array(obj: Any, name: str) -> np.ndarray:
     return np.asarray(getattr(obj, name + "AsNumpy")())
 
 
-def _read(data: bytes) -> TFLiteModel:
+def parse_tflite(data: bytes) -> TFLiteModel:
     """Every field the converter uses, read once; a malformed file raises ModelError here."""
     if len(data) < 8 or data[4:8] != b"TFL3":
         raise ModelError("not a TFLite model: the file does not carry the TFL3 flatbuffer identifier")
+    def count(n: int) -> int:  # a vector longer than the file could hold is a corrupt length, not a big model
+        if n * 4 > len(data):
+            raise ModelError(f"malformed TFLite file: a vector of {n} entries in {len(data)} bytes")
+        return n
+
     try:
         m = tflite.Model.GetRootAsModel(data, 0)
-        if m.SubgraphsLength() != 1:
+        if count(m.SubgraphsLength()) != 1:
             raise ModelError(f"TFLite model has {m.SubgraphsLength()} subgraphs; edgeq converts single-subgraph models")
         sg = m.Subgraphs(0)
         codes = []
-        for i in range(m.OperatorCodesLength()):
+        for i in range(count(m.OperatorCodesLength())):
             oc = m.OperatorCodes(i)
             codes.append(_OP_NAMES.get(max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode()), "CUSTOM"))
         tensors = []
-        for i in range(sg.TensorsLength()):
+        for i in range(count(sg.TensorsLength())):
             t = sg.Tensors(i)
             dtype = _TYPE_NAMES.get(t.Type(), str(t.Type()))
             q = t.Quantization()
@@ -150,7 +155,7 @@ def _read(data: bytes) -> TFLiteModel:
                 value = np.frombuffer(raw.tobytes(), _DTYPES[dtype]).reshape(shape)
             tensors.append(_Tensor(t.Name().decode("utf-8", "replace"), shape, dtype, scale, zp, axis, value))
         ops = []
-        for i in range(sg.OperatorsLength()):
+        for i in range(count(sg.OperatorsLength())):
             op = sg.Operators(i)
             code = codes[op.OpcodeIndex()] if op.OpcodeIndex() < len(codes) else "CUSTOM"
             options = {}
@@ -287,8 +292,12 @@ class _Builder:
         k = int(np.prod(w.shape[1:]))
         if k * 127 * 255 + int(np.abs(bias).max(initial=0)) >= 2**31:
             raise ModelError(f"{op.code} (node {op.index}): int32 accumulator could overflow (K={k})")
-        # TFLite: effective_scale = static_cast<double>(input_scale) * filter_scale / output_scale
-        mults, shifts = zip(*(quantize_multiplier(float(sx) * float(s) / float(sy)) for s in sw))
+        # TFLite, per channel: static_cast<double>(input_scale) * filter_scale / output_scale; a per-tensor
+        # FULLY_CONNECTED (GetQuantizedConvolutionMultipler) multiplies the two scales in float32 first.
+        if qop == "QFullyConnected" and w_scale.size == 1:
+            mults, shifts = zip(*[quantize_multiplier(float(np.float32(sx) * sw[0]) / sy)] * oc)
+        else:
+            mults, shifts = zip(*(quantize_multiplier(float(sx) * float(s) / float(sy)) for s in sw))
         g, base = self.g, self.t(op.outputs[0]).name or qop
         y = self.define(op.outputs[0], attrs.pop("order", None))
         lo, hi = self.act_bounds(op, op.outputs[0])
@@ -473,8 +482,10 @@ class _Builder:
     def _float_table(self, op: _Op, f: Callable[[np.ndarray], np.ndarray]) -> None:
         # TFLite's PopulateLookupTable, in float32 as there: round(f(s_x * (v - z_x)) * (1 / s_y)) + z_y
         (sx, zx), (sy, zy) = self.qp(op.inputs[0]), self.qp(op.outputs[0])
-        self.table(op, lambda v: (_round_half_away(f(np.float32(sx) * (v - zx).astype(np.float32))
-                                                   * (np.float32(1) / np.float32(sy))) + np.float32(zy)).astype(np.int64))
+        with np.errstate(over="ignore"):  # exp overflows to inf, then 1 / (1 + inf) = 0, as in C
+            self.table(op, lambda v: (_round_half_away(f(np.float32(sx) * (v - zx).astype(np.float32))
+                                                       * (np.float32(1) / np.float32(sy))) + np.float32(zy))
+                          .astype(np.int64))
 
     def op_LOGISTIC(self, op: _Op) -> None:
         self._float_table(op, lambda v: np.float32(1) / (np.float32(1) + np.exp(-v)))
@@ -654,7 +665,7 @@ def import_tflite(model: str | Path | bytes) -> tuple[Graph, str]:
     """Parse a fully-quantized int8 TFLite model into an integer-only edgeq graph; returns it and the sha256
     of the file. TFLite's scales, zero points and integer weights are kept as they are."""
     data = _read_bytes(model)
-    return _Builder(_read(data)).run(), hashlib.sha256(data).hexdigest()
+    return _Builder(parse_tflite(data)).run(), hashlib.sha256(data).hexdigest()
 
 
 def convert_tflite(model: str | Path | bytes, profile: Any, output: str | Path | None, patch: str | int = "auto",
