@@ -53,6 +53,7 @@ _OPTIONS: dict[str, tuple[str, tuple[str, ...]] | None] = {
     "MAX_POOL_2D": _POOL,
     "AVERAGE_POOL_2D": _POOL,
     "SOFTMAX": ("SoftmaxOptions", ("Beta",)),
+    "MEAN": ("ReducerOptions", ("KeepDims",)),
     "CONCATENATION": ("ConcatenationOptions", ("Axis", "FusedActivationFunction")),
     "RESHAPE": None, "SQUEEZE": None, "EXPAND_DIMS": None, "TRANSPOSE": None,
     "LOGISTIC": None, "TANH": None, "HARD_SWISH": None, "PAD": None, "RELU": None, "RELU6": None, "RELU_N1_TO_1": None,
@@ -459,6 +460,35 @@ class _Builder:
         # here give the same sum, count and rounding.
         self._pool(op, "QAvgPool", {"count_include_pad": 0, "x_zp": 0, "y_zp": 0})
         del self.g.nodes[-1].attrs["dilations"]
+
+    def op_MEAN(self, op: _Op) -> None:
+        axes = sorted(int(a) % 4 for a in self.const(op, 1, "axes").reshape(-1))
+        if len(self.t(op.inputs[0]).shape) != 4 or axes != [1, 2]:
+            raise UnsupportedOpError(f"MEAN (node {op.index}): only over H and W of a 4-D tensor (axes {axes})")
+        # TFLite's integer QuantizedMeanOrSum: MultiplyByQuantizedMultiplier(sum(x - z_x), m', s') + z_y where
+        # 1 / (H*W) is folded into QuantizeMultiplier(s_x / s_y) by an integer division: m' = (m << k) / (H*W),
+        # s' = s - k, k = min(floor(log2(H*W)), 32, 31 + s). A depthwise QConv with a kernel of ones over
+        # the whole plane computes exactly that.
+        _, h, w, c = self.t(op.inputs[0]).shape
+        (sx, zx), (sy, zy) = self.qp(op.inputs[0]), self.qp(op.outputs[0])
+        m, sh = quantize_multiplier(sx / sy)
+        k = min((h * w).bit_length() - 1, 32, 31 + sh)
+        x = self.view(op.inputs[0], NCHW)
+        keep = len(self.t(op.outputs[0]).shape) == 4
+        y = self.define(op.outputs[0], NCHW) if keep else self.g.unique_name(self.t(op.outputs[0]).name + "_nchw")
+        if not keep:
+            self.g.tensors[y] = Tensor(y, (1, c, 1, 1), "int8", [sy], [zy], None)
+        g = self.g
+        consts = [g.add_const(g.unique_name(y + "_ones"), np.ones((c, 1, h, w), np.int8), scale=[1.0] * c,
+                              zero_point=[0] * c, axis=0),
+                  g.add_const(g.unique_name(y + "_bias"), np.zeros(c, np.int32)),
+                  g.add_const(g.unique_name(y + "_mult"), np.full(c, (m << k) // (h * w), np.int32)),
+                  g.add_const(g.unique_name(y + "_shift"), np.full(c, sh - k, np.int32))]
+        g.nodes.append(Node("QConv", y, [x, *consts], [y], dict(strides=[1, 1], pads=[0, 0, 0, 0], dilations=[1, 1],
+                                                               group=c, x_zp=zx, y_zp=zy, act_min=QMIN, act_max=QMAX)))
+        if not keep:
+            flat = self.define(op.outputs[0])
+            g.nodes.append(Node("QReshape", flat, [y], [flat], {"shape": [1, c]}))
 
     def op_SOFTMAX(self, op: _Op) -> None:
         rank = len(self.t(op.inputs[0]).shape)

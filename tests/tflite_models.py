@@ -151,7 +151,7 @@ def _offsets(b: flatbuffers.Builder, start: Any, values: list[int]) -> int:
 
 # --- random models -------------------------------------------------------------------------------------
 
-KINDS = ("conv", "depthwise", "pad_conv", "fc", "add", "mul", "maxpool", "avgpool", "softmax", "logistic", "tanh",
+KINDS = ("conv", "depthwise", "pad_conv", "fc", "add", "mul", "maxpool", "avgpool", "mean", "softmax", "logistic", "tanh",
          "hard_swish", "relu", "reshape", "concat", "transpose", "net")
 
 
@@ -269,6 +269,15 @@ class _Draw:
             self.w.op(code, [x], [y])
         return y
 
+    def mean(self, x: int) -> int:
+        _, h, wd, c = self.shapes[x]
+        keep = bool(self.rng.integers(0, 2))
+        same = bool(self.rng.integers(0, 2))  # TFLite takes another path when the quantization is kept
+        y = self.act("mean_y", (1, 1, 1, c) if keep else (1, c), *(self.q[x] if same else (None, None)))
+        axes = self.w.tensor("axes", (2,), "int32", data=np.array([1, 2], np.int32))
+        self.w.op(OP.MEAN, [x, axes], [y], "ReducerOptions", KeepDims=keep)
+        return y
+
     def pad(self, x: int) -> int:
         p = np.zeros((4, 2), np.int32)
         p[1:3] = self.rng.integers(0, 3, size=(2, 2))
@@ -315,6 +324,8 @@ def random_model(seed: int, kind: str) -> tuple[bytes, list[tuple[int, ...]]]:
         y = d.binary(x, b, kind == "mul")
     elif kind in ("maxpool", "avgpool"):
         y = d.pool(x, kind == "avgpool")
+    elif kind == "mean":
+        y = d.mean(d.conv(x) if rng.integers(0, 2) else x)
     elif kind == "softmax":
         y = d.unary(d.reshape(x, (1, int(np.prod(image[1:])))) if rng.integers(0, 2) else x, OP.SOFTMAX)
     elif kind in ("logistic", "tanh", "relu", "hard_swish"):
