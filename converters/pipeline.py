@@ -253,13 +253,16 @@ def convert(model: str | Path | bytes | None = None, device: str = "host", outpu
     within ``int16_budget`` (see ``converters.mixed_precision``).
     """
     profile = get_device(device)
+    tflite_float = None
     if isinstance(model, (str, Path)) and str(model).lower().endswith(".tflite") or \
             isinstance(model, bytes) and model[4:8] == b"TFL3":
-        if calib is not None or mixed_precision != "off" or (scheme or "int8") != "int8":
+        from .tflite_import import convert_tflite, import_float_tflite
+        tflite_float = import_float_tflite(model)  # a float model is calibrated below; an int8 one is not
+        if tflite_float is None and (calib is not None or mixed_precision != "off" or (scheme or "int8") != "int8"):
             raise CalibrationError("an int8 TFLite model keeps its own scales: --calib, --scheme and "
                                    "--mixed-precision do not apply")
-        from .tflite_import import convert_tflite
-        return convert_tflite(model, profile, output, patch, progress)
+        if tflite_float is None:
+            return convert_tflite(model, profile, output, patch, progress)
     if mixed_precision not in ("off", "auto"):
         raise InputError(f"--mixed-precision must be off or auto, not '{mixed_precision}'")
     parse_budget(int16_budget, 0)  # a bad budget fails before any work
@@ -275,7 +278,7 @@ def convert(model: str | Path | bytes | None = None, device: str = "host", outpu
         model = sample.model_path
     raw = _raw_calibration(calib, preprocess, progress)
     data_shapes = {k: tuple(np.shape(v)[1:]) for k, v in raw.items() if np.ndim(v) >= 1} if raw else None
-    fg, digest = import_onnx(model, input_shapes, data_shapes)
+    fg, digest = tflite_float or import_onnx(model, input_shapes, data_shapes)
     run_passes(fg)
     data = _calibration(raw, fg, sample)
     method = calib_method or profile.calibration
@@ -300,7 +303,7 @@ def convert(model: str | Path | bytes | None = None, device: str = "host", outpu
     name = "digits_cnn" if isinstance(model, Path) and sample else (Path(model).stem if not isinstance(model, bytes) else "model")
     out = Path(output) if output else Path(f"{name}.{profile.id}.edgeq")
     meta = {"device": profile.to_dict(), "scheme": scheme, "producer": {"name": "edgeq", "version": __version__},
-            "source": {"format": "onnx", "sha256": digest, "name": name, "metadata": fg.metadata},
+            "source": {"format": "tflite" if tflite_float else "onnx", "sha256": digest, "name": name, "metadata": fg.metadata},
             "calibration": {"method": method, "samples": int(next(iter(data.values())).shape[0])}}
     if chosen:
         meta["calibration"]["auto"] = chosen

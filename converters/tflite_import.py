@@ -215,43 +215,52 @@ class _Builder:
             raise ModelError(f"tensor '{t.name}': an int8 activation needs one scale and zero point")
         return float(t.scale[0]), int(t.zero_point[0]) if t.zero_point.size else 0
 
-    def define(self, i: int, order: tuple[int, ...] | None = None, name: str | None = None) -> str:
-        """Register the int8 activation ``i`` stored in ``order`` (TFLite's by default) and return its name."""
+    def define(self, i: int, order: tuple[int, ...] | None = None) -> str:
+        """Register activation ``i`` stored in ``order`` (TFLite's by default) and return its name."""
         t = self.t(i)
-        if t.dtype != "INT8":
-            raise ModelError(f"tensor '{t.name}' is {t.dtype}; edgeq imports fully-quantized int8 TFLite models "
-                             "(int8 activations, optionally float32 at the inputs and outputs)")
         order = order or tuple(range(len(t.shape)))
-        if name is None:
-            base = t.name if order == tuple(range(len(t.shape))) else t.name + "_nchw"
-            name = self.g.unique_name(base or f"t{i}")
-        s, z = self.qp(i)
-        self.g.tensors[name] = Tensor(name, tuple(t.shape[k] for k in order), "int8", [s], [z], None)
+        base = t.name if order == tuple(range(len(t.shape))) else t.name + "_nchw"
+        name = self.g.unique_name(base or f"t{i}")
+        self.g.tensors[name] = self.tensor(i, name, tuple(t.shape[k] for k in order))
         self.stored.setdefault(i, {})[order] = name
         return name
 
+    def tensor(self, i: int, name: str, shape: tuple[int, ...]) -> Tensor:
+        """The graph tensor of activation ``i``: int8 with TFLite's scale and zero point."""
+        if self.t(i).dtype != "INT8":
+            raise ModelError(f"tensor '{self.t(i).name}' is {self.t(i).dtype}; edgeq imports fully-quantized int8 "
+                             "TFLite models (int8 activations, optionally float32 at the inputs and outputs)")
+        s, z = self.qp(i)
+        return Tensor(name, shape, "int8", [s], [z], None)
+
     def view(self, i: int, order: tuple[int, ...]) -> str:
-        """Tensor ``i`` stored in ``order``: a QStridedCopy from the order it has, made once."""
+        """Tensor ``i`` stored in ``order``: a copy from the order it has (a view when only size-1 axes
+        move), made once."""
         have = self.stored[i]
         if order in have:
             return have[order]
         src_order, src = next(iter(have.items()))
         shape = self.t(i).shape
-        if _moves_only_ones(shape, src_order, order):
-            name = self.define(i, order)
-            self.g.nodes.append(Node("QReshape", name, [src], [name],
-                                     {"shape": [shape[k] for k in order]}))
-            return name
         # stored axis k of the result is stored axis q[k] of the source
         q = [_inverse(src_order)[order[k]] for k in range(len(order))]
-        if q[0] != 0:
+        if q[0] != 0 and not _moves_only_ones(shape, src_order, order):
             raise UnsupportedOpError(f"tensor '{self.t(i).name}': moving the batch axis is not supported")
-        src_shape = self.g.tensors[src].shape[1:]
-        strides = [int(np.prod(src_shape[k + 1:])) for k in range(len(src_shape))]
         name = self.define(i, order)
-        self.g.nodes.append(Node("QStridedCopy", name, [src], [name], {
-            "shape": [int(src_shape[k - 1]) for k in q[1:]], "strides": [strides[k - 1] for k in q[1:]], "offset": 0}))
+        if _moves_only_ones(shape, src_order, order):
+            self.g.nodes.append(self.reshape_node(name, src, [shape[k] for k in order]))
+        else:
+            self.g.nodes.append(self.permute_node(name, src, q))
         return name
+
+    def reshape_node(self, y: str, x: str, shape: list[int]) -> Node:
+        return Node("QReshape", y, [x], [y], {"shape": [int(v) for v in shape]})
+
+    def permute_node(self, y: str, x: str, perm: list[int]) -> Node:
+        """y = x transposed by ``perm`` (batch first): a gather with the permuted strides."""
+        src_shape = self.g.tensors[x].shape[1:]
+        strides = [int(np.prod(src_shape[k + 1:])) for k in range(len(src_shape))]
+        return Node("QStridedCopy", y, [x], [y], {"shape": [int(src_shape[k - 1]) for k in perm[1:]],
+                                                 "strides": [strides[k - 1] for k in perm[1:]], "offset": 0})
 
     def any_view(self, i: int) -> tuple[str, tuple[int, ...]]:
         order, name = next(iter(self.stored[i].items()))
@@ -559,7 +568,7 @@ class _Builder:
                                      "(the batch dimension must stay first)")
         self._same_quant(op)
         y = self.define(op.outputs[0])
-        self.g.nodes.append(Node("QReshape", y, [x], [y], {"shape": shape}))
+        self.g.nodes.append(self.reshape_node(y, x, shape))
 
     op_SQUEEZE = op_EXPAND_DIMS = op_RESHAPE
 
@@ -570,7 +579,7 @@ class _Builder:
         # Output axis j is input axis perm[j]: store the output in the order that reads the input as stored.
         out_order = tuple(_inverse(perm)[a] for a in order)
         name = self.define(op.outputs[0], out_order)
-        self.g.nodes.append(Node("QReshape", name, [x], [name], {"shape": list(self.g.tensors[name].shape)}))
+        self.g.nodes.append(self.reshape_node(name, x, list(self.g.tensors[name].shape)))
 
     def op_CONCATENATION(self, op: _Op) -> None:
         if op.options.get("FusedActivationFunction", 0):
@@ -615,16 +624,7 @@ class _Builder:
                 skip.add(op.index)
                 i = op.inputs[0]
             outputs.append(i)
-        edges = set(m.inputs) | set(m.outputs)
-        for i, t in enumerate(m.tensors):
-            if t.dtype == "INT8" or (t.dtype in ("INT32", "INT64") and t.data is not None) or \
-                    (t.dtype == "FLOAT32" and i in edges):
-                continue
-            what = {"FLOAT16": "float16", "INT16": "int16 (the 16x8 scheme)", "UINT8": "uint8 (the legacy scheme)",
-                    "FLOAT32": "float32 (a float model)"}.get(t.dtype, t.dtype)
-            raise UnsupportedOpError(f"tensor '{t.name}' is {what}: edgeq imports fully-quantized int8 TFLite models "
-                                     "(int8 activations and weights, int32 biases, float32 only at the inputs and "
-                                     "outputs); for a float model convert the ONNX instead")
+        self.check_types(set(m.inputs) | set(m.outputs))
         self.g.dynamic_batch = all(t.shape[:1] == (1,) for t in m.tensors if t.data is None and t.shape)
         for i in inputs:
             self.g.inputs.append(self.define(i))
@@ -642,6 +642,164 @@ class _Builder:
             self.g.outputs.append(self.view(i, tuple(range(len(self.t(i).shape)))))
         self.g.prune()
         return self.g
+
+    def check_types(self, edges: set[int]) -> None:
+        """Only int8 activations and weights, int32 biases and shapes; float32 at the model's edges."""
+        for i, t in enumerate(self.m.tensors):
+            if t.dtype == "INT8" or (t.dtype in ("INT32", "INT64") and t.data is not None) or \
+                    (t.dtype == "FLOAT32" and i in edges):
+                continue
+            what = {"FLOAT16": "float16", "INT16": "int16 (the 16x8 scheme)", "UINT8": "uint8 (the legacy scheme)",
+                    "FLOAT32": "float32 in an int8 model"}.get(t.dtype, t.dtype)
+            raise UnsupportedOpError(f"tensor '{t.name}' is {what}: edgeq imports int8 TFLite models (int8 "
+                                     "activations and weights, int32 biases, float32 only at the inputs and outputs) "
+                                     "and float32 ones (calibrated like an ONNX model)")
+
+
+class _FloatBuilder(_Builder):
+    """A float32 TFLite model as edgeq's float graph (ONNX op names, window ops NCHW, fused activations as
+    their own Relu/Clip nodes for ``run_passes`` to fuse again), to be calibrated and quantized like an
+    ONNX model. The stored-order machinery is the int8 builder's; reshapes and copies become Reshape and
+    Transpose nodes."""
+
+    def tensor(self, i: int, name: str, shape: tuple[int, ...]) -> Tensor:
+        return Tensor(name, shape, "float32")
+
+    def check_types(self, edges: set[int]) -> None:
+        for t in self.m.tensors:
+            if t.dtype not in ("FLOAT32", "INT32", "INT64") or (t.dtype != "FLOAT32" and t.data is None):
+                raise UnsupportedOpError(f"tensor '{t.name}' is {t.dtype} in a float TFLite model (a model mixing "
+                                         "float and quantized tensors is not supported)")
+
+    def reshape_node(self, y: str, x: str, shape: list[int]) -> Node:
+        return Node("Reshape", y, [x], [y], {"shape": [int(v) for v in shape]})
+
+    def permute_node(self, y: str, x: str, perm: list[int]) -> Node:
+        return Node("Transpose", y, [x], [y], {"perm": [int(p) for p in perm]})
+
+    def qp(self, i: int) -> tuple[float, int]:
+        return 1.0, 0  # float tensors: the layout and PAD folding compare "quantizations", all equal
+
+    def const(self, op: _Op, k: int, what: str) -> np.ndarray:
+        return np.asarray(super().const(op, k, what))
+
+    def node(self, op: _Op, kind: str, inputs: list[str], order: tuple[int, ...] | None = None, **attrs: Any) -> str:
+        """Emit float node ``kind`` writing op's output (stored in ``order``), then its fused activation."""
+        fused = op.options.get("FusedActivationFunction", 0)
+        if fused not in _ACTIVATIONS:
+            raise UnsupportedOpError(f"{op.code} (node {op.index}): fused activation {fused} is not supported")
+        y = self.define(op.outputs[0], order)
+        if _ACTIVATIONS[fused] is None:
+            self.g.nodes.append(Node(kind, y, inputs, [y], attrs))
+            return y
+        pre = self.g.unique_name(y + "_preact")
+        self.g.tensors[pre] = Tensor(pre, self.g.tensors[y].shape, "float32")
+        self.g.nodes.append(Node(kind, pre, inputs, [pre], attrs))
+        lo, hi = _ACTIVATIONS[fused]
+        act = Node("Relu", y, [pre], [y]) if hi is None else Node("Clip", y, [pre], [y], {"min": lo, "max": hi})
+        self.g.nodes.append(act)
+        return y
+
+    def weight(self, op: _Op, k: int, value: np.ndarray | None = None) -> str:
+        v = self.const(op, k, "weights") if value is None else value
+        return self.g.add_const(self.g.unique_name(f"{self.t(op.inputs[k]).name or 'w'}"), v.astype(np.float32))
+
+    def _conv(self, op: _Op, w: np.ndarray, group: int) -> None:
+        x = self._nchw_input(op)
+        inputs = [x, self.weight(op, 1, w)]
+        if len(op.inputs) > 2 and op.inputs[2] >= 0:
+            inputs.append(self.weight(op, 2))
+        self.node(op, "Conv", inputs, NCHW, **self.window(op, w.shape[2], w.shape[3]), group=group)
+
+    def op_CONV_2D(self, op: _Op) -> None:
+        w = self.const(op, 1, "filter")
+        self._conv(op, w.transpose(0, 3, 1, 2), self.t(op.inputs[0]).shape[3] // w.shape[3])
+
+    def op_DEPTHWISE_CONV_2D(self, op: _Op) -> None:
+        self._conv(op, self.const(op, 1, "filter")[0].transpose(2, 0, 1)[:, None], self.t(op.inputs[0]).shape[3])
+
+    def op_FULLY_CONNECTED(self, op: _Op) -> None:
+        w = self.const(op, 1, "filter")
+        xt = self.t(op.inputs[0])
+        oc, k = w.shape
+        if xt.shape[0] != 1 or int(np.prod(xt.shape[1:])) != k:
+            raise UnsupportedOpError(f"FULLY_CONNECTED (node {op.index}): input {xt.shape} (one row per sample)")
+        x, order = self.any_view(op.inputs[0])
+        w = w.reshape((oc,) + xt.shape[1:]).transpose((0,) + order[1:]).reshape(oc, k)
+        if len(xt.shape) != 2:
+            flat = self.g.unique_name(x + "_flat")
+            self.g.tensors[flat] = Tensor(flat, (1, k), "float32")
+            self.g.nodes.append(self.reshape_node(flat, x, [1, k]))
+            x = flat
+        inputs = [x, self.weight(op, 1, w)] + ([self.weight(op, 2)] if len(op.inputs) > 2 and op.inputs[2] >= 0 else [])
+        self.node(op, "FullyConnected", inputs)
+
+    def _binary(self, op: _Op, kind: str) -> None:
+        out_rank = len(self.t(op.outputs[0]).shape)
+        acts = [i for i in op.inputs if self.t(i).data is None]
+        order = self.any_view(acts[0])[1] if acts else tuple(range(out_rank))
+        names = [self.view(i, order) if self.t(i).data is None else self.weight(
+            op, k, self.t(i).data.reshape((1,) * (out_rank - self.t(i).data.ndim) + self.t(i).data.shape).transpose(order))
+            for k, i in enumerate(op.inputs)]
+        self.node(op, kind, names, order)
+
+    def op_ADD(self, op: _Op) -> None:
+        self._binary(op, "Add")
+
+    def op_MUL(self, op: _Op) -> None:
+        self._binary(op, "Mul")
+
+    def op_MAX_POOL_2D(self, op: _Op) -> None:
+        o = op.options
+        self.node(op, "MaxPool", [self._nchw_input(op)], NCHW, kernel=[o["FilterHeight"], o["FilterWidth"]],
+                  **self.window(op, o["FilterHeight"], o["FilterWidth"]))
+
+    def op_AVERAGE_POOL_2D(self, op: _Op) -> None:
+        o = op.options
+        win = self.window(op, o["FilterHeight"], o["FilterWidth"])
+        del win["dilations"]
+        self.node(op, "AveragePool", [self._nchw_input(op)], NCHW, kernel=[o["FilterHeight"], o["FilterWidth"]],
+                  count_include_pad=False, **win)
+
+    def op_MEAN(self, op: _Op) -> None:
+        rank = len(self.t(op.inputs[0]).shape)
+        keep = len(self.t(op.outputs[0]).shape) == rank
+        x, order = self.any_view(op.inputs[0]) if keep else (self.view(op.inputs[0], tuple(range(rank))),
+                                                             tuple(range(rank)))
+        axes = [order.index(int(a) % rank) for a in self.const(op, 1, "axes").reshape(-1)]
+        self.node(op, "ReduceMean", [x], order if keep else None, axes=sorted(axes), keepdims=int(keep))
+
+    def op_SOFTMAX(self, op: _Op) -> None:
+        if op.options.get("Beta", 1.0) != 1.0:
+            raise UnsupportedOpError(f"SOFTMAX (node {op.index}): beta {op.options['Beta']} in a float model")
+        self.node(op, "Softmax", [self.view(op.inputs[0], tuple(range(len(self.t(op.inputs[0]).shape))))], axis=-1)
+
+    def _unary(self, op: _Op, kind: str, **attrs: Any) -> None:
+        x, order = self.any_view(op.inputs[0])
+        self.node(op, kind, [x], order, **attrs)
+
+    def op_LOGISTIC(self, op: _Op) -> None:
+        self._unary(op, "Sigmoid")
+
+    def op_TANH(self, op: _Op) -> None:
+        self._unary(op, "Tanh")
+
+    def op_HARD_SWISH(self, op: _Op) -> None:
+        self._unary(op, "HardSwish")
+
+    def op_RELU(self, op: _Op) -> None:
+        self._unary(op, "Relu")
+
+    def op_RELU6(self, op: _Op) -> None:
+        self._unary(op, "Clip", min=0.0, max=6.0)
+
+    def op_RELU_N1_TO_1(self, op: _Op) -> None:
+        self._unary(op, "Clip", min=-1.0, max=1.0)
+
+    def op_CONCATENATION(self, op: _Op) -> None:
+        order = self.any_view(op.inputs[0])[1]
+        axis = op.options["Axis"] % len(order)
+        self.node(op, "Concat", [self.view(i, order) for i in op.inputs], order, axis=order.index(axis))
 
 
 def _moves_only_ones(shape: tuple[int, ...], a: tuple[int, ...], b: tuple[int, ...]) -> bool:
@@ -696,6 +854,17 @@ def import_tflite(model: str | Path | bytes) -> tuple[Graph, str]:
     of the file. TFLite's scales, zero points and integer weights are kept as they are."""
     data = _read_bytes(model)
     return _Builder(parse_tflite(data)).run(), hashlib.sha256(data).hexdigest()
+
+
+def import_float_tflite(model: str | Path | bytes) -> tuple[Graph, str] | None:
+    """A float32 TFLite model as edgeq's float graph (for calibration) and the file's sha256; None when the
+    model is quantized (see ``import_tflite``)."""
+    data = _read_bytes(model)
+    m = parse_tflite(data)
+    if any(t.dtype != "FLOAT32" for t in m.tensors if t.data is None) or \
+            not any(t.dtype == "FLOAT32" for t in m.tensors if t.data is not None):
+        return None
+    return _FloatBuilder(m).run(), hashlib.sha256(data).hexdigest()
 
 
 def convert_tflite(model: str | Path | bytes, profile: Any, output: str | Path | None, patch: str | int = "auto",

@@ -18,7 +18,7 @@ from edgeq.converters.tflite_import import import_tflite, parse_tflite
 from edgeq.errors import ModelError, UnsupportedOpError
 from edgeq.runtimes.executor import Executor
 from edgeq.runtimes.fixedpoint import multiply_by_quantized_multiplier
-from tflite_models import KINDS, OP, ModelWriter, from_float_graph, random_model
+from tflite_models import KINDS, OP, ModelWriter, float_model, from_float_graph, random_model
 
 BACKENDS = ("reference", "numba", "c")
 FC_KINDS = ("fc", "net")  # models with a FULLY_CONNECTED (single rounding in LiteRT, see the module docstring)
@@ -191,13 +191,24 @@ def _model_with(op: int, dtype: str = "int8") -> bytes:
     return w.to_bytes([x], [y])
 
 
+def _mixed_model() -> bytes:
+    """An int8 model with a float32 tensor in its middle."""
+    w = ModelWriter()
+    x = w.act("x", (1, 4), 0.05, 0)
+    h = w.tensor("h", (1, 4), "float32")
+    y = w.act("y", (1, 4), 0.05, 0)
+    w.op(OP.DEQUANTIZE, [x], [h])
+    w.op(OP.QUANTIZE, [h], [y])
+    return w.to_bytes([x], [y])
+
+
 BAD = {
     "garbage": (b"\x10\x99\x7f\x03TFL3" + np.random.default_rng(0).bytes(3000), "malformed"),
     "not_tflite": (b"hello world, not a model", "TFL3"),
     "unsupported_op": (_model_with(OP.LOG_SOFTMAX), "LOG_SOFTMAX (node 0) is not supported; supported: ADD"),
     "float16": (_model_with(OP.RELU, "float16"), "float16"),
     "int16": (_model_with(OP.RELU, "int16"), "int16"),
-    "float_model": (_model_with(OP.RELU, "float32"), "float32"),
+    "mixed": (_mixed_model(), "float32 in an int8 model"),
 }
 
 
@@ -227,6 +238,55 @@ def test_corrupted_models(digits_tflite, cut, flips):
         import_tflite(data)
     except ModelError:
         pass
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_float_models(tmp_path, seed):
+    """A float32 TFLite model becomes edgeq's float graph (its outputs equal TFLite's float ones) and is
+    calibrated like an ONNX model; the bundle keeps the NHWC input."""
+    from edgeq.converters.float_ops import run_float
+    from edgeq.converters.tflite_import import import_float_tflite
+    data, shape = float_model(seed)
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal(shape).astype(np.float32)
+    it = Interpreter(model_content=data, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    it.allocate_tensors()
+    it.set_tensor(it.get_input_details()[0]["index"], x)
+    it.invoke()
+    want = [it.get_tensor(d["index"]) for d in it.get_output_details()]
+    g, _ = import_float_tflite(data)
+    got = run_float(g.nodes, {**g.consts, g.inputs[0]: x})
+    for o, w in zip(g.outputs, want):
+        np.testing.assert_allclose(got[o], w, atol=1e-5 * max(1.0, float(np.abs(w).max())))
+    (tmp_path / "f.tflite").write_bytes(data)
+    res = edgeq.convert(tmp_path / "f.tflite", device="host", calib=rng.standard_normal((32,) + shape[1:]).astype(np.float32),
+                        output=tmp_path / "f.edgeq", progress=False)
+    b = edgeq.load(res.path)
+    assert b.graph.tensors[b.inputs[0]].shape == shape and res.report["layers"]
+    probs = b.run(x)[b.outputs[0]]
+    assert np.abs(probs - want[0]).max() < 0.05  # int8 after calibration on 32 random inputs
+
+
+def test_digits_float_tflite(tmp_path):
+    """The digits CNN as a float32 TFLite file, calibrated by edgeq from NHWC samples."""
+    from edgeq.converters.onnx_import import import_onnx
+    from edgeq.converters.passes import run_passes
+    from edgeq.sample import load_sample
+    s = load_sample()
+    fg, _ = import_onnx(s.model_path)
+    run_passes(fg)
+    (tmp_path / "digits.tflite").write_bytes(from_float_graph(fg, None))
+    np.save(tmp_path / "calib.npy", s.calib.transpose(0, 2, 3, 1))
+    out = subprocess.run(["edgeq", "convert", "digits.tflite", "--device", "rpi5", "--calib", "calib.npy", "--json"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    b = edgeq.load(tmp_path / "digits.rpi5.edgeq")
+    acc = float((b.run(s.x_test.transpose(0, 2, 3, 1))[b.outputs[0]].argmax(1) == s.y_test).mean())
+    assert acc >= 0.97, acc
+    out = subprocess.run(["edgeq", "convert", "digits.tflite", "--device", "rpi5", "-o", "nocalib.edgeq"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert out.returncode == 2 and "calibration data is required" in out.stderr
+    assert not (tmp_path / "nocalib.edgeq").exists()
 
 
 def test_unsupported_op_error_class(tmp_path):

@@ -370,13 +370,13 @@ def _same_or_valid(size: tuple[int, int], k: tuple[int, int], strides: list[int]
     return SAME if [same[0][0], same[1][0], same[0][1], same[1][1]] == list(pads) else None
 
 
-def from_float_graph(fg: Any, ranges: dict[str, tuple[float, float]]) -> bytes:
+def from_float_graph(fg: Any, ranges: dict[str, tuple[float, float]] | None) -> bytes:
     """An int8 TFLite model of an edgeq float graph (after ``run_passes``) quantized with edgeq's calibrated
     ``ranges``: what the TFLite converter emits for the same network (per-channel symmetric weights, int32
     biases, pools and reshapes keeping their input's quantization, float32 input and output through
     QUANTIZE/DEQUANTIZE, PAD before a convolution whose padding SAME cannot express).
     Ops: Conv (plain or depthwise, fused Relu/Clip 0-6), HardSwish, MaxPool, AveragePool, Reshape,
-    FullyConnected."""
+    FullyConnected. ``ranges=None``: the float32 model instead (float weights, no QUANTIZE/DEQUANTIZE)."""
     from edgeq.converters.quantize import qparams
 
     w = ModelWriter()
@@ -388,12 +388,20 @@ def from_float_graph(fg: Any, ranges: dict[str, tuple[float, float]]) -> bytes:
         return (s[0], s[2], s[3], s[1]) if len(s) == 4 else tuple(s)
 
     def act(name: str, quant: tuple[float, int] | None = None) -> int:
+        if ranges is None:
+            q[name] = (1.0, 0)
+            idx[name] = w.tensor(name, nhwc(name), "float32")
+            return idx[name]
         q[name] = quant or tuple(float(v) if i == 0 else v for i, v in enumerate(qparams(*ranges[name])))
         q[name] = (float(np.float32(q[name][0])), q[name][1])
         idx[name] = w.act(name, nhwc(name), *q[name])
         return idx[name]
 
     def weights(n: Any, tfl_w: np.ndarray, wf: np.ndarray, axis: int, per_channel: bool = True) -> tuple[int, int]:
+        if ranges is None:
+            b = fg.consts[n.inputs[2]] if len(n.inputs) > 2 else np.zeros(wf.shape[0], np.float32)
+            return (w.tensor(n.name + "_w", tfl_w.shape, "float32", data=tfl_w.astype(np.float32)),
+                    w.tensor(n.name + "_b", b.shape, "float32", data=b.astype(np.float32)))
         red = tuple(a for a in range(wf.ndim) if a != 0)
         amax = np.abs(wf).max(axis=red) if per_channel else np.full(wf.shape[0], np.abs(wf).max())
         sw = np.where(amax > 0, amax / 127, 1e-8).astype(np.float32)
@@ -408,8 +416,9 @@ def from_float_graph(fg: Any, ranges: dict[str, tuple[float, float]]) -> bytes:
                 w.tensor(n.name + "_b", (wf.shape[0],), "int32", bs if per_channel else bs[:1], 0, bq))
 
     x0 = fg.inputs[0]
-    fin = w.tensor(x0 + "_float", nhwc(x0), "float32")
-    w.op(OP.QUANTIZE, [fin], [act(x0)])
+    fin = act(x0) if ranges is None else w.tensor(x0 + "_float", nhwc(x0), "float32")
+    if ranges is not None:
+        w.op(OP.QUANTIZE, [fin], [act(x0)])
     for n in fg.nodes:
         x, y = n.inputs[0], n.outputs[0]
         a = n.attrs
@@ -421,7 +430,8 @@ def from_float_graph(fg: Any, ranges: dict[str, tuple[float, float]]) -> bytes:
             xin = idx[x]
             if pad is None:
                 p = np.array([[0, 0], [a["pads"][0], a["pads"][2]], [a["pads"][1], a["pads"][3]], [0, 0]], np.int32)
-                xin = w.tensor(n.name + "_padded", (1, h + p[1].sum(), wd + p[2].sum(), c), "int8", *q[x])
+                xin = w.tensor(n.name + "_padded", (1, h + p[1].sum(), wd + p[2].sum(), c),
+                               "float32" if ranges is None else "int8", *(() if ranges is None else q[x]))
                 w.op(OP.PAD, [idx[x], w.tensor(n.name + "_paddings", (4, 2), "int32", data=p)], [xin])
                 pad = VALID
             act_code = {None: 0, "Relu": 1, "Clip": 3}[(a.get("act") or {}).get("op")]
@@ -452,6 +462,64 @@ def from_float_graph(fg: Any, ranges: dict[str, tuple[float, float]]) -> bytes:
         else:
             raise ValueError(f"from_float_graph: no TFLite form for {n.op}")
     out = fg.outputs[0]
+    if ranges is None:
+        return w.to_bytes([fin], [idx[out]])
     fout = w.tensor(out + "_float", nhwc(out), "float32")
     w.op(OP.DEQUANTIZE, [idx[out]], [fout])
     return w.to_bytes([fin], [fout])
+
+
+def float_model(seed: int) -> tuple[bytes, tuple[int, ...]]:
+    """A random float32 TFLite network touching every op the float import maps: CONV_2D (RELU6), PAD +
+    DEPTHWISE_CONV_2D, ADD (residual, fused RELU), MUL by a per-channel constant, LOGISTIC, TANH,
+    HARD_SWISH, CONCATENATION along channels, TRANSPOSE, MAX_POOL_2D, AVERAGE_POOL_2D, MEAN, RESHAPE,
+    FULLY_CONNECTED and SOFTMAX. Returns the model and its input shape."""
+    rng = np.random.default_rng(seed)
+    w = ModelWriter()
+    h, wd, c = int(rng.integers(4, 10)), int(rng.integers(4, 10)), int(rng.integers(1, 5))
+    f32 = lambda *shape: rng.standard_normal(shape).astype(np.float32) * 0.5  # noqa: E731
+
+    def t(name: str, shape: tuple[int, ...], data: np.ndarray | None = None) -> int:
+        return w.tensor(name, shape, "float32", data=data)
+
+    x = t("input", (1, h, wd, c))
+    oc = int(rng.integers(2, 6))
+    a = t("conv", (1, h, wd, oc))
+    w.op(OP.CONV_2D, [x, t("cw", (oc, 3, 3, c), f32(oc, 3, 3, c)), t("cb", (oc,), f32(oc))], [a], "Conv2DOptions",
+         Padding=SAME, StrideW=1, StrideH=1, DilationWFactor=1, DilationHFactor=1, FusedActivationFunction=3)
+    p = t("padded", (1, h + 2, wd + 2, oc))
+    w.op(OP.PAD, [a, w.tensor("pads", (4, 2), "int32", data=np.array([[0, 0], [1, 1], [1, 1], [0, 0]], np.int32))], [p])
+    d = t("dw", (1, h, wd, oc))
+    w.op(OP.DEPTHWISE_CONV_2D, [p, t("dww", (1, 3, 3, oc), f32(1, 3, 3, oc)), t("dwb", (oc,), f32(oc))], [d],
+         "DepthwiseConv2DOptions", Padding=VALID, StrideW=1, StrideH=1, DepthMultiplier=1, DilationWFactor=1,
+         DilationHFactor=1, FusedActivationFunction=0)
+    r = t("res", (1, h, wd, oc))
+    w.op(OP.ADD, [a, d], [r], "AddOptions", FusedActivationFunction=1)
+    m = t("scaled", (1, h, wd, oc))
+    w.op(OP.MUL, [r, t("gain", (oc,), f32(oc) + 1)], [m], "MulOptions", FusedActivationFunction=0)
+    branches = []
+    for code in (OP.LOGISTIC, OP.TANH, OP.HARD_SWISH):
+        branches.append(t(f"unary{code}", (1, h, wd, oc)))
+        w.op(code, [m], [branches[-1]])
+    cat = t("cat", (1, h, wd, 3 * oc))
+    w.op(OP.CONCATENATION, branches, [cat], "ConcatenationOptions", Axis=3, FusedActivationFunction=0)
+    tr = t("transposed", (1, wd, h, 3 * oc))
+    w.op(OP.TRANSPOSE, [cat, w.tensor("perm", (4,), "int32", data=np.array([0, 2, 1, 3], np.int32))], [tr])
+    pooled = t("maxpool", (1, wd // 2, h // 2, 3 * oc))
+    w.op(OP.MAX_POOL_2D, [tr], [pooled], "Pool2DOptions", Padding=VALID, StrideW=2, StrideH=2, FilterWidth=2,
+         FilterHeight=2, FusedActivationFunction=0)
+    avg = t("avgpool", (1, (wd // 2 + 1) // 2, (h // 2 + 1) // 2, 3 * oc))
+    w.op(OP.AVERAGE_POOL_2D, [pooled], [avg], "Pool2DOptions", Padding=SAME, StrideW=2, StrideH=2, FilterWidth=2,
+         FilterHeight=2, FusedActivationFunction=0)
+    mean = t("mean", (1, 1, 1, 3 * oc))
+    w.op(OP.MEAN, [avg, w.tensor("axes", (2,), "int32", data=np.array([1, 2], np.int32))], [mean], "ReducerOptions",
+         KeepDims=True)
+    flat = t("flat", (1, 3 * oc))
+    w.op(OP.RESHAPE, [mean, w.tensor("shape", (2,), "int32", data=np.array([1, 3 * oc], np.int32))], [flat])
+    k = int(rng.integers(2, 8))
+    logits = t("logits", (1, k))
+    w.op(OP.FULLY_CONNECTED, [flat, t("fw", (k, 3 * oc), f32(k, 3 * oc)), t("fb", (k,), f32(k))], [logits],
+         "FullyConnectedOptions", FusedActivationFunction=0)
+    y = t("probs", (1, k))
+    w.op(OP.SOFTMAX, [logits], [y], "SoftmaxOptions", Beta=1.0)
+    return w.to_bytes([x], [y, cat]), (1, h, wd, c)
