@@ -1,16 +1,17 @@
-"""TFLite import: a fully-quantized int8 ``.tflite`` model -> edgeq's integer graph, directly.
+"""TFLite import: a fully-quantized int8 ``.tflite`` model -> edgeq's integer graph, directly; a float32
+one -> edgeq's float graph, which the pipeline calibrates like an ONNX model.
 
-The model already carries TFLite's scales and zero points, so there is no calibration: every TFLite op
+An int8 model already carries TFLite's scales and zero points, so there is no calibration: every TFLite op
 maps onto the integer ops of ``runtimes/registry.py`` with its multipliers computed as TFLite's kernels
 compute them (``QuantizeMultiplier`` on ``double(s_in) * s_w / s_out``), which makes edgeq's int8 outputs
 byte-equal to TFLite's reference kernels (docs/tflite-import.md says where they are not).
 
 Layout: TFLite is NHWC, edgeq's window ops are NCHW. Every tensor here has a *stored* axis order (stored
-axis k is TFLite axis ``perm[k]``); an op that needs another order gets a ``QStridedCopy`` made once per
-tensor and order, so model inputs and outputs keep TFLite's layout and RESHAPE keeps TFLite's flattening.
+axis k is TFLite axis ``order[k]``); an op that needs another order gets a copy made once per tensor and
+order, so model inputs and outputs keep TFLite's layout and RESHAPE keeps TFLite's flattening.
 
 The file is parsed with the ``tflite`` package (the schema's generated reader) in one pass into plain
-data (``_read``); a malformed file fails there with one line, before any conversion.
+data (``parse_tflite``); a malformed file fails there with one line, before any conversion.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ _OPTIONS: dict[str, tuple[str, tuple[str, ...]] | None] = {
                                   "FusedActivationFunction")),
     "DEPTHWISE_CONV_2D": ("DepthwiseConv2DOptions", ("Padding", "StrideW", "StrideH", "DepthMultiplier",
                                                      "DilationWFactor", "DilationHFactor", "FusedActivationFunction")),
-    "FULLY_CONNECTED": ("FullyConnectedOptions", ("FusedActivationFunction", "KeepNumDims")),
+    "FULLY_CONNECTED": ("FullyConnectedOptions", ("FusedActivationFunction",)),
     "ADD": ("AddOptions", ("FusedActivationFunction",)),
     "MUL": ("MulOptions", ("FusedActivationFunction",)),
     "MAX_POOL_2D": _POOL,
@@ -91,13 +92,6 @@ class TFLiteModel:
     ops: list[_Op]
     inputs: list[int]
     outputs: list[int]
-
-
-def is_tflite(model: Any) -> bool:
-    """True for a path ending in .tflite or bytes carrying the TFLite file identifier."""
-    if isinstance(model, (bytes, bytearray)):
-        return bytes(model[4:8]) == b"TFL3"
-    return isinstance(model, (str, Path)) and str(model).lower().endswith(".tflite")
 
 
 def _read_bytes(model: str | Path | bytes) -> bytes:
@@ -295,7 +289,9 @@ class _Builder:
         sw = np.broadcast_to(w_scale.astype(np.float32), (oc,))
         bias = np.zeros(oc, np.int32)
         if len(op.inputs) > 2 and op.inputs[2] >= 0:
-            bias = self.const(op, 2, "bias").astype(np.int64)
+            bias = self.const(op, 2, "bias").astype(np.int64).reshape(-1)
+            if bias.size != oc:
+                raise ModelError(f"{op.code} (node {op.index}): {bias.size} biases for {oc} output channels")
             if self.t(op.inputs[2]).dtype != "INT32":
                 raise UnsupportedOpError(f"{op.code} (node {op.index}): bias of type {self.t(op.inputs[2]).dtype} "
                                          "(int8 models carry int32 biases)")
@@ -361,6 +357,10 @@ class _Builder:
                                      "int8 filters with per-channel scales)")
         if np.any(t.zero_point != 0):
             raise ModelError(f"{op.code} (node {op.index}): int8 filters must be symmetric (zero point 0)")
+        channel_axis = 3 if op.code == "DEPTHWISE_CONV_2D" else 0
+        if t.scale.size not in (1, w.shape[channel_axis]) or (t.scale.size > 1 and t.axis != channel_axis):
+            raise ModelError(f"{op.code} (node {op.index}): {t.scale.size} filter scales along axis {t.axis} for "
+                             f"filter {w.shape} (per-channel scales go along axis {channel_axis})")
         return w, t.scale
 
     def op_CONV_2D(self, op: _Op) -> None:
