@@ -29,7 +29,7 @@ from edgeq.errors import EdgeqError, ModelError, UnsupportedOpError
 from edgeq.ir import Graph, Node, Tensor
 from edgeq.runtimes.fixedpoint import multiply_by_quantized_multiplier, rounding_divide_by_pot
 from edgeq.runtimes.reference import conv_out_size
-from .quantize import QMAX, QMIN, quantize_multiplier
+from .quantize import QMAX, QMIN, _fuse_tables, quantize_multiplier
 
 try:
     import tflite
@@ -640,8 +640,13 @@ class _Builder:
             if i not in self.stored:
                 raise ModelError(f"output tensor '{self.t(i).name}' is not computed by any supported op")
             self.g.outputs.append(self.view(i, tuple(range(len(self.t(i).shape)))))
-        self.g.prune()
+        self.finish()
         return self.g
+
+    def finish(self) -> None:
+        """Tables (LOGISTIC, HARD_SWISH, ...) run inside the convolution or add before them when nothing
+        else reads its output: the same bytes, one pass and one buffer less."""
+        _fuse_tables(self.g)  # (prunes too)
 
     def check_types(self, edges: set[int]) -> None:
         """Only int8 activations and weights, int32 biases and shapes; float32 at the model's edges."""
@@ -664,6 +669,9 @@ class _FloatBuilder(_Builder):
 
     def tensor(self, i: int, name: str, shape: tuple[int, ...]) -> Tensor:
         return Tensor(name, shape, "float32")
+
+    def finish(self) -> None:
+        self.g.prune()  # run_passes fuses and the quantizer tabulates
 
     def check_types(self, edges: set[int]) -> None:
         for t in self.m.tensors:
