@@ -256,7 +256,8 @@ def convert(model: str | Path | bytes | None = None, device: str = "host", outpu
     tflite_float = None
     if isinstance(model, (str, Path)) and str(model).lower().endswith(".tflite") or \
             isinstance(model, bytes) and model[4:8] == b"TFL3":
-        from .tflite_import import convert_tflite, import_float_tflite
+        from .tflite_float import import_float_tflite
+        from .tflite_import import convert_tflite
         tflite_float = import_float_tflite(model)  # a float model is calibrated below; an int8 one is not
         if tflite_float is None and (calib is not None or mixed_precision != "off" or (scheme or "int8") != "int8"):
             raise CalibrationError("an int8 TFLite model keeps its own scales: --calib, --scheme and "

@@ -1,5 +1,5 @@
-"""TFLite import: a fully-quantized int8 ``.tflite`` model -> edgeq's integer graph, directly; a float32
-one -> edgeq's float graph, which the pipeline calibrates like an ONNX model.
+"""TFLite import: a fully-quantized int8 ``.tflite`` model -> edgeq's integer graph, directly (float32
+models: ``tflite_float``; reading the file: ``tflite_read``).
 
 An int8 model already carries TFLite's scales and zero points, so there is no calibration: every TFLite op
 maps onto the integer ops of ``runtimes/registry.py`` with its multipliers computed as TFLite's kernels
@@ -9,169 +9,26 @@ byte-equal to TFLite's reference kernels (docs/tflite-import.md says where they 
 Layout: TFLite is NHWC, edgeq's window ops are NCHW. Every tensor here has a *stored* axis order (stored
 axis k is TFLite axis ``order[k]``); an op that needs another order gets a copy made once per tensor and
 order, so model inputs and outputs keep TFLite's layout and RESHAPE keeps TFLite's flattening.
-
-The file is parsed with the ``tflite`` package (the schema's generated reader) in one pass into plain
-data (``parse_tflite``); a malformed file fails there with one line, before any conversion.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from edgeq.errors import EdgeqError, ModelError, UnsupportedOpError
+from edgeq.errors import ModelError, UnsupportedOpError
 from edgeq.ir import Graph, Node, Tensor
 from edgeq.runtimes.fixedpoint import multiply_by_quantized_multiplier, rounding_divide_by_pot
 from edgeq.runtimes.reference import conv_out_size
 from .quantize import QMAX, QMIN, _fuse_tables, quantize_multiplier
-
-try:
-    import tflite
-except ImportError:  # an optional converter dependency (the runtime never needs it)
-    raise ModelError("TFLite import needs the tflite package: pip install 'edgeq[tflite]'") from None
+from .tflite_read import SUPPORTED_OPS, TFLiteModel, TFLiteOp, TFLiteTensor, parse_tflite, read_bytes
 
 NCHW = (0, 3, 1, 2)  # stored order of a 4-D tensor for the window ops: stored axis k = NHWC axis NCHW[k]
-_OP_NAMES = {v: k for k, v in vars(tflite.BuiltinOperator).items() if not k.startswith("_")}
-_TYPE_NAMES = {v: k for k, v in vars(tflite.TensorType).items() if not k.startswith("_")}
-_DTYPES = {"INT8": np.int8, "INT32": np.int32, "FLOAT32": np.float32, "UINT8": np.uint8, "INT16": np.int16,
-           "INT64": np.int64, "FLOAT16": np.float16}
-# TFLite op -> (its options table, the fields read from it)
-_POOL = ("Pool2DOptions", ("Padding", "StrideW", "StrideH", "FilterWidth", "FilterHeight", "FusedActivationFunction"))
-_OPTIONS: dict[str, tuple[str, tuple[str, ...]] | None] = {
-    "CONV_2D": ("Conv2DOptions", ("Padding", "StrideW", "StrideH", "DilationWFactor", "DilationHFactor",
-                                  "FusedActivationFunction")),
-    "DEPTHWISE_CONV_2D": ("DepthwiseConv2DOptions", ("Padding", "StrideW", "StrideH", "DepthMultiplier",
-                                                     "DilationWFactor", "DilationHFactor", "FusedActivationFunction")),
-    "FULLY_CONNECTED": ("FullyConnectedOptions", ("FusedActivationFunction",)),
-    "ADD": ("AddOptions", ("FusedActivationFunction",)),
-    "MUL": ("MulOptions", ("FusedActivationFunction",)),
-    "MAX_POOL_2D": _POOL,
-    "AVERAGE_POOL_2D": _POOL,
-    "SOFTMAX": ("SoftmaxOptions", ("Beta",)),
-    "MEAN": ("ReducerOptions", ("KeepDims",)),
-    "CONCATENATION": ("ConcatenationOptions", ("Axis", "FusedActivationFunction")),
-    "RESHAPE": None, "SQUEEZE": None, "EXPAND_DIMS": None, "TRANSPOSE": None,
-    "LOGISTIC": None, "TANH": None, "HARD_SWISH": None, "PAD": None, "RELU": None, "RELU6": None, "RELU_N1_TO_1": None,
-    "QUANTIZE": None, "DEQUANTIZE": None,
-}
-SUPPORTED_OPS = tuple(sorted(_OPTIONS))
 _ACTIVATIONS = {0: None, 1: (0.0, None), 2: (-1.0, 1.0), 3: (0.0, 6.0)}  # fused NONE, RELU, RELU_N1_TO_1, RELU6
-
-
-@dataclass
-class _Tensor:
-    name: str
-    shape: tuple[int, ...]
-    dtype: str  # TFLite type name
-    scale: np.ndarray | None
-    zero_point: np.ndarray | None
-    axis: int
-    data: np.ndarray | None  # constant contents (TFLite layout), None for activations
-
-
-@dataclass
-class _Op:
-    index: int
-    code: str
-    inputs: list[int]
-    outputs: list[int]
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class TFLiteModel:
-    """A TFLite model's one subgraph as plain data."""
-
-    tensors: list[_Tensor]
-    ops: list[_Op]
-    inputs: list[int]
-    outputs: list[int]
-
-
-def _read_bytes(model: str | Path | bytes) -> bytes:
-    if isinstance(model, (bytes, bytearray)):
-        return bytes(model)
-    try:
-        return Path(model).read_bytes()
-    except OSError as e:
-        raise ModelError(f"cannot read TFLite model '{model}': {e.strerror}") from None
-
-
-def _array(obj: Any, name: str) -> np.ndarray:
-    """A flatbuffer vector as an array (the generated readers return 0 for an absent vector)."""
-    if getattr(obj, name + "IsNone")():
-        return np.zeros(0)
-    return np.asarray(getattr(obj, name + "AsNumpy")())
-
-
-def parse_tflite(data: bytes) -> TFLiteModel:
-    """Every field the converter uses, read once; a malformed file raises ModelError here."""
-    if len(data) < 8 or data[4:8] != b"TFL3":
-        raise ModelError("not a TFLite model: the file does not carry the TFL3 flatbuffer identifier")
-    def count(n: int) -> int:  # a vector longer than the file could hold is a corrupt length, not a big model
-        if n * 4 > len(data):
-            raise ModelError(f"malformed TFLite file: a vector of {n} entries in {len(data)} bytes")
-        return n
-
-    try:
-        m = tflite.Model.GetRootAsModel(data, 0)
-        if count(m.SubgraphsLength()) != 1:
-            raise ModelError(f"TFLite model has {m.SubgraphsLength()} subgraphs; edgeq converts single-subgraph models")
-        sg = m.Subgraphs(0)
-        codes = []
-        for i in range(count(m.OperatorCodesLength())):
-            oc = m.OperatorCodes(i)
-            codes.append(_OP_NAMES.get(max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode()), "CUSTOM"))
-        tensors = []
-        for i in range(count(sg.TensorsLength())):
-            t = sg.Tensors(i)
-            dtype = _TYPE_NAMES.get(t.Type(), str(t.Type()))
-            q = t.Quantization()
-            scale = zp = None
-            axis = 0
-            if q is not None and not q.ScaleIsNone():
-                scale, zp, axis = _array(q, "Scale").astype(np.float32), _array(q, "ZeroPoint").astype(np.int64), \
-                    q.QuantizedDimension()
-            buf = m.Buffers(t.Buffer()) if t.Buffer() < m.BuffersLength() else None
-            raw = None
-            if buf is not None and buf.Offset() > 1:  # stored after the flatbuffer (models over 2 GB)
-                raw = np.frombuffer(data, np.uint8, buf.Size(), buf.Offset())
-            elif buf is not None and not buf.DataIsNone() and buf.DataLength():
-                raw = buf.DataAsNumpy()
-            shape = tuple(int(v) for v in _array(t, "Shape"))
-            value = None
-            if raw is not None and dtype in _DTYPES:
-                value = np.frombuffer(raw.tobytes(), _DTYPES[dtype]).reshape(shape)
-            tensors.append(_Tensor(t.Name().decode("utf-8", "replace"), shape, dtype, scale, zp, axis, value))
-        ops = []
-        for i in range(count(sg.OperatorsLength())):
-            op = sg.Operators(i)
-            code = codes[op.OpcodeIndex()] if op.OpcodeIndex() < len(codes) else "CUSTOM"
-            options = {}
-            spec = _OPTIONS.get(code)
-            table = op.BuiltinOptions()
-            if spec is not None and table is not None:
-                opts = getattr(tflite, spec[0])()
-                opts.Init(table.Bytes, table.Pos)
-                options = {f: getattr(opts, f)() for f in spec[1]}
-            ops.append(_Op(i, code, [int(v) for v in _array(op, "Inputs")], [int(v) for v in _array(op, "Outputs")],
-                           options))
-        inputs = [int(v) for v in _array(sg, "Inputs")]
-        outputs = [int(v) for v in _array(sg, "Outputs")]
-    except EdgeqError:
-        raise
-    except (struct.error, IndexError, ValueError, TypeError, UnicodeDecodeError, AttributeError) as e:
-        raise ModelError(f"malformed or truncated TFLite file ({type(e).__name__}: {e})") from None
-    for i in [*inputs, *outputs, *(j for op in ops for j in op.inputs + op.outputs)]:
-        if not -1 <= i < len(tensors):
-            raise ModelError(f"malformed TFLite file: tensor index {i} out of range ({len(tensors)} tensors)")
-    return TFLiteModel(tensors, ops, inputs, outputs)
 
 
 def _round_away(x: float) -> int:
@@ -199,7 +56,7 @@ class _Builder:
         self.pads: dict[int, tuple[int, list[int]]] = {}  # folded PAD output -> (its input, extra pads t l b r)
 
     # --- tensors ---------------------------------------------------------------------------------------
-    def t(self, i: int) -> _Tensor:
+    def t(self, i: int) -> TFLiteTensor:
         return self.m.tensors[i]
 
     def qp(self, i: int) -> tuple[float, int]:
@@ -260,13 +117,13 @@ class _Builder:
         order, name = next(iter(self.stored[i].items()))
         return name, order
 
-    def const(self, op: _Op, k: int, what: str) -> np.ndarray:
+    def const(self, op: TFLiteOp, k: int, what: str) -> np.ndarray:
         i = op.inputs[k] if k < len(op.inputs) else -1
         if i < 0 or self.t(i).data is None:
             raise UnsupportedOpError(f"{op.code} (node {op.index}): the {what} must be a constant")
         return self.t(i).data
 
-    def act_bounds(self, op: _Op, i: int) -> tuple[int, int]:
+    def act_bounds(self, op: TFLiteOp, i: int) -> tuple[int, int]:
         """The fused activation as an int8 clamp on output ``i`` (TFLite's CalculateActivationRangeQuantized)."""
         fused = op.options.get("FusedActivationFunction", 0)
         if fused not in _ACTIVATIONS:
@@ -280,7 +137,7 @@ class _Builder:
         return max(QMIN, q(lo)), QMAX if hi is None else min(QMAX, q(hi))
 
     # --- ops -------------------------------------------------------------------------------------------
-    def weighted(self, op: _Op, qop: str, w: np.ndarray, w_scale: np.ndarray, x: str, attrs: dict) -> None:
+    def weighted(self, op: TFLiteOp, qop: str, w: np.ndarray, w_scale: np.ndarray, x: str, attrs: dict) -> None:
         """QConv / QFullyConnected with TFLite's bias and per-channel multipliers; ``w`` is already in
         edgeq's layout, output channel first."""
         oc = w.shape[0]
@@ -314,7 +171,7 @@ class _Builder:
                   g.add_const(g.unique_name(base + "_shift"), np.array(shifts, np.int32))]
         g.nodes.append(Node(qop, y, inputs, [y], dict(attrs, x_zp=zx, y_zp=zy, act_min=lo, act_max=hi)))
 
-    def window(self, op: _Op, kh: int, kw: int) -> dict:
+    def window(self, op: TFLiteOp, kh: int, kw: int) -> dict:
         """strides, pads, dilations of a window op on the NCHW input, checked against TFLite's output shape."""
         o = op.options
         _, h, w, _ = self.t(op.inputs[0]).shape  # (after a folded PAD: the padded size)
@@ -329,12 +186,12 @@ class _Builder:
         return {"strides": [o["StrideH"], o["StrideW"]], "pads": [v + e for v, e in zip([pt, pl, pb, pr], extra)],
                 "dilations": [dh, dw]}
 
-    def _nchw_input(self, op: _Op) -> str:
+    def _nchw_input(self, op: TFLiteOp) -> str:
         if len(self.t(op.inputs[0]).shape) != 4:
             raise UnsupportedOpError(f"{op.code} (node {op.index}): input must be 4-D NHWC")
         return self.view(self.pads.get(op.inputs[0], (op.inputs[0],))[0], NCHW)
 
-    def fold_pad(self, op: _Op, users: list[_Op]) -> bool:
+    def fold_pad(self, op: TFLiteOp, users: list[TFLiteOp]) -> bool:
         """A PAD of H and W feeding only a convolution becomes that convolution's padding (TFLite pads int8
         with the zero point, as edgeq's QConv does)."""
         p = self.const(op, 1, "paddings").reshape(-1, 2)
@@ -345,11 +202,11 @@ class _Builder:
         self.pads[op.outputs[0]] = (op.inputs[0], [int(p[1, 0]), int(p[2, 0]), int(p[1, 1]), int(p[2, 1])])
         return True
 
-    def op_PAD(self, op: _Op) -> None:
+    def op_PAD(self, op: TFLiteOp) -> None:
         raise UnsupportedOpError(f"PAD (node {op.index}) is supported only on H and W right before a CONV_2D or "
                                  "DEPTHWISE_CONV_2D (it becomes the convolution's padding)")
 
-    def _weights(self, op: _Op) -> tuple[np.ndarray, np.ndarray]:
+    def _weights(self, op: TFLiteOp) -> tuple[np.ndarray, np.ndarray]:
         w = self.const(op, 1, "filter")
         t = self.t(op.inputs[1])
         if t.dtype != "INT8" or t.scale is None:
@@ -363,7 +220,7 @@ class _Builder:
                              f"filter {w.shape} (per-channel scales go along axis {channel_axis})")
         return w, t.scale
 
-    def op_CONV_2D(self, op: _Op) -> None:
+    def op_CONV_2D(self, op: TFLiteOp) -> None:
         x = self._nchw_input(op)
         w, sw = self._weights(op)
         c = self.t(op.inputs[0]).shape[3]
@@ -372,7 +229,7 @@ class _Builder:
         self.weighted(op, "QConv", w.transpose(0, 3, 1, 2), sw, x,
                       dict(self.window(op, w.shape[1], w.shape[2]), group=c // w.shape[3], order=NCHW))
 
-    def op_DEPTHWISE_CONV_2D(self, op: _Op) -> None:
+    def op_DEPTHWISE_CONV_2D(self, op: TFLiteOp) -> None:
         x = self._nchw_input(op)
         w, sw = self._weights(op)
         c = self.t(op.inputs[0]).shape[3]
@@ -382,7 +239,7 @@ class _Builder:
         self.weighted(op, "QConv", w[0].transpose(2, 0, 1)[:, None], sw, x,
                       dict(self.window(op, w.shape[1], w.shape[2]), group=c, order=NCHW))
 
-    def op_FULLY_CONNECTED(self, op: _Op) -> None:
+    def op_FULLY_CONNECTED(self, op: TFLiteOp) -> None:
         w, sw = self._weights(op)
         xt = self.t(op.inputs[0])
         oc, k = w.shape
@@ -400,7 +257,7 @@ class _Builder:
             x = flat
         self.weighted(op, "QFullyConnected", w, sw, x, {})
 
-    def _operands(self, op: _Op) -> tuple[list[str], tuple[int, ...]]:
+    def _operands(self, op: TFLiteOp) -> tuple[list[str], tuple[int, ...]]:
         """Both operands of a binary op in one stored order (the first activation's), constants included."""
         out_rank = len(self.t(op.outputs[0]).shape)
         acts = [i for i in op.inputs if self.t(i).data is None]
@@ -421,7 +278,7 @@ class _Builder:
                                           axis=None))
         return names, order
 
-    def op_ADD(self, op: _Op) -> None:
+    def op_ADD(self, op: TFLiteOp) -> None:
         (a, b), order = self._operands(op)
         (sa, za), (sb, zb) = self.qp(op.inputs[0]), self.qp(op.inputs[1])
         sy, zy = self.qp(op.outputs[0])
@@ -436,7 +293,7 @@ class _Builder:
             a_zp=za, b_zp=zb, y_zp=zy, a_mult=am, a_shift=ash, b_mult=bm, b_shift=bsh, y_mult=ym, y_shift=ysh,
             act_min=lo, act_max=hi)))
 
-    def op_MUL(self, op: _Op) -> None:
+    def op_MUL(self, op: TFLiteOp) -> None:
         (a, b), order = self._operands(op)
         (sa, za), (sb, zb) = self.qp(op.inputs[0]), self.qp(op.inputs[1])
         sy, zy = self.qp(op.outputs[0])
@@ -446,12 +303,12 @@ class _Builder:
         self.g.nodes.append(Node("QMul", y, [a, b], [y], dict(
             a_zp=za, b_zp=zb, y_zp=zy, y_mult=ym, y_shift=ysh, act_min=lo, act_max=hi)))
 
-    def _same_quant(self, op: _Op) -> None:
+    def _same_quant(self, op: TFLiteOp) -> None:
         if self.qp(op.inputs[0]) != self.qp(op.outputs[0]):
             raise ModelError(f"{op.code} (node {op.index}): input and output quantization differ "
                              f"({self.qp(op.inputs[0])} vs {self.qp(op.outputs[0])}); TFLite requires them equal")
 
-    def _pool(self, op: _Op, qop: str, extra: dict) -> None:
+    def _pool(self, op: TFLiteOp, qop: str, extra: dict) -> None:
         self._same_quant(op)
         x = self._nchw_input(op)
         win = self.window(op, op.options["FilterHeight"], op.options["FilterWidth"])
@@ -461,16 +318,16 @@ class _Builder:
                                                                      op.options["FilterWidth"]],
                                                         act_min=lo, act_max=hi, **extra)))
 
-    def op_MAX_POOL_2D(self, op: _Op) -> None:
+    def op_MAX_POOL_2D(self, op: TFLiteOp) -> None:
         self._pool(op, "QMaxPool", {})
 
-    def op_AVERAGE_POOL_2D(self, op: _Op) -> None:
+    def op_AVERAGE_POOL_2D(self, op: TFLiteOp) -> None:
         # TFLite averages the raw int8 values (input and output share scale and zero point): zero points 0
         # here give the same sum, count and rounding.
         self._pool(op, "QAvgPool", {"count_include_pad": 0, "x_zp": 0, "y_zp": 0})
         del self.g.nodes[-1].attrs["dilations"]
 
-    def op_MEAN(self, op: _Op) -> None:
+    def op_MEAN(self, op: TFLiteOp) -> None:
         axes = sorted(int(a) % 4 for a in self.const(op, 1, "axes").reshape(-1))
         if len(self.t(op.inputs[0]).shape) != 4 or axes != [1, 2]:
             raise UnsupportedOpError(f"MEAN (node {op.index}): only over H and W of a 4-D tensor (axes {axes})")
@@ -499,7 +356,7 @@ class _Builder:
             flat = self.define(op.outputs[0])
             g.nodes.append(Node("QReshape", flat, [y], [flat], {"shape": [1, c]}))
 
-    def op_SOFTMAX(self, op: _Op) -> None:
+    def op_SOFTMAX(self, op: TFLiteOp) -> None:
         rank = len(self.t(op.inputs[0]).shape)
         x = self.view(op.inputs[0], tuple(range(rank)))
         sx, _ = self.qp(op.inputs[0])
@@ -510,7 +367,7 @@ class _Builder:
         y = self.define(op.outputs[0])
         self.g.nodes.append(Node("QSoftmax", y, [x, self.g.add_const(self.g.unique_name(y + "_exp"), table)], [y], {}))
 
-    def table(self, op: _Op, fn: Callable[[np.ndarray], np.ndarray]) -> None:
+    def table(self, op: TFLiteOp, fn: Callable[[np.ndarray], np.ndarray]) -> None:
         """A unary op as a 256-entry QLut; ``fn`` maps every int8 input value to TFLite's int8 output."""
         x, order = self.any_view(op.inputs[0])
         values = fn(np.arange(QMIN, QMAX + 1, dtype=np.int64))
@@ -518,7 +375,7 @@ class _Builder:
         self.g.nodes.append(Node("QLut", y, [x, self.g.add_const(self.g.unique_name(y + "_table"),
                                                                  np.clip(values, QMIN, QMAX).astype(np.int8))], [y], {}))
 
-    def _float_table(self, op: _Op, f: Callable[[np.ndarray], np.ndarray]) -> None:
+    def _float_table(self, op: TFLiteOp, f: Callable[[np.ndarray], np.ndarray]) -> None:
         # TFLite's PopulateLookupTable, in float32 as there: round(f(s_x * (v - z_x)) * (1 / s_y)) + z_y
         (sx, zx), (sy, zy) = self.qp(op.inputs[0]), self.qp(op.outputs[0])
         with np.errstate(over="ignore"):  # exp overflows to inf, then 1 / (1 + inf) = 0, as in C
@@ -526,13 +383,13 @@ class _Builder:
                                                        * (np.float32(1) / np.float32(sy))) + np.float32(zy))
                           .astype(np.int64))
 
-    def op_LOGISTIC(self, op: _Op) -> None:
+    def op_LOGISTIC(self, op: TFLiteOp) -> None:
         self._float_table(op, lambda v: np.float32(1) / (np.float32(1) + np.exp(-v)))
 
-    def op_TANH(self, op: _Op) -> None:
+    def op_TANH(self, op: TFLiteOp) -> None:
         self._float_table(op, np.tanh)
 
-    def _requant_table(self, op: _Op, lo: float | None, hi: float | None) -> None:
+    def _requant_table(self, op: TFLiteOp, lo: float | None, hi: float | None) -> None:
         """TFLite's integer ReluX / Requantize: y = z_y + mbqm(x - z_x, s_x / s_y), clamped to [lo, hi]."""
         (sx, zx), (sy, zy) = self.qp(op.inputs[0]), self.qp(op.outputs[0])
         m, sh = quantize_multiplier(sx / sy)
@@ -540,25 +397,25 @@ class _Builder:
         qmax = QMAX if hi is None else min(QMAX, zy + _round_away(float(np.float32(hi) / np.float32(sy))))
         self.table(op, lambda v: np.clip(zy + multiply_by_quantized_multiplier(v - zx, m, sh), qmin, qmax))
 
-    def op_RELU(self, op: _Op) -> None:
+    def op_RELU(self, op: TFLiteOp) -> None:
         self._requant_table(op, 0.0, None)
 
-    def op_RELU6(self, op: _Op) -> None:
+    def op_RELU6(self, op: TFLiteOp) -> None:
         self._requant_table(op, 0.0, 6.0)
 
-    def op_RELU_N1_TO_1(self, op: _Op) -> None:
+    def op_RELU_N1_TO_1(self, op: TFLiteOp) -> None:
         self._requant_table(op, -1.0, 1.0)
 
-    def op_QUANTIZE(self, op: _Op) -> None:  # int8 -> int8 at another scale (float inputs are handled at the edge)
+    def op_QUANTIZE(self, op: TFLiteOp) -> None:  # int8 -> int8 at another scale (float inputs are handled at the edge)
         if self.t(op.inputs[0]).dtype != "INT8":
             raise UnsupportedOpError(f"QUANTIZE (node {op.index}): only at a model input, or int8 -> int8")
         self._requant_table(op, None, None)
 
-    def op_HARD_SWISH(self, op: _Op) -> None:
+    def op_HARD_SWISH(self, op: TFLiteOp) -> None:
         (sx, zx), (sy, zy) = self.qp(op.inputs[0]), self.qp(op.outputs[0])
         self.table(op, lambda v: _hard_swish(v, sx, zx, sy, zy))
 
-    def op_RESHAPE(self, op: _Op) -> None:
+    def op_RESHAPE(self, op: TFLiteOp) -> None:
         rank = len(self.t(op.inputs[0]).shape)
         x = self.view(op.inputs[0], tuple(range(rank)))  # TFLite's flattening order
         shape = list(self.t(op.outputs[0]).shape)
@@ -572,7 +429,7 @@ class _Builder:
 
     op_SQUEEZE = op_EXPAND_DIMS = op_RESHAPE
 
-    def op_TRANSPOSE(self, op: _Op) -> None:
+    def op_TRANSPOSE(self, op: TFLiteOp) -> None:
         perm = tuple(int(p) for p in self.const(op, 1, "permutation").reshape(-1))
         self._same_quant(op)
         x, order = self.any_view(op.inputs[0])
@@ -581,7 +438,7 @@ class _Builder:
         name = self.define(op.outputs[0], out_order)
         self.g.nodes.append(self.reshape_node(name, x, list(self.g.tensors[name].shape)))
 
-    def op_CONCATENATION(self, op: _Op) -> None:
+    def op_CONCATENATION(self, op: TFLiteOp) -> None:
         if op.options.get("FusedActivationFunction", 0):
             raise UnsupportedOpError(f"CONCATENATION (node {op.index}): fused activation is not supported")
         y_q = self.qp(op.outputs[0])
@@ -602,7 +459,7 @@ class _Builder:
     # --- the graph -------------------------------------------------------------------------------------
     def run(self) -> Graph:
         m = self.m
-        consumers: dict[int, list[_Op]] = {}
+        consumers: dict[int, list[TFLiteOp]] = {}
         for op in m.ops:
             for i in op.inputs:
                 consumers.setdefault(i, []).append(op)
@@ -661,155 +518,6 @@ class _Builder:
                                      "and float32 ones (calibrated like an ONNX model)")
 
 
-class _FloatBuilder(_Builder):
-    """A float32 TFLite model as edgeq's float graph (ONNX op names, window ops NCHW, fused activations as
-    their own Relu/Clip nodes for ``run_passes`` to fuse again), to be calibrated and quantized like an
-    ONNX model. The stored-order machinery is the int8 builder's; reshapes and copies become Reshape and
-    Transpose nodes."""
-
-    def tensor(self, i: int, name: str, shape: tuple[int, ...]) -> Tensor:
-        return Tensor(name, shape, "float32")
-
-    def finish(self) -> None:
-        self.g.prune()  # run_passes fuses and the quantizer tabulates
-
-    def check_types(self, edges: set[int]) -> None:
-        for t in self.m.tensors:
-            if t.dtype not in ("FLOAT32", "INT32", "INT64") or (t.dtype != "FLOAT32" and t.data is None):
-                raise UnsupportedOpError(f"tensor '{t.name}' is {t.dtype} in a float TFLite model (a model mixing "
-                                         "float and quantized tensors is not supported)")
-
-    def reshape_node(self, y: str, x: str, shape: list[int]) -> Node:
-        return Node("Reshape", y, [x], [y], {"shape": [int(v) for v in shape]})
-
-    def permute_node(self, y: str, x: str, perm: list[int]) -> Node:
-        return Node("Transpose", y, [x], [y], {"perm": [int(p) for p in perm]})
-
-    def qp(self, i: int) -> tuple[float, int]:
-        return 1.0, 0  # float tensors: the layout and PAD folding compare "quantizations", all equal
-
-    def const(self, op: _Op, k: int, what: str) -> np.ndarray:
-        return np.asarray(super().const(op, k, what))
-
-    def node(self, op: _Op, kind: str, inputs: list[str], order: tuple[int, ...] | None = None, **attrs: Any) -> str:
-        """Emit float node ``kind`` writing op's output (stored in ``order``), then its fused activation."""
-        fused = op.options.get("FusedActivationFunction", 0)
-        if fused not in _ACTIVATIONS:
-            raise UnsupportedOpError(f"{op.code} (node {op.index}): fused activation {fused} is not supported")
-        y = self.define(op.outputs[0], order)
-        if _ACTIVATIONS[fused] is None:
-            self.g.nodes.append(Node(kind, y, inputs, [y], attrs))
-            return y
-        pre = self.g.unique_name(y + "_preact")
-        self.g.tensors[pre] = Tensor(pre, self.g.tensors[y].shape, "float32")
-        self.g.nodes.append(Node(kind, pre, inputs, [pre], attrs))
-        lo, hi = _ACTIVATIONS[fused]
-        act = Node("Relu", y, [pre], [y]) if hi is None else Node("Clip", y, [pre], [y], {"min": lo, "max": hi})
-        self.g.nodes.append(act)
-        return y
-
-    def weight(self, op: _Op, k: int, value: np.ndarray | None = None) -> str:
-        v = self.const(op, k, "weights") if value is None else value
-        return self.g.add_const(self.g.unique_name(f"{self.t(op.inputs[k]).name or 'w'}"), v.astype(np.float32))
-
-    def _conv(self, op: _Op, w: np.ndarray, group: int) -> None:
-        x = self._nchw_input(op)
-        inputs = [x, self.weight(op, 1, w)]
-        if len(op.inputs) > 2 and op.inputs[2] >= 0:
-            inputs.append(self.weight(op, 2))
-        self.node(op, "Conv", inputs, NCHW, **self.window(op, w.shape[2], w.shape[3]), group=group)
-
-    def op_CONV_2D(self, op: _Op) -> None:
-        w = self.const(op, 1, "filter")
-        self._conv(op, w.transpose(0, 3, 1, 2), self.t(op.inputs[0]).shape[3] // w.shape[3])
-
-    def op_DEPTHWISE_CONV_2D(self, op: _Op) -> None:
-        self._conv(op, self.const(op, 1, "filter")[0].transpose(2, 0, 1)[:, None], self.t(op.inputs[0]).shape[3])
-
-    def op_FULLY_CONNECTED(self, op: _Op) -> None:
-        w = self.const(op, 1, "filter")
-        xt = self.t(op.inputs[0])
-        oc, k = w.shape
-        if xt.shape[0] != 1 or int(np.prod(xt.shape[1:])) != k:
-            raise UnsupportedOpError(f"FULLY_CONNECTED (node {op.index}): input {xt.shape} (one row per sample)")
-        x, order = self.any_view(op.inputs[0])
-        w = w.reshape((oc,) + xt.shape[1:]).transpose((0,) + order[1:]).reshape(oc, k)
-        if len(xt.shape) != 2:
-            flat = self.g.unique_name(x + "_flat")
-            self.g.tensors[flat] = Tensor(flat, (1, k), "float32")
-            self.g.nodes.append(self.reshape_node(flat, x, [1, k]))
-            x = flat
-        inputs = [x, self.weight(op, 1, w)] + ([self.weight(op, 2)] if len(op.inputs) > 2 and op.inputs[2] >= 0 else [])
-        self.node(op, "FullyConnected", inputs)
-
-    def _binary(self, op: _Op, kind: str) -> None:
-        out_rank = len(self.t(op.outputs[0]).shape)
-        acts = [i for i in op.inputs if self.t(i).data is None]
-        order = self.any_view(acts[0])[1] if acts else tuple(range(out_rank))
-        names = [self.view(i, order) if self.t(i).data is None else self.weight(
-            op, k, self.t(i).data.reshape((1,) * (out_rank - self.t(i).data.ndim) + self.t(i).data.shape).transpose(order))
-            for k, i in enumerate(op.inputs)]
-        self.node(op, kind, names, order)
-
-    def op_ADD(self, op: _Op) -> None:
-        self._binary(op, "Add")
-
-    def op_MUL(self, op: _Op) -> None:
-        self._binary(op, "Mul")
-
-    def op_MAX_POOL_2D(self, op: _Op) -> None:
-        o = op.options
-        self.node(op, "MaxPool", [self._nchw_input(op)], NCHW, kernel=[o["FilterHeight"], o["FilterWidth"]],
-                  **self.window(op, o["FilterHeight"], o["FilterWidth"]))
-
-    def op_AVERAGE_POOL_2D(self, op: _Op) -> None:
-        o = op.options
-        win = self.window(op, o["FilterHeight"], o["FilterWidth"])
-        del win["dilations"]
-        self.node(op, "AveragePool", [self._nchw_input(op)], NCHW, kernel=[o["FilterHeight"], o["FilterWidth"]],
-                  count_include_pad=False, **win)
-
-    def op_MEAN(self, op: _Op) -> None:
-        rank = len(self.t(op.inputs[0]).shape)
-        keep = len(self.t(op.outputs[0]).shape) == rank
-        x, order = self.any_view(op.inputs[0]) if keep else (self.view(op.inputs[0], tuple(range(rank))),
-                                                             tuple(range(rank)))
-        axes = [order.index(int(a) % rank) for a in self.const(op, 1, "axes").reshape(-1)]
-        self.node(op, "ReduceMean", [x], order if keep else None, axes=sorted(axes), keepdims=int(keep))
-
-    def op_SOFTMAX(self, op: _Op) -> None:
-        if op.options.get("Beta", 1.0) != 1.0:
-            raise UnsupportedOpError(f"SOFTMAX (node {op.index}): beta {op.options['Beta']} in a float model")
-        self.node(op, "Softmax", [self.view(op.inputs[0], tuple(range(len(self.t(op.inputs[0]).shape))))], axis=-1)
-
-    def _unary(self, op: _Op, kind: str, **attrs: Any) -> None:
-        x, order = self.any_view(op.inputs[0])
-        self.node(op, kind, [x], order, **attrs)
-
-    def op_LOGISTIC(self, op: _Op) -> None:
-        self._unary(op, "Sigmoid")
-
-    def op_TANH(self, op: _Op) -> None:
-        self._unary(op, "Tanh")
-
-    def op_HARD_SWISH(self, op: _Op) -> None:
-        self._unary(op, "HardSwish")
-
-    def op_RELU(self, op: _Op) -> None:
-        self._unary(op, "Relu")
-
-    def op_RELU6(self, op: _Op) -> None:
-        self._unary(op, "Clip", min=0.0, max=6.0)
-
-    def op_RELU_N1_TO_1(self, op: _Op) -> None:
-        self._unary(op, "Clip", min=-1.0, max=1.0)
-
-    def op_CONCATENATION(self, op: _Op) -> None:
-        order = self.any_view(op.inputs[0])[1]
-        axis = op.options["Axis"] % len(order)
-        self.node(op, "Concat", [self.view(i, order) for i in op.inputs], order, axis=order.index(axis))
-
-
 def _moves_only_ones(shape: tuple[int, ...], a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     """True when storing ``shape`` in order ``a`` or ``b`` gives the same bytes (only size-1 axes move)."""
     return [k for k in a if shape[k] != 1] == [k for k in b if shape[k] != 1]
@@ -860,19 +568,8 @@ def _hard_swish(v: np.ndarray, sx: float, zx: int, sy: float, zy: int) -> np.nda
 def import_tflite(model: str | Path | bytes) -> tuple[Graph, str]:
     """Parse a fully-quantized int8 TFLite model into an integer-only edgeq graph; returns it and the sha256
     of the file. TFLite's scales, zero points and integer weights are kept as they are."""
-    data = _read_bytes(model)
+    data = read_bytes(model)
     return _Builder(parse_tflite(data)).run(), hashlib.sha256(data).hexdigest()
-
-
-def import_float_tflite(model: str | Path | bytes) -> tuple[Graph, str] | None:
-    """A float32 TFLite model as edgeq's float graph (for calibration) and the file's sha256; None when the
-    model is quantized (see ``import_tflite``)."""
-    data = _read_bytes(model)
-    m = parse_tflite(data)
-    if any(t.dtype != "FLOAT32" for t in m.tensors if t.data is None) or \
-            not any(t.dtype == "FLOAT32" for t in m.tensors if t.data is not None):
-        return None
-    return _FloatBuilder(m).run(), hashlib.sha256(data).hexdigest()
 
 
 def convert_tflite(model: str | Path | bytes, profile: Any, output: str | Path | None, patch: str | int = "auto",

@@ -14,7 +14,8 @@ from ai_edge_litert.interpreter import Interpreter, OpResolverType
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 import edgeq
-from edgeq.converters.tflite_import import import_tflite, parse_tflite
+from edgeq.converters.tflite_import import import_tflite
+from edgeq.converters.tflite_read import parse_tflite
 from edgeq.errors import ModelError, UnsupportedOpError
 from edgeq.runtimes.executor import Executor
 from edgeq.runtimes.fixedpoint import multiply_by_quantized_multiplier
@@ -245,7 +246,7 @@ def test_float_models(tmp_path, seed):
     """A float32 TFLite model becomes edgeq's float graph (its outputs equal TFLite's float ones) and is
     calibrated like an ONNX model; the bundle keeps the NHWC input."""
     from edgeq.converters.float_ops import run_float
-    from edgeq.converters.tflite_import import import_float_tflite
+    from edgeq.converters.tflite_float import import_float_tflite
     data, shape = float_model(seed)
     rng = np.random.default_rng(seed)
     x = rng.standard_normal(shape).astype(np.float32)
