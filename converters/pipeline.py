@@ -277,7 +277,7 @@ def convert(model: str | Path | bytes | None = None, device: str = "host", outpu
             input_shapes: dict[str, tuple[int, ...]] | None = None, progress: bool = True,
             patch: str | int = "auto", preprocess: str | None = None, mixed_precision: str = "off",
             int16_budget: str = DEFAULT_BUDGET) -> ConversionResult:
-    """Convert an ONNX model (or, with ``model=None``, the embedded digits sample) into a ``.edgeq`` bundle.
+    """Convert an ONNX or int8 TFLite model (or, with ``model=None``, the embedded digits sample) into a ``.edgeq`` bundle.
 
     ``calib`` is a .npy/.npz path, a folder of images (read with the ``preprocess`` spec, see
     ``converters.image_calib``), an array (single input) or a dict of arrays keyed by input name.
@@ -287,6 +287,17 @@ def convert(model: str | Path | bytes | None = None, device: str = "host", outpu
     within ``int16_budget`` (see ``converters.mixed_precision``).
     """
     profile = get_device(device)
+    tflite_float = None
+    if isinstance(model, (str, Path)) and str(model).lower().endswith(".tflite") or \
+            isinstance(model, bytes) and model[4:8] == b"TFL3":
+        from .tflite_float import import_float_tflite
+        from .tflite_import import convert_tflite
+        tflite_float = import_float_tflite(model)  # a float model is calibrated below; an int8 one is not
+        if tflite_float is None and (calib is not None or mixed_precision != "off" or (scheme or "int8") != "int8"):
+            raise CalibrationError("an int8 TFLite model keeps its own scales: --calib, --scheme and "
+                                   "--mixed-precision do not apply")
+        if tflite_float is None:
+            return convert_tflite(model, profile, output, patch, progress)
     if mixed_precision not in ("off", "auto"):
         raise InputError(f"--mixed-precision must be off or auto, not '{mixed_precision}'")
     parse_budget(int16_budget, 0)  # a bad budget fails before any work
@@ -302,7 +313,7 @@ def convert(model: str | Path | bytes | None = None, device: str = "host", outpu
         model = sample.model_path
     raw = _raw_calibration(calib, preprocess, progress)
     data_shapes = {k: tuple(np.shape(v)[1:]) for k, v in raw.items() if np.ndim(v) >= 1} if raw else None
-    fg, digest = import_onnx(model, input_shapes, data_shapes)
+    fg, digest = tflite_float or import_onnx(model, input_shapes, data_shapes)
     run_passes(fg)
     data = _calibration(raw, fg, sample)
     method = calib_method or profile.calibration
@@ -327,7 +338,7 @@ def convert(model: str | Path | bytes | None = None, device: str = "host", outpu
     name = "digits_cnn" if isinstance(model, Path) and sample else (Path(model).stem if not isinstance(model, bytes) else "model")
     out = Path(output) if output else Path(f"{name}.{profile.id}.edgeq")
     meta = {"device": profile.to_dict(), "scheme": scheme, "producer": {"name": "edgeq", "version": __version__},
-            "source": {"format": "onnx", "sha256": digest, "name": name, "metadata": fg.metadata},
+            "source": {"format": "tflite" if tflite_float else "onnx", "sha256": digest, "name": name, "metadata": fg.metadata},
             "calibration": {"method": method, "samples": int(next(iter(data.values())).shape[0])}}
     if chosen:
         meta["calibration"]["auto"] = chosen

@@ -76,9 +76,12 @@ def cmd_convert(args: argparse.Namespace) -> None:
     r = result.report
     if args.report:
         write_atomic(args.report, [json.dumps(r, indent=2).encode()])
-    lines = [f"wrote {r['output']} ({_human(r['bundle_bytes'])}) for {r['device']}, scheme {r['scheme']}, "
-             f"calibration {r['calibration']['method']} on {r['calibration']['samples']} samples"]
-    lines.append(f"{'layer':<24} {'op':<16} {'bits':>4} {'SQNR dB':>8}")
+    cal = r["calibration"]
+    lines = [f"wrote {r['output']} ({_human(r['bundle_bytes'])}) for {r['device']}, scheme {r['scheme']}, " +
+             ("scales and zero points from the TFLite model" if cal["method"] == "tflite" else
+              f"calibration {cal['method']} on {cal['samples']} samples")]
+    if r["layers"]:
+        lines.append(f"{'layer':<24} {'op':<16} {'bits':>4} {'SQNR dB':>8}")
     lines += [f"{l['name'][:24]:<24} {l['op']:<16} {l['bits']:>4} {l['sqnr_db']:>8.1f}" for l in r["layers"]]
     if "mixed_precision" in r:
         m = r["mixed_precision"]
@@ -98,7 +101,8 @@ def cmd_convert(args: argparse.Namespace) -> None:
                      f"+{p['extra_macs_pct']}% MACs")
     lines += [f"output '{k}': max |float - int8| = {v:.4g} on {r['report_samples']} calibration samples"
               for k, v in r["output_max_abs_diff"].items()]
-    lines.append(f"worst layers by SQNR: {', '.join(r['worst_layers'])}")
+    if r["worst_layers"]:
+        lines.append(f"worst layers by SQNR: {', '.join(r['worst_layers'])}")
     if "accuracy" in r:
         a = r["accuracy"]
         lines.append(f"held-out accuracy ({a['samples']} digits): float {a['float']:.2f}%, int8 {a['int8']:.2f}%")
@@ -316,8 +320,9 @@ def _parser() -> argparse.ArgumentParser:
 
     add("devices", cmd_devices, "list the device profiles")
     c = add("convert", cmd_convert, "convert a model into a .edgeq bundle for a device")
-    c.add_argument("model", nargs="?", help="ONNX model, or a llama-architecture GGUF LLM (default: the embedded "
-                                            "digits sample CNN)")
+    c.add_argument("model", nargs="?", help="ONNX model, fully-quantized int8 TFLite model (keeps its own scales: "
+                                            "no --calib; see docs/tflite-import.md), or a llama-architecture GGUF "
+                                            "LLM (default: the embedded digits sample CNN)")
     c.add_argument("--device", required=True, help="device profile id (see `edgeq devices`)")
     c.add_argument("-o", "--output", help="output bundle path (default: <model>.<device>.edgeq)")
     c.add_argument("--scheme", help="quantization scheme (default: the device's)")
