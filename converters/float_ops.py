@@ -13,14 +13,21 @@ from edgeq.ir import Node
 from .float_loops import CHAIN_CODES, chain, depthwise
 from .resize_tables import resize_float
 
+def _exp(x: np.ndarray) -> np.ndarray:
+    # Below about -88 the sigmoid's exp(-x) overflows to inf and 1 / (1 + inf) is the exact 0: the
+    # warning would only be noise in every conversion of a model with sigmoids.
+    with np.errstate(over="ignore"):
+        return np.exp(x)
+
+
 ACTIVATIONS: dict[str, Callable[[np.ndarray, dict], np.ndarray]] = {
     "Relu": lambda x, a: np.maximum(x, 0),
     "Clip": lambda x, a: np.clip(x, a.get("min", -np.inf), a.get("max", np.inf)),
     "HardSigmoid": lambda x, a: _hard_sigmoid(np.multiply(x, a.get("alpha", 0.2), dtype=_float(x)), a.get("beta", 0.5)),
     "HardSwish": lambda x, a: _hard_sigmoid(np.divide(x, 6, dtype=_float(x)), 0.5, x),
-    "Sigmoid": lambda x, a: 1 / (1 + np.exp(-x)),
+    "Sigmoid": lambda x, a: 1 / (1 + _exp(-x)),
     # x * sigmoid(alpha * x): SiLU/Swish as exported (x * Sigmoid(x * alpha)), fused by passes.fuse_swish
-    "Swish": lambda x, a: x / (1 + np.exp(-a.get("alpha", 1.0) * x)),
+    "Swish": lambda x, a: x / (1 + _exp(-a.get("alpha", 1.0) * x)),
     "Gelu": lambda x, a: _gelu(x, a.get("approximate", "none")),
     # consecutive unary steps fused by passes.fuse_unary_chains: one table once quantized
     "Chain": lambda x, a: _chain(x, a["steps"]),
