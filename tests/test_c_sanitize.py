@@ -297,6 +297,8 @@ def make_cases(seed: int = 0) -> list[tuple[Graph, dict]]:
         _conv(rng, 40, 4, 4, 5, 1, (3, 3), (1, 2), (2, 1), (2, 0, 1, 2)),       # dot path, K not a multiple of 64
         _conv(rng, 37, 21, 40, 7, 1, (5, 3), (1, 1), (2, 1), (2, 0, 1, 2)),     # padded band, several bands
         _conv(rng, 16, 9, 5, 3, 1, (1, 2), (1, 1), (1, 2), (0, 2, 1, 1)),       # padded band, narrow rows
+        _conv(rng, 24, 12, 80, 1, 24, (5, 5), (1, 1), (1, 1), (2, 2, 2, 2)),    # depthwise 5x5, two quads a row
+        _conv(rng, 8, 11, 37, 1, 8, (7, 8), (2, 2), (1, 2), (3, 1, 0, 2)),      # depthwise 7x8, strided, dilated
     ]
     cases += [_fc(rng) for _ in range(5)]
     cases += [_binary(rng, op) for op in ("QAdd", "QMul") for _ in range(6)]

@@ -54,13 +54,14 @@ def test_conv(backend, seed, depthwise, pointwise, wide):
     group = int(rng.integers(1, 4))
     cg = 1 if depthwise else int(rng.integers(1, 5))
     ocg = int(rng.integers(1, 3)) if depthwise else int(rng.integers(1, 5))
-    kh, kw = (1, 1) if pointwise else tuple(int(v) for v in rng.integers(1, 5, size=2))
+    kh, kw = (1, 1) if pointwise else tuple(int(v) for v in rng.integers(1, 9 if rng.random() < 0.3 else 5, size=2))
     dil = [1, 1] if pointwise else [int(v) for v in rng.integers(1, 3, size=2)]
     strides = [int(v) for v in rng.integers(1, 4, size=2)]
     pads = [0, 0, 0, 0] if pointwise else [int(v) for v in rng.integers(0, 3, size=4)]
-    top = 24 if wide else 12
-    h = int(rng.integers(max(1, dil[0] * (kh - 1) + 1 - pads[0] - pads[2]), top))
-    w = int(rng.integers(max(1, dil[1] * (kw - 1) + 1 - pads[1] - pads[3]), 70 if wide else 12))
+    min_h = max(1, dil[0] * (kh - 1) + 1 - pads[0] - pads[2])
+    min_w = max(1, dil[1] * (kw - 1) + 1 - pads[1] - pads[3])
+    h = int(rng.integers(min_h, max(24 if wide else 12, min_h + 1)))
+    w = int(rng.integers(min_w, max(70 if wide else 12, min_w + 1)))
     if wide and not depthwise:
         cg, ocg = int(rng.integers(1, 40)), int(rng.integers(1, 20))
     oc = group * ocg

@@ -1282,11 +1282,18 @@ static int conv_depthwise(const conv_t *a)
 #endif
 
 #if EDGEQ_AVX512 && defined(__AVX512VNNI__) && defined(__AVX512VBMI__)
-/* Depthwise with rows of up to 4 taps (3x3 and the like), VNNI: every needed input row is turned once
- * into quads q[i] = (u[i*sw], u[i*sw+dw], u[i*sw+2dw], u[i*sw+3dw]) of u = x + 128 (padding: x_zp + 128,
- * taps past KW weigh 0), one vpermb per 16 outputs; an output row is then KH vpdpbusd per 16
- * outputs, corrected by (x_zp + 128) * sum(w) (the exact sum of w * (x - x_zp), < 2^31). */
+/* Depthwise with rows of up to 8 taps (3x3, 5x5 and the like), VNNI: every needed input row is turned
+ * once into quads q_g[i] = (u[i*sw+4g*dw], ..., u[i*sw+(4g+3)*dw]) of u = x + 128 (padding: x_zp + 128,
+ * taps past KW weigh 0), one vpermb per group g of four taps and 16 outputs; an output row is then
+ * KH * G vpdpbusd per 16 outputs (G = ceil(KW / 4)), corrected by (x_zp + 128) * sum(w) (the exact
+ * sum of w * (x - x_zp), < 2^31). */
 #define EDGEQ_DWQ_ROW 1024 /* padded input row bytes at most */
+#define EDGEQ_DWQ_GROUPS 2 /* quads per tap row at most: KW <= 8 */
+
+static int32_t dwq_groups(const conv_t *a)
+{
+    return (a->KW + 3) / 4;
+}
 
 /* Bytes of a padded row the quads read (16 * (owv / 16 - 1) * sw + 64), rounded up to whole vectors:
  * the row stride of the scratch (packed, not a power of two: no cache-set aliasing between rows). */
@@ -1298,15 +1305,16 @@ static int64_t dwq_stride(const conv_t *a)
 
 static int dwq_fits(const conv_t *a, int32_t *band)
 {
-    const int64_t owv = (a->OW + 15) / 16 * 16, stride = dwq_stride(a);
+    const int64_t owv = (a->OW + 15) / 16 * 16, stride = dwq_stride(a), G = dwq_groups(a);
     int64_t rows;
-    if (a->cg != 1 || a->ocg != 1 || a->KW > 4 || a->KH > 16 || 15 * a->sw + 3 * a->dw >= 64 ||
+    if (a->cg != 1 || a->ocg != 1 || G > EDGEQ_DWQ_GROUPS || a->KH > 16 ||
+        15 * a->sw + (int64_t)(a->KW - 1) * a->dw >= 64 ||
         (owv - 1) * a->sw + (int64_t)(a->KW - 1) * a->dw + 64 > EDGEQ_DWQ_ROW ||
         (int64_t)a->W + a->pl > EDGEQ_DWQ_ROW - 64 || a->pl >= 64)
         return 0;
     for (rows = a->OH; rows >= 1; rows = rows > 1 ? rows / 2 : 0) {
         const int64_t in_rows = (rows - 1) * a->sh + (int64_t)(a->KH - 1) * a->dh + 1;
-        if (in_rows * owv * 4 <= EDGEQ_SCRATCH_BYTES && in_rows * stride <= EDGEQ_SCRATCH_BYTES) {
+        if (in_rows * G * owv * 4 <= EDGEQ_SCRATCH_BYTES && in_rows * stride <= EDGEQ_SCRATCH_BYTES) {
             *band = (int32_t)rows;
             return 1;
         }
@@ -1314,15 +1322,18 @@ static int dwq_fits(const conv_t *a, int32_t *band)
     return 0;
 }
 
-/* The byte shuffles of a layer: quads of a padded row, and a row's first 64 bytes moved right by pl. */
+/* The byte shuffles of a layer: the quads of each group of four taps of a padded row (idx[g]), and a
+ * row's first 64 bytes moved right by pl. */
 static void dwq_indices(const conv_t *a, __m512i *idx, __m512i *sidx)
 {
     uint8_t ib[64];
-    int32_t v, kw;
-    for (v = 0; v < 16; v++)
-        for (kw = 0; kw < 4; kw++)
-            ib[4 * v + kw] = (uint8_t)(v * a->sw + (kw < a->KW ? kw : 0) * a->dw);
-    *idx = _mm512_loadu_si512((const void *)ib);
+    int32_t v, k, g;
+    for (g = 0; g < dwq_groups(a); g++) {
+        for (v = 0; v < 16; v++)
+            for (k = 0; k < 4; k++)
+                ib[4 * v + k] = (uint8_t)(v * a->sw + (4 * g + k < a->KW ? 4 * g + k : 0) * a->dw);
+        idx[g] = _mm512_loadu_si512((const void *)ib);
+    }
     for (v = 0; v < 64; v++)
         ib[v] = (uint8_t)((v - a->pl) & 63);
     *sidx = _mm512_loadu_si512((const void *)ib);
@@ -1389,30 +1400,34 @@ static EDGEQ_ALWAYS_INLINE void dwq_rows3(const conv_t *a, int32_t c, int32_t oh
     }
 }
 
-static void dwq_channel(const conv_t *a, int32_t c, int32_t band, uint32_t *qbuf, uint8_t *rows, __m512i idx,
+static void dwq_channel(const conv_t *a, int32_t c, int32_t band, uint32_t *qbuf, uint8_t *rows, const __m512i *idx,
                         __m512i sidx)
 {
     const int8_t *xc = a->x + (int64_t)c * a->H * a->W;
     const int8_t *wc = a->w + (int64_t)c * a->K;
-    const int32_t owv = (a->OW + 15) / 16 * 16, nv = owv / 16;
+    const int32_t owv = (a->OW + 15) / 16 * 16, nv = owv / 16, G = dwq_groups(a), taps = a->KH * G;
     const int32_t used = 16 * (nv - 1) * a->sw + 64; /* row bytes the quads read (<= EDGEQ_DWQ_ROW) */
     const int64_t stride = dwq_stride(a);
     const requant_t q = conv_requant(a, c);
     const int ordinary = mbqm_ordinary(q.mult, q.shift);
     vmbqm_t m;
-    __m512i wq[16], init;
-    int32_t kh, kw, oh0, r, v, wsum = 0, wabs = 0;
+    __m512i wq[16 * EDGEQ_DWQ_GROUPS], init;
+    int64_t toff[16 * EDGEQ_DWQ_GROUPS]; /* qbuf offset of tap row t = kh * G + g from an output row's base */
+    int32_t kh, kw, g, t, oh0, r, v, wsum = 0, wabs = 0;
     fastq_t f;
     int fast;
-    for (kh = 0; kh < a->KH; kh++) {
-        uint32_t wv = 0;
-        for (kw = 0; kw < a->KW; kw++) {
-            wv |= (uint32_t)(uint8_t)wc[kh * a->KW + kw] << (8 * kw);
-            wsum += wc[kh * a->KW + kw];
-            wabs += wc[kh * a->KW + kw] < 0 ? -wc[kh * a->KW + kw] : wc[kh * a->KW + kw];
+    for (kh = 0; kh < a->KH; kh++)
+        for (g = 0; g < G; g++) {
+            uint32_t wv = 0;
+            for (kw = 4 * g; kw < min_i32(4 * g + 4, a->KW); kw++) {
+                const int32_t w = wc[kh * a->KW + kw];
+                wv |= (uint32_t)(uint8_t)w << (8 * (kw - 4 * g));
+                wsum += w;
+                wabs += w < 0 ? -w : w;
+            }
+            wq[kh * G + g] = _mm512_set1_epi32((int32_t)wv);
+            toff[kh * G + g] = ((int64_t)kh * a->dh * G + g) * owv;
         }
-        wq[kh] = _mm512_set1_epi32((int32_t)wv);
-    }
     fast = fastq_make(&q, fastq_bound(wabs, q.bias), &f);
     if (!fast)
         m = vmbqm_make(ordinary ? q.mult : 0, ordinary ? q.shift : 0);
@@ -1427,33 +1442,36 @@ static void dwq_channel(const conv_t *a, int32_t c, int32_t band, uint32_t *qbuf
          * stores of its own row would stall on store forwarding.) */
         for (r = 0; r < in_rows; r++)
             dwq_row(a, xc, ih0 + r, rows + (int64_t)r * stride, used, sidx);
-        if (fast && !q.lut && a->KH == 3) { /* the common 3-row case: quads built in registers */
+        if (fast && !q.lut && a->KH == 3 && G == 1) { /* the common 3x3 case: quads built in registers */
             switch (f.kind) {
-            case 0: dwq_rows3(a, c, oh0, R, rows, stride, idx, init, wq, &f, 0); break;
-            case FASTQ_LEFT: dwq_rows3(a, c, oh0, R, rows, stride, idx, init, wq, &f, FASTQ_LEFT); break;
-            case FASTQ_CLAMP: dwq_rows3(a, c, oh0, R, rows, stride, idx, init, wq, &f, FASTQ_CLAMP); break;
-            default: dwq_rows3(a, c, oh0, R, rows, stride, idx, init, wq, &f, FASTQ_LEFT | FASTQ_CLAMP); break;
+            case 0: dwq_rows3(a, c, oh0, R, rows, stride, idx[0], init, wq, &f, 0); break;
+            case FASTQ_LEFT: dwq_rows3(a, c, oh0, R, rows, stride, idx[0], init, wq, &f, FASTQ_LEFT); break;
+            case FASTQ_CLAMP: dwq_rows3(a, c, oh0, R, rows, stride, idx[0], init, wq, &f, FASTQ_CLAMP); break;
+            default: dwq_rows3(a, c, oh0, R, rows, stride, idx[0], init, wq, &f, FASTQ_LEFT | FASTQ_CLAMP); break;
             }
             continue;
         }
+        /* qbuf row (r, g) holds the quads of group g of padded row r */
         for (r = 0; r < in_rows; r++) {
             const uint8_t *row = rows + (int64_t)r * stride;
-            uint32_t *dst = qbuf + (int64_t)r * owv;
-            for (v = 0; v < nv; v++)
-                _mm512_storeu_si512((void *)(dst + 16 * v),
-                                    _mm512_permutexvar_epi8(idx, _mm512_loadu_si512((const void *)(row + 16 * v * a->sw))));
+            for (g = 0; g < G; g++) {
+                uint32_t *dst = qbuf + ((int64_t)r * G + g) * owv;
+                for (v = 0; v < nv; v++)
+                    _mm512_storeu_si512((void *)(dst + 16 * v),
+                                        _mm512_permutexvar_epi8(idx[g], _mm512_loadu_si512((const void *)(row + 16 * v * a->sw))));
+            }
         }
         for (r = 0; r < R; r++) {
             int8_t *yr = a->y + (int64_t)c * a->OH * a->OW + (int64_t)(oh0 + r) * a->OW;
-            const uint32_t *base = qbuf + (int64_t)r * a->sh * owv;
+            const uint32_t *base = qbuf + (int64_t)r * a->sh * G * owv;
             for (v = 0; v < nv; v += 2) {
                 __m512i acc0 = init, acc1 = init;
                 const int two = v + 1 < nv;
-                for (kh = 0; kh < a->KH; kh++) {
-                    const uint32_t *src = base + (int64_t)kh * a->dh * owv + 16 * v;
-                    acc0 = _mm512_dpbusd_epi32(acc0, _mm512_loadu_si512((const void *)src), wq[kh]);
+                for (t = 0; t < taps; t++) {
+                    const uint32_t *src = base + toff[t] + 16 * v;
+                    acc0 = _mm512_dpbusd_epi32(acc0, _mm512_loadu_si512((const void *)src), wq[t]);
                     if (two)
-                        acc1 = _mm512_dpbusd_epi32(acc1, _mm512_loadu_si512((const void *)(src + 16)), wq[kh]);
+                        acc1 = _mm512_dpbusd_epi32(acc1, _mm512_loadu_si512((const void *)(src + 16)), wq[t]);
                 }
                 if (fast) {
                     fastq16(acc0, &f, q.lut, yr + 16 * v, a->OW - 16 * v);
@@ -1600,10 +1618,10 @@ static int conv_quads(const conv_t *a)
 static int conv_depthwise_quads(const conv_t *a)
 {
     int32_t band, c;
-    __m512i idx, sidx;
+    __m512i idx[EDGEQ_DWQ_GROUPS], sidx;
     if (!dwq_fits(a, &band))
         return 0;
-    dwq_indices(a, &idx, &sidx);
+    dwq_indices(a, idx, &sidx);
     EDGEQ_PARALLEL_FOR((conv_work(a) >= EDGEQ_PAR_MIN_WORK || conv_outputs(a) >= EDGEQ_PAR_MIN_ELEMS / 2) && a->C > 1)
     for (c = 0; c < a->C; c++) {
         EDGEQ_ALIGN64 uint32_t qbuf[EDGEQ_SCRATCH_BYTES / 4];
