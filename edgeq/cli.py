@@ -227,9 +227,26 @@ def cmd_bench(args: argparse.Namespace) -> None:
     if ex.node_threads is not None:  # C backend, threads > 1: chosen per node on the first run
         data["nodes_multithreaded"] = int(np.count_nonzero(ex.node_threads > 1))
         tuned = f"; {data['nodes_multithreaded']} of {len(ex.node_threads)} nodes run on {args.threads} threads"
-    _emit(args, data, f"{args.bundle} on {ex.backend_name}, {args.threads} thread(s), batch {args.batch}: "
-                      f"median {data['median_ms']:.3f} ms, min {data['min_ms']:.3f} ms over {args.runs} runs; "
-                      f"first run (load + compile + thread tuning) {first:.1f} ms{tuned}")
+    lines = [f"{args.bundle} on {ex.backend_name}, {args.threads} thread(s), batch {args.batch}: "
+             f"median {data['median_ms']:.3f} ms, min {data['min_ms']:.3f} ms over {args.runs} runs; "
+             f"first run (load + compile + thread tuning) {first:.1f} ms{tuned}"]
+    if args.per_node:
+        lines += _slowest_nodes(bundle.graph, ex.profile_nodes(inputs, runs=args.runs), args.per_node, data)
+    _emit(args, data, "\n".join(lines))
+
+
+def _slowest_nodes(graph: Any, seconds: np.ndarray, k: int, data: dict) -> list[str]:
+    """The ``k`` slowest nodes (median per-node times of the C program loop) into ``data`` and as lines."""
+    total = float(seconds.sum()) or 1.0
+    order = np.argsort(-seconds, kind="stable")[:k]
+    data["node_ms_total"] = total * 1e3
+    data["slowest_nodes"] = [{"index": int(i), "name": graph.nodes[i].name, "op": graph.nodes[i].op,
+                              "output_shape": list(graph.tensors[graph.nodes[i].outputs[0]].shape),
+                              "ms": float(seconds[i]) * 1e3, "share": float(seconds[i]) / total} for i in order]
+    lines = [f"per node (medians, sum {total * 1e3:.3f} ms), the {len(order)} slowest:"]
+    lines += [f"  {n['ms']:8.3f} ms {100 * n['share']:5.1f}%  {n['op']:<14} {n['name']} "
+              f"-> {'x'.join(map(str, n['output_shape']))}" for n in data["slowest_nodes"]]
+    return lines
 
 
 def _export_c(args: argparse.Namespace) -> None:
@@ -363,6 +380,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--batch", type=int, default=1)
     b.add_argument("--runs", type=int, default=200)
     b.add_argument("--warmup", type=int, default=20)
+    b.add_argument("--per-node", type=int, default=0, metavar="K",
+                   help="also time every node (C backend) and list the K slowest")
     llm_cli.add_bench_args(b)
     e = add("export", cmd_export, "export a bundle: c (a C99 project for microcontrollers) or gguf (LLM bundles, for llama.cpp)")
     e.add_argument("bundle")

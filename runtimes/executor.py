@@ -140,6 +140,24 @@ class Executor:
         return {k: v.view(g.tensors[k].dtype).reshape((n,) + g.tensors[k].shape[1:])
                 for k, v in self._split(out_buf, n, raw=True).items()}
 
+    def profile_nodes(self, inputs: dict[str, np.ndarray], runs: int = 20) -> np.ndarray:
+        """Each node's median wall time in seconds over ``runs`` runs on the float ``inputs``, in graph
+        order. C backend only: its program loop times every node (``omp_get_wtime``)."""
+        if self._backend is None or not hasattr(self._backend, "tune_threads"):
+            raise BackendError(f"per-node times need the C backend, not {self.backend_name}")
+        g, prog = self.graph, self.program
+        n = self.check_inputs(inputs)
+        in_buf = np.ascontiguousarray(np.concatenate(
+            [quantize(np.asarray(inputs[k], dtype=np.float32), g.tensors[k]).reshape(n, -1).view(np.int8)
+             for k in g.inputs], axis=1))
+        out_buf = np.empty((n, self._out_total), dtype=np.int8)
+        seconds = np.zeros((max(1, int(runs)), len(g.nodes)))
+        schedule = self._schedule(lambda: in_buf)
+        for row in seconds:
+            self._backend.execute(prog.words, self._arena, self._pool, in_buf, prog.inputs, out_buf, prog.outputs,
+                                  node_seconds=row, **schedule)
+        return np.median(seconds, axis=0)
+
     def _run_reference(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return {k: v for k, v in self.run_reference_all(inputs).items() if k in self.graph.outputs}
 

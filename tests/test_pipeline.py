@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -14,7 +15,6 @@ from edgeq.converters.float_ops import run_float
 from edgeq.converters.pipeline import sqnr_db
 from edgeq.converters.onnx_import import import_onnx
 from edgeq.converters.passes import run_passes
-from edgeq.converters.pipeline import sqnr_db
 from edgeq.sample import load_sample
 from models import zoo_model
 
@@ -138,3 +138,21 @@ def test_exported_hardswish_and_constant_sub_div(tmp_path, backend):
     b = edgeq.load(edgeq.convert(model.SerializeToString(), device="host", output=tmp_path / "hs.edgeq", calib=x,
                                  progress=False).path)
     assert sqnr_db(want, b.run(x, backend=backend)["y"]) > 30
+
+
+def test_bench_per_node_times(sample_bundle):
+    """``edgeq bench --per-node``: the C program loop's node times, slowest first, summing near the run time."""
+    out = subprocess.run([sys.executable, "-m", "edgeq.cli", "bench", str(sample_bundle.path), "--backend", "c",
+                          "--runs", "20", "--warmup", "2", "--per-node", "3", "--json"],
+                         capture_output=True, text=True, cwd=sample_bundle.path.parent, timeout=300)
+    assert out.returncode == 0, out.stderr
+    data = json.loads(out.stdout)
+    nodes = data["slowest_nodes"]
+    graph = edgeq.load(sample_bundle.path).graph
+    assert len(nodes) == 3 and [n["ms"] for n in nodes] == sorted((n["ms"] for n in nodes), reverse=True)
+    assert all(graph.nodes[n["index"]].name == n["name"] and n["ms"] > 0 for n in nodes)
+    assert 0 < data["node_ms_total"] <= data["max_ms"] * 1.5
+    bad = subprocess.run([sys.executable, "-m", "edgeq.cli", "bench", str(sample_bundle.path), "--backend", "numba",
+                          "--runs", "1", "--warmup", "0", "--per-node", "3"],
+                         capture_output=True, text=True, cwd=sample_bundle.path.parent, timeout=300)
+    assert bad.returncode == 2 and "C backend" in bad.stderr and "Traceback" not in bad.stderr
