@@ -67,7 +67,15 @@ def cmd_convert(args: argparse.Namespace) -> None:
         raise InputError(f"model file '{args.model}' does not exist")
     if args.model is not None and args.model.lower().endswith(".gguf"):
         from .llm_cli import cmd_convert_gguf
+        if args.plot:
+            raise InputError("--plot draws per-layer activation errors of ONNX/TFLite conversions; an LLM "
+                             "conversion lists its weight errors in the report (--json)")
         return cmd_convert_gguf(args)
+    if args.plot:  # checked before the conversion's work, not after
+        from .plots import plot_layers, pyplot
+        pyplot()
+        if not Path(args.plot).resolve().parent.is_dir():
+            raise InputError(f"--plot: directory '{Path(args.plot).parent}' does not exist")
     result = convert(args.model, device=args.device, output=args.output, scheme=args.scheme, calib=args.calib,
                      calib_method=args.calib_method, input_shapes=_input_shapes(args.input_shape),
                      preprocess=args.preprocess,
@@ -106,7 +114,10 @@ def cmd_convert(args: argparse.Namespace) -> None:
     if "accuracy" in r:
         a = r["accuracy"]
         lines.append(f"held-out accuracy ({a['samples']} digits): float {a['float']:.2f}%, int8 {a['int8']:.2f}%")
-    _emit(args, r, "\n".join(lines))
+    if args.plot:
+        plot_layers(r, args.plot)
+        lines.append(f"wrote {args.plot}")
+    _emit(args, {**r, "plot": args.plot} if args.plot else r, "\n".join(lines))
 
 
 def _read_inputs(path: str, bundle: Any) -> dict[str, np.ndarray]:
@@ -353,6 +364,8 @@ def _parser() -> argparse.ArgumentParser:
                         "the one closest to the float model")
     c.add_argument("--input-shape", action="append", default=[], help="fix a dynamic input shape, e.g. x=1x3x224x224")
     c.add_argument("--report", help="also write the conversion report as JSON to this file")
+    c.add_argument("--plot", metavar="FILE.png", help="draw the per-layer SQNR against the float model (int16 layers "
+                                                      "in another colour, the worst named)")
     c.add_argument("--patch", default="auto",
                    help="patch-based inference of the first stage: auto (when needed to fit the device), off, or N (NxN)")
     c.add_argument("--mixed-precision", choices=["off", "auto"], default="off",

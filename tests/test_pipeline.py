@@ -156,3 +156,20 @@ def test_bench_per_node_times(sample_bundle):
                           "--runs", "1", "--warmup", "0", "--per-node", "3"],
                          capture_output=True, text=True, cwd=sample_bundle.path.parent, timeout=300)
     assert bad.returncode == 2 and "C backend" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_convert_plot_per_layer_sqnr(tmp_path):
+    """``edgeq convert --plot``: a PNG of the per-layer SQNR, written atomically; a missing folder is an
+    error before any work."""
+    png = tmp_path / "layers.png"
+    out = subprocess.run([sys.executable, "-m", "edgeq.cli", "convert", "--device", "rpi5", "-o",
+                          str(tmp_path / "d.edgeq"), "--plot", str(png), "--json"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["plot"] == str(png)
+    data = png.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    bad = subprocess.run([sys.executable, "-m", "edgeq.cli", "convert", "--device", "rpi5", "-o",
+                          str(tmp_path / "e.edgeq"), "--plot", str(tmp_path / "no" / "x.png")],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert bad.returncode == 2 and "does not exist" in bad.stderr and not (tmp_path / "e.edgeq").exists()
