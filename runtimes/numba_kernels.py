@@ -885,6 +885,40 @@ def _merge_rows(dims, a_str, b_str):
     return d0, d1, d2, n
 
 
+PAIR_TABLE_MIN = 1 << 17  # elements from which QAdd/QMul read a 256x256 table of every (a, b) pair
+
+
+@njit(cache=True)
+def _pair_table(op, p, y_zp, lo, hi, lut):
+    """The output byte of every int8 pair: t[(a + 128) * 256 + b + 128], fused table included. Built
+    with the same scalar steps as the direct loop, so a lookup gives its bytes exactly."""
+    tb = np.empty(256, np.int64)
+    for vb in range(256):
+        tb[vb] = _term(op, vb - 128, p[1], p[4], p[5])
+    t = np.empty(65536, np.int8)
+    for va in range(256):
+        ta = _term(op, va - 128, p[0], p[2], p[3])
+        for vb in range(256):
+            t[va * 256 + vb] = _combine(op, ta, tb[vb], p, y_zp, lo, hi)
+    _apply_lut(t, 0, 65536, lut)
+    return t
+
+
+@njit(cache=True)
+def _broadcast_pairs(a, b, y, t, d0, d1, d2, n, a_str, b_str):
+    """:func:`_broadcast`'s loops with every output looked up in the pair table ``t``."""
+    sa, sb = a_str[3], b_str[3]
+    i = 0
+    for i0 in range(d0):
+        for i1 in range(d1):
+            for i2 in range(d2):
+                ab = i0 * a_str[0] + i1 * a_str[1] + i2 * a_str[2]
+                bb = i0 * b_str[0] + i1 * b_str[1] + i2 * b_str[2]
+                for j in range(n):
+                    y[_u(i + j)] = t[(np.int64(a[_u(ab + j * sa)]) + 128) * 256 + np.int64(b[_u(bb + j * sb)]) + 128]
+                i += n
+
+
 @njit(cache=True)
 def _broadcast(op, a, b, lut, y, dims, a_str, b_str, p, y_zp, lo, hi):
     """Shared 4-D broadcast loop of QAdd and QMul; ``p`` = (a_zp, b_zp, a_mult, a_shift, b_mult,
@@ -896,6 +930,9 @@ def _broadcast(op, a, b, lut, y, dims, a_str, b_str, p, y_zp, lo, hi):
     """
     a_zp, b_zp, a_mult, a_shift, b_mult, b_shift = p[0], p[1], p[2], p[3], p[4], p[5]
     d0, d1, d2, n = _merge_rows(dims, a_str, b_str)
+    if d0 * d1 * d2 * n >= PAIR_TABLE_MIN:  # the table costs 65536 direct steps; a lookup is several times cheaper
+        _broadcast_pairs(a, b, y, _pair_table(op, p, y_zp, lo, hi, lut), d0, d1, d2, n, a_str, b_str)
+        return
     sa, sb = a_str[3], b_str[3]
     i = 0
     for i0 in range(d0):
@@ -1090,10 +1127,13 @@ def concat_part(x, y, outer, inner, y_inner, y_pos, x_zp, mult, shift, y_zp):
 
     ``y_inner`` is the output's block length (sum of every input's ``inner``).
     """
+    t = np.empty(256, np.int8)  # the rescaled byte of every input byte
+    for v in range(256):
+        t[v] = _clamp8(mbqm(np.int64(v - 128) - x_zp, mult, shift), y_zp, -128, 127)
     for o in range(outer):
         xo, yo = o * inner, o * y_inner + y_pos
         for i in range(inner):
-            y[_u(yo + i)] = _clamp8(mbqm(np.int64(x[_u(xo + i)]) - x_zp, mult, shift), y_zp, -128, 127)
+            y[_u(yo + i)] = t[np.int64(x[_u(xo + i)]) + 128]
 
 
 @njit(cache=True)
@@ -1101,7 +1141,9 @@ def move(arena, src, dst, count):
     """QReshape: memmove count bytes within the arena (a no-op when the planner aliased them)."""
     if src == dst:
         return
-    if dst < src:
+    if abs(dst - src) >= count:  # disjoint: one vectorized copy
+        arena[dst:dst + count] = arena[src:src + count]
+    elif dst < src:
         for i in range(count):
             arena[dst + i] = arena[src + i]
     else:
@@ -1213,17 +1255,26 @@ def _tap(table, r, size):
 
 @njit(cache=True)
 def resize(x, ytab, xtab, y, C, H, W, OH, OW, zp):
-    """QResize: separable two-tap interpolation, weights of 2048, rounded at 2^22."""
+    """QResize: separable two-tap interpolation, weights of 2048, rounded at 2^22. Where both weights
+    are 0 (nearest) the formula gives x[y0, x0] itself, which is then copied."""
+    xs0, xs1, wxs = np.empty(OW, np.int64), np.empty(OW, np.int64), np.empty(OW, np.int64)
+    for ox in range(OW):
+        xs0[ox], xs1[ox], wxs[ox] = _tap(xtab, ox, W)
+    nearest_x = not np.any(wxs)
     for c in range(C):
         for oy in range(OH):
             y0, y1, wy = _tap(ytab, oy, H)
-            r0, r1 = (c * H + y0) * W, (c * H + y1) * W
+            r0, r1, o = (c * H + y0) * W, (c * H + y1) * W, (c * OH + oy) * OW
+            if wy == 0 and nearest_x:
+                for ox in range(OW):
+                    y[o + ox] = x[r0 + xs0[ox]]
+                continue
             for ox in range(OW):
-                x0, x1, wx = _tap(xtab, ox, W)
+                x0, x1, wx = xs0[ox], xs1[ox], wxs[ox]
                 top = (np.int64(x[r0 + x0]) - zp) * (2048 - wx) + (np.int64(x[r0 + x1]) - zp) * wx
                 bot = (np.int64(x[r1 + x0]) - zp) * (2048 - wx) + (np.int64(x[r1 + x1]) - zp) * wx
                 v = rdbpot(top * (2048 - wy) + bot * wy, 22) + zp
-                y[(c * OH + oy) * OW + ox] = min(max(v, -128), 127)
+                y[o + ox] = min(max(v, -128), 127)
 
 
 @njit(cache=True)

@@ -123,11 +123,18 @@ def _broadcast_shapes(rng: np.random.Generator) -> tuple[tuple, tuple, bool]:
 
 
 @SETTINGS
-@given(seed=st.integers(0, 2**32 - 1), op=st.sampled_from(["QAdd", "QMul"]), swap=st.booleans())
-def test_add_mul(backend, seed, op, swap):
+@given(seed=st.integers(0, 2**32 - 1), op=st.sampled_from(["QAdd", "QMul"]), swap=st.booleans(),
+       large=st.booleans())
+def test_add_mul(backend, seed, op, swap, large):
+    """``large`` tensors (> 2^17 elements) reach the Numba pair-table path."""
     rng = np.random.default_rng(seed)
     n = int(rng.integers(1, 3))
     out, other, as_const = _broadcast_shapes(rng)
+    if large:
+        f = -(-150_000 // int(np.prod(out)))
+        if len(other) == len(out) and other[0] == out[0]:
+            other = (other[0] * f,) + other[1:]
+        out = (out[0] * f,) + out[1:]
     acts = {"a": i8(rng, (n,) + out)}
     consts: dict = {}
     if as_const:
