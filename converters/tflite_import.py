@@ -255,7 +255,7 @@ class _Builder:
             self.g.tensors[flat] = Tensor(flat, (1, k), "int8", *([v] for v in self.qp(op.inputs[0])), None)
             self.g.nodes.append(Node("QReshape", flat, [x], [flat], {"shape": [1, k]}))
             x = flat
-        self.weighted(op, "QFullyConnected", w, sw, x, {})
+        self.weighted(op, "QFullyConnected", w, sw, x, {"single_rounding": True})  # as LiteRT's reference FC
 
     def _operands(self, op: TFLiteOp) -> tuple[list[str], tuple[int, ...]]:
         """Both operands of a binary op in one stored order (the first activation's), constants included."""

@@ -57,6 +57,15 @@ def multiply_by_quantized_multiplier(x: np.ndarray, mult: np.ndarray, shift: np.
     return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(shifted, mult), right)
 
 
+def multiply_by_quantized_multiplier_single(x: np.ndarray, mult: np.ndarray, shift: np.ndarray) -> np.ndarray:
+    """x * mult * 2^shift / 2^31 rounded once, half up: (x * mult + 2^(30 - shift)) >> (31 - shift), as the
+    int8 FULLY_CONNECTED reference kernel of TFLite (LiteRT) rounds. x is saturated to int32 and shift
+    clamped to TFLite's [-31, 30] first, so the int64 arithmetic cannot overflow on any input."""
+    x = saturate_int32(np.asarray(x, dtype=np.int64))
+    total = 31 - np.clip(np.asarray(shift, dtype=np.int64), -31, 30)
+    return (x * np.asarray(mult, dtype=np.int64) + (np.int64(1) << (total - 1))) >> total
+
+
 def rounded_div(acc: np.ndarray, count: np.ndarray) -> np.ndarray:
     """TFLite's average-pool rounding: divide by count, round half away from zero (count > 0)."""
     acc = np.asarray(acc, dtype=np.int64)

@@ -105,7 +105,7 @@ if _IMPORT_ERROR is None:
         """Operand spans and shape words of one node record are sane (the kernels do no bounds checks)."""
         n = wd.size
         if op == codes[0] or op == codes[1]:                     # QConv, QFullyConnected
-            if (op == codes[0] and n != 28) or (op == codes[1] and n != 13):
+            if (op == codes[0] and n != 28) or (op == codes[1] and (n != 14 or wd[13] < 0 or wd[13] > 1)):
                 return False
             # Element widths (conv only) and their bytes: int8 or int16 activations.
             xb, yb = (wd[26] // 8, wd[27] // 8) if op == codes[0] else (1, 1)
@@ -340,6 +340,9 @@ if _IMPORT_ERROR is None:
                 K.conv_with(kind, tile, x, w, bias, mult, shift, lut, y, wd[7], wd[8], wd[9], wd[10], wd[11],
                             wd[12], wd[13], wd[14], wd[15], wd[16], wd[17], wd[18], wd[19], wd[20], wd[21],
                             wd[22], wd[23], wd[24], wd[25], ws, ws_ready, threads)
+            elif wd[13]:
+                K.fully_connected_single(x, w, bias, mult, shift, lut, y, wd[7], wd[8], wd[9], wd[10], wd[11],
+                                         wd[12])
             else:
                 K.fully_connected(x, w, bias, mult, shift, lut, y, wd[7], wd[8], wd[9], wd[10], wd[11],
                                   wd[12], threads)

@@ -853,6 +853,21 @@ def fully_connected(x, w, bias, mult, shift, lut, y, K, OC, x_zp, y_zp, act_min,
                (x_zp, y_zp, act_min, act_max), (one, one, one), threads)
 
 
+@njit(cache=True)
+def fully_connected_single(x, w, bias, mult, shift, lut, y, K, OC, x_zp, y_zp, act_min, act_max):
+    """QFullyConnected with TFLite's single rounding (fixedpoint.multiply_by_quantized_multiplier_single)
+    on one sample. A plain loop: only TFLite imports use it, and their FC layers are small."""
+    for o in range(OC):
+        acc = np.int64(bias[o])
+        row = o * K
+        for k in range(K):
+            acc += (np.int64(x[_u(k)]) - x_zp) * np.int64(w[_u(row + k)])
+        total = 31 - min(max(np.int64(shift[o]), -31), 30)
+        v = (min(max(acc, INT32_MIN), INT32_MAX) * np.int64(mult[o]) + (np.int64(1) << (total - 1))) >> total
+        y[_u(o)] = min(max(v + y_zp, act_min), act_max)
+    _apply_lut(y, 0, OC, lut)
+
+
 # --------------------------------------------------------------------------------------------------
 # Elementwise ops
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .fixedpoint import ADD_LEFT_SHIFT, multiply_by_quantized_multiplier as mbqm, rounded_div, rounding_divide_by_pot
+from .fixedpoint import (ADD_LEFT_SHIFT, multiply_by_quantized_multiplier as mbqm,
+                         multiply_by_quantized_multiplier_single as mbqm_single, rounded_div, rounding_divide_by_pot)
 
 
 ACT_DTYPES = {8: np.int8, 16: np.int16}  # activation element types by width
@@ -67,10 +68,13 @@ def conv(x, w, bias, mult, shift, lut=None, *, strides, pads, dilations, group, 
     return _finish(acc, y_zp, act_min, act_max, lut, y_bits)
 
 
-def fully_connected(x, w, bias, mult, shift, lut=None, *, x_zp, y_zp, act_min, act_max):
-    """y[n, o] = requant(sum_k w[o, k] * (x[n, k] - x_zp) + bias[o]), per-output-channel scales."""
+def fully_connected(x, w, bias, mult, shift, lut=None, *, x_zp, y_zp, act_min, act_max, single_rounding=False):
+    """y[n, o] = requant(sum_k w[o, k] * (x[n, k] - x_zp) + bias[o]), per-output-channel scales.
+
+    ``single_rounding``: requantize as TFLite's int8 FULLY_CONNECTED reference does (one rounding, set by
+    the TFLite importer); otherwise with MultiplyByQuantizedMultiplier's two, as every other op."""
     acc = (x.astype(np.int64) - x_zp) @ w.astype(np.int64).T + bias.astype(np.int64)
-    return _finish(mbqm(acc, mult, shift), y_zp, act_min, act_max, lut)
+    return _finish((mbqm_single if single_rounding else mbqm)(acc, mult, shift), y_zp, act_min, act_max, lut)
 
 
 def add(a, b, lut=None, *, a_zp, b_zp, y_zp, a_mult, a_shift, b_mult, b_shift, y_mult, y_shift,

@@ -76,12 +76,12 @@ def _ref_conv(n: Node, x: list[np.ndarray]) -> np.ndarray:
 
 
 # --- QFullyConnected: [x, w, bias, mult, shift, lut?] -> y ; x is [N, K], w is [OC, K]
-# words: x w bias mult shift lut y | K OC | x_zp y_zp min max
+# words: x w bias mult shift lut y | K OC | x_zp y_zp min max | single_rounding
 def _enc_fc(n: Node, ctx: EncodeContext) -> list[int]:
     a = n.attrs
     k, oc = ctx.shape(n.inputs[0])[-1], ctx.shape(n.outputs[0])[-1]
     return [ctx.act(n.inputs[0]), *(ctx.const(t) for t in n.inputs[1:5]), _optional(ctx, n, 5),
-            ctx.act(n.outputs[0]), k, oc, a["x_zp"], a["y_zp"], *_clamp(a)]
+            ctx.act(n.outputs[0]), k, oc, a["x_zp"], a["y_zp"], *_clamp(a), int(bool(a.get("single_rounding")))]
 
 
 def _ref_fc(n: Node, x: list[np.ndarray]) -> np.ndarray:

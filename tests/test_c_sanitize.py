@@ -94,7 +94,10 @@ def _fc(rng: np.random.Generator):
     mult, shift = _requant(rng, oc)
     consts = {"w": _i8(rng, (oc, k)), "b": rng.integers(-(1 << 20), 1 << 20, size=oc).astype(np.int32),
               "m": mult, "s": shift}
-    attrs = dict(x_zp=int(rng.integers(-128, 128)), y_zp=int(rng.integers(-128, 128)), act_min=-128, act_max=127)
+    attrs = dict(x_zp=int(rng.integers(-128, 128)), y_zp=int(rng.integers(-128, 128)), act_min=-128, act_max=127,
+                 single_rounding=bool(rng.random() < 0.5))
+    if attrs["single_rounding"]:  # TFLite's rounding; hostile shifts are clamped, never shifted past 62 bits
+        consts["s"][0] = int(rng.choice([-90, 31, 90]))
     return make_graph("QFullyConnected", {"x": _i8(rng, (3, k))}, consts, ["x", "w", "b", "m", "s"], attrs)
 
 

@@ -107,7 +107,10 @@ def test_fully_connected(backend, seed):
     order = ["x", "w", "b", "m", "s"]
     maybe_lut(rng, consts, order)
     lo, hi = act_range(rng)
-    attrs = dict(x_zp=int(rng.integers(-128, 128)), y_zp=int(rng.integers(-128, 128)), act_min=lo, act_max=hi)
+    attrs = dict(x_zp=int(rng.integers(-128, 128)), y_zp=int(rng.integers(-128, 128)), act_min=lo, act_max=hi,
+                 single_rounding=bool(rng.random() < 0.5))
+    if attrs["single_rounding"] and rng.random() < 0.2:  # shifts outside TFLite's [-31, 30] are clamped
+        consts["s"] = rng.choice([-60, -32, -31, 30, 31, 45], size=oc).astype(np.int32)
     assert_bit_exact(*make_graph("QFullyConnected", {"x": i8(rng, (n, k))}, consts, order, attrs), backend)
 
 

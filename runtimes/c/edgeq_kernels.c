@@ -2593,6 +2593,25 @@ void edgeq_fc(const int8_t *x, const int8_t *w, const int32_t *bias, const int32
                act_min, act_max);
 }
 
+void edgeq_fc_single(const int8_t *x, const int8_t *w, const int32_t *bias, const int32_t *mult,
+                     const int32_t *shift, const int8_t *lut, int8_t *y, int32_t K, int32_t OC,
+                     int32_t x_zp, int32_t y_zp, int32_t act_min, int32_t act_max)
+{
+    int32_t o, k;
+    for (o = 0; o < OC; o++) {
+        const int8_t *wr = w + (int64_t)o * K;
+        const int32_t s = shift[o] < -31 ? -31 : (shift[o] > 30 ? 30 : shift[o]);
+        int64_t acc = bias[o], v;
+        for (k = 0; k < K; k++)
+            acc += (int64_t)(x[k] - x_zp) * wr[k];
+        acc = clip_i64(acc, INT32_MIN, INT32_MAX);
+        v = (acc * mult[o] + ((int64_t)1 << (30 - s))) >> (31 - s);
+        y[o] = (int8_t)clip_i64(v + y_zp, act_min, act_max);
+        if (lut)
+            y[o] = lut[y[o] + 128];
+    }
+}
+
 /* ---- Elementwise binary ops --------------------------------------------------------------------- */
 
 enum { BIN_ADD, BIN_MUL };
@@ -3608,13 +3627,13 @@ static int op_conv(const ctx_t *cx, const int64_t *v, int64_t n)
     return EDGEQ_OK;
 }
 
-/* words: x w bias mult shift lut y | K OC | x_zp y_zp min max */
+/* words: x w bias mult shift lut y | K OC | x_zp y_zp min max | single_rounding */
 static int op_fc(const ctx_t *cx, const int64_t *v, int64_t n)
 {
     int64_t ws;
-    if (n != 13)
+    if (n != 14)
         return EDGEQ_E_RECORD;
-    CHECK(is_dim(v[7]) && is_dim(v[8]));
+    CHECK(is_dim(v[7]) && is_dim(v[8]) && in_range(v[13], 0, 1));
     CHECK(is_i8(v[9]) && is_i8(v[10]) && is_i8(v[11]) && is_i8(v[12]));
     ws = count3(v[7], v[8], 1);
     CHECK(ws > 0);
@@ -3626,10 +3645,11 @@ static int op_fc(const ctx_t *cx, const int64_t *v, int64_t n)
     TRY(lut_span(cx, v[5]));
     TRY(span(cx, v[6], v[8], 0, 1));
     if (!cx->validate)
-        edgeq_fc(cx->arena + v[0], (const int8_t *)(cx->pool + v[1]), (const int32_t *)(cx->pool + v[2]),
-                 (const int32_t *)(cx->pool + v[3]), (const int32_t *)(cx->pool + v[4]), lut_ptr(cx, v[5]),
-                 cx->arena + v[6], (int32_t)v[7], (int32_t)v[8], (int32_t)v[9], (int32_t)v[10], (int32_t)v[11],
-                 (int32_t)v[12]);
+        (v[13] ? edgeq_fc_single : edgeq_fc)(
+            cx->arena + v[0], (const int8_t *)(cx->pool + v[1]), (const int32_t *)(cx->pool + v[2]),
+            (const int32_t *)(cx->pool + v[3]), (const int32_t *)(cx->pool + v[4]), lut_ptr(cx, v[5]),
+            cx->arena + v[6], (int32_t)v[7], (int32_t)v[8], (int32_t)v[9], (int32_t)v[10], (int32_t)v[11],
+            (int32_t)v[12]);
     return EDGEQ_OK;
 }
 

@@ -152,6 +152,13 @@ void edgeq_fc(const int8_t *x, const int8_t *w, const int32_t *bias, const int32
               const int32_t *shift, const int8_t *lut, int8_t *y, int32_t K, int32_t OC,
               int32_t x_zp, int32_t y_zp, int32_t act_min, int32_t act_max);
 
+/* The same with TFLite's single rounding ((acc * mult + 2^(30 - shift)) >> (31 - shift), acc saturated
+ * to int32 and shift clamped to [-31, 30]: fixedpoint.multiply_by_quantized_multiplier_single), as
+ * TFLite's int8 FULLY_CONNECTED reference kernel requantizes. */
+void edgeq_fc_single(const int8_t *x, const int8_t *w, const int32_t *bias, const int32_t *mult,
+                     const int32_t *shift, const int8_t *lut, int8_t *y, int32_t K, int32_t OC,
+                     int32_t x_zp, int32_t y_zp, int32_t act_min, int32_t act_max);
+
 /* TFLite int8 Add over a 4-D broadcast: dims = output shape, *_strides = element strides of each
  * operand (0 where broadcast). */
 void edgeq_add(const int8_t *a, const int8_t *b, const int8_t *lut, int8_t *y, const int32_t dims[4],
