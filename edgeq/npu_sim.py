@@ -298,7 +298,9 @@ def simulate_npu(bundle: str | Path | LoadedBundle, device: str | Path | DeviceP
     fmt = loaded.manifest.get("source", {}).get("format", "onnx")
     key = "tflite_ops" if fmt == "tflite" else "ops"
     op_list = frozenset(npu.get(key, []))
-    recorded = all(n.source_ops for n in g.nodes)
+    stamped = sum(bool(n.source_ops) for n in g.nodes)
+    provenance = "recorded" if stamped == len(g.nodes) else \
+        "partly recorded, the rest inferred from edgeq ops" if stamped else "inferred from edgeq ops (bundle predates source_ops)"
     placed = []
     for i, node in enumerate(g.nodes):
         reason = _fallback_reason(node, g, npu, op_list) if op_list else f"op: the profile lists no [npu] {key}"
@@ -325,8 +327,7 @@ def simulate_npu(bundle: str | Path | LoadedBundle, device: str | Path | DeviceP
                 "transfer_ms": sum(p.transfer_s for p in parts) * 1e3,
                 "constants": {k: lat[k] for k in LATENCY_KEYS}}
     n_npu = sum(p.device == "npu" for p in parts)
-    report = NpuReport(dev.id, "recorded" if recorded else "partly inferred from edgeq ops (bundle predates "
-                       "source_ops)", placed, parts, "NO", not violations, violations,
+    report = NpuReport(dev.id, provenance, placed, parts, "NO", not violations, violations,
                        sum(p.macs for p in placed), estimate, outputs)
     report.verdict = verdict(n_npu, report.npu_node_fraction)
     return report
@@ -339,8 +340,8 @@ def _time(seconds: float) -> str:
 def format_report(r: NpuReport, bundle: str) -> list[str]:
     """The human-readable lines of ``edgeq sim`` for a report."""
     e = r.estimate
-    lines = [f"NPU simulation of {bundle} on {r.device} ({r.provenance} provenance): {len(r.nodes)} nodes, "
-             f"{len(r.partitions)} partitions ({len(r.npu_partitions)} on the NPU)",
+    lines = [f"NPU simulation of {bundle} on {r.device}: {len(r.nodes)} nodes, {len(r.partitions)} partitions "
+             f"({len(r.npu_partitions)} on the NPU); source ops {r.provenance}",
              f"on the NPU: {r.npu_node_fraction:.1%} of the nodes, {r.npu_mac_fraction:.1%} of the {r.total_macs:,} "
              f"MACs; ORT usability verdict: {r.verdict}",
              f"integer-only NPU partitions: {'yes' if r.integer_only else 'NO: ' + '; '.join(r.integer_violations)}",

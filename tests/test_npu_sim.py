@@ -87,7 +87,7 @@ def test_bundle_without_provenance_still_loads(tmp_path):
     write_bundle(old, b.graph, b.plan, meta)
     assert "source_ops" not in read_bundle(old).manifest["graph"]["nodes"][0]
     r = simulate_npu(old)
-    assert r.provenance.startswith("partly inferred")
+    assert r.provenance == "inferred from edgeq ops (bundle predates source_ops)"
     assert [(n.op, n.device) for n in r.nodes] == [("QConv", "npu"), ("QMaxPool", "npu"), ("QLut", "cpu"),
                                                    ("QConv", "npu")]
     assert "no recorded source ops" in r.nodes[2].reason
@@ -184,9 +184,15 @@ def test_tflite_bundles_use_tflite_op_names(tmp_path):
         [("QSoftmax", "op: SOFTMAX not in the profile's NPU op list")]
 
 
-def test_digits_report(tmp_path):
-    path = tmp_path / "digits.edgeq"
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("digits") / "digits.edgeq"
     edgeq.convert(device="android-npu", output=path, progress=False)
+    return path
+
+
+def test_digits_report(digits):
+    path = digits
     x = load_sample().x_test[:3]
     r = simulate_npu(path, "android-npu", {"input": x})
     assert r.provenance == "recorded" and all(n.source_ops for n in r.nodes)
@@ -219,9 +225,18 @@ def _cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["edgeq", "sim", *args], capture_output=True, text=True, cwd=tmp_path)
 
 
-def test_cli(tmp_path):
-    path = tmp_path / "digits.edgeq"
-    edgeq.convert(device="android-npu", output=path, progress=False)
+def test_simulator_imports_no_converter(digits):
+    """The runtime-side rule: the simulator needs neither onnx nor edgeq.converters (nor matplotlib
+    unless it draws)."""
+    code = ("import sys; from edgeq.npu_sim import simulate_npu; r = simulate_npu(sys.argv[1]); "
+            "bad = [m for m in sys.modules if m.split('.')[0] in ('onnx', 'onnxruntime', 'matplotlib', 'tflite') "
+            "or m.startswith('edgeq.converters')]; print(bad, r.verdict); sys.exit(1 if bad else 0)")
+    out = subprocess.run([sys.executable, "-c", code, str(digits)], capture_output=True, text=True, cwd=digits.parent)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_cli(tmp_path, digits):
+    path = digits
     np.save(tmp_path / "x.npy", load_sample().x_test[:2])
     x = str(tmp_path / "x.npy")
     png = tmp_path / "map.png"
