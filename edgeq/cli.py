@@ -402,7 +402,7 @@ def _parser() -> argparse.ArgumentParser:
                             "profiles, qemu-aarch64 for AArch64 Linux profiles (rpi5); for NPU profiles "
                             "(android-npu) also the NPU partition report and latency estimate")
     s.add_argument("bundle")
-    s.add_argument("--device", required=True, help="MCU or AArch64 Linux profile id (see `edgeq devices`) or a "
+    s.add_argument("--device", required=True, help="MCU, AArch64 Linux or NPU profile id (see `edgeq devices`) or a "
                                                    "profile .toml path")
     s.add_argument("--input", required=True, help=".npy (one input) or .npz keyed by input name; float32, batch first")
     s.add_argument("-o", "--output", help="write dequantized outputs to .npy/.npz")
