@@ -156,25 +156,25 @@ def split_wide_channels(g: Graph, groups: dict[str, list[np.ndarray]]) -> dict[s
             a_in = [a.inputs[0], _take(g, a.inputs[1], tag + "_wa", idx)] + \
                 ([_take(g, bias_a, tag + "_ba", idx)] if bias_a else [])
             x = _part(g, tag + "_a", a.outputs[0], i, len(idx), parts_of)
-            nodes = [Node("Conv", tag + "_pw", a_in, [x], dict(a.attrs))]
+            nodes = [Node("Conv", tag + "_pw", a_in, [x], dict(a.attrs), list(a.source_ops))]
             for n in between:
                 y = _part(g, tag + "_" + n.op.lower(), n.outputs[0], i, len(idx), parts_of)
-                nodes.append(Node(n.op, f"{tag}_{n.name}", [x], [y], dict(n.attrs)))
+                nodes.append(Node(n.op, f"{tag}_{n.name}", [x], [y], dict(n.attrs), list(n.source_ops)))
                 x = y
             bias_b = b.inputs[2] if len(b.inputs) > 2 and b.inputs[2] else None
             b_in = [x, _take(g, b.inputs[1], tag + "_wb", idx)] + ([_take(g, bias_b, tag + "_bb", idx)] if bias_b else [])
             x = _part(g, tag + "_dw", b.outputs[0], i, len(idx), parts_of)
-            nodes.append(Node("Conv", tag + "_dw", b_in, [x], dict(b.attrs, group=len(idx))))
+            nodes.append(Node("Conv", tag + "_dw", b_in, [x], dict(b.attrs, group=len(idx)), list(b.source_ops)))
             for n in after:
                 y = _part(g, tag + "_" + n.op.lower(), n.outputs[0], i, len(idx), parts_of)
-                nodes.append(Node(n.op, f"{tag}_{n.name}", [x], [y], dict(n.attrs)))
+                nodes.append(Node(n.op, f"{tag}_{n.name}", [x], [y], dict(n.attrs), list(n.source_ops)))
                 x = y
             parts.append((nodes, x))
         perm = np.concatenate(groups[b.name])
         for u in users:
             u.inputs = [u.inputs[0], _take(g, u.inputs[1], u.name + "_wperm", perm, axis=1)] + u.inputs[2:]
         last = after[-1] if after else b
-        concat = Node("Concat", last.name, [o for _, o in parts], list(last.outputs), {"axis": 1})
+        concat = Node("Concat", last.name, [o for _, o in parts], list(last.outputs), {"axis": 1}, list(last.source_ops))
         at = g.nodes.index(a)
         for n in [a] + between + [b] + after:
             g.nodes.remove(n)

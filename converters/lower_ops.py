@@ -50,6 +50,7 @@ def _pad(g: Graph, node: Node) -> list[Node]:
             (reader.op == "Conv" or reader.op == "AveragePool" and reader.attrs["count_include_pad"]):
         reader.attrs["pads"] = [p + q for p, q in zip(reader.attrs["pads"], hw)]
         reader.inputs[0] = node.inputs[0]
+        reader.absorb(node)
         return []
     c = g.tensors[node.inputs[0]].shape[1]
     return [_depthwise(g, node, node.inputs[0], np.ones(c), np.zeros(c), hw)]
@@ -128,7 +129,7 @@ def lower_standalone_ops(g: Graph) -> bool:
         if rule is None or node.op in ("Sub", "Div") and node.inputs[1] in g.consts:
             continue  # (a constant second operand became Add/Mul in passes.constant_sub_div)
         i = g.nodes.index(node)
-        g.nodes[i: i + 1] = rule(g, node)
+        g.nodes[i: i + 1] = [made.absorb(node) for made in rule(g, node)]
         changed = True
     return changed
 
@@ -138,4 +139,4 @@ def unary_tables(g: Graph) -> None:
     for i, node in enumerate(g.nodes):
         if node.op in TABLE_OPS:
             g.nodes[i] = Node("Chain", node.name, node.inputs[:1], list(node.outputs),
-                              {"steps": [{"op": node.op, **node.attrs}]})
+                              {"steps": [{"op": node.op, **node.attrs}]}, node.source_ops)

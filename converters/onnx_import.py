@@ -225,7 +225,10 @@ class _Importer:
             g.add_const(init.name, arr)
         g.metadata = {p.key: p.value for p in self.model.metadata_props}
         for node in self.model.graph.node:
+            first = len(g.nodes)
             self.node(node)
+            for made in g.nodes[first:]:  # provenance (ir.Node.source_ops), kept by every later rewrite
+                made.source_ops = [node.op_type]
         g.outputs = [self.name(o) for o in g.outputs]
         for o in self.model.graph.output:
             if self.name(o.name) in g.consts:

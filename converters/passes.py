@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from edgeq.errors import ModelError
-from edgeq.ir import Graph, Node, Tensor
+from edgeq.ir import Graph, Node, Tensor, merged_sources
 from .float_ops import ACTIVATIONS, FLOAT_OPS, run_shapes
 from .lower_ops import lower_standalone_ops, unary_tables
 
@@ -80,13 +80,14 @@ def fold_batchnorm(g: Graph) -> None:
             bname = g.add_const(g.unique_name(prod.name + "_bbn"), (b * mul + add).astype(np.float32))
             prod.inputs = [prod.inputs[0], wname, bname]
             prod.outputs = bn.outputs
+            prod.absorb(bn)
             g.nodes.remove(bn)
         else:
             mid = g.unique_name(bn.name + "_scaled")
             g.tensors[mid] = Tensor(mid, g.tensors[x].shape, "float32")
             i = g.nodes.index(bn)
-            g.nodes[i: i + 1] = [Node("Mul", bn.name + "_mul", [x, mul_name], [mid]),
-                                 Node("Add", bn.name + "_add", [mid, add_name], bn.outputs)]
+            g.nodes[i: i + 1] = [Node("Mul", bn.name + "_mul", [x, mul_name], [mid]).absorb(bn),
+                                 Node("Add", bn.name + "_add", [mid, add_name], bn.outputs).absorb(bn)]
 
 
 def fuse_activations(g: Graph) -> None:
@@ -99,6 +100,7 @@ def fuse_activations(g: Graph) -> None:
             continue
         prod.attrs["act"] = {"op": act.op, **act.attrs}
         prod.outputs = act.outputs
+        prod.absorb(act)
         producers[act.outputs[0]] = prod
         g.nodes.remove(act)
 
@@ -114,7 +116,8 @@ def constant_sub_div(g: Graph) -> None:
             continue
         value = (-c if node.op == "Sub" else 1.0 / c).astype(np.float32)
         name = g.add_const(g.unique_name(node.inputs[1] + ("_neg" if node.op == "Sub" else "_recip")), value)
-        g.nodes[i] = Node("Add" if node.op == "Sub" else "Mul", node.name, [node.inputs[0], name], node.outputs)
+        g.nodes[i] = Node("Add" if node.op == "Sub" else "Mul", node.name, [node.inputs[0], name], node.outputs,
+                          source_ops=node.source_ops)
 
 
 def _scalar(g: Graph, name: str) -> float | None:
@@ -141,7 +144,8 @@ def fuse_hardswish(g: Graph) -> None:
                     or any(_single_consumer(g, t) is None for t in inner):
                 continue
             i = g.nodes.index(scale)
-            g.nodes[i] = Node("HardSwish", scale.name, [x], scale.outputs)
+            g.nodes[i] = Node("HardSwish", scale.name, [x], scale.outputs,
+                              source_ops=merged_sources(add, clip, prod_mul, scale))
             for dead in (add, clip, prod_mul):
                 g.nodes.remove(dead)
             break
@@ -186,9 +190,10 @@ def split_batch_transposes(g: Graph) -> None:
                 consts = [g.add_const(g.unique_name(base + k), np.array(v, dtype=np.int64))
                           for k, v in (("_starts", [start]), ("_ends", [start + 1]), ("_axes", [src]))]
                 picked, squeezed = g.unique_name(base + "_picked"), g.unique_name(base + "_squeezed")
-                new = [Node("Slice", base, [tr.inputs[0], *consts], [picked]),
-                       Node("Squeeze", base + "_squeeze", [picked], [squeezed], {"axes": [src]}),
-                       Node("Transpose", base + "_transpose", [squeezed], list(sq.outputs), {"perm": rest})]
+                made = merged_sources(tr, sl, sq)
+                new = [Node("Slice", base, [tr.inputs[0], *consts], [picked], source_ops=made),
+                       Node("Squeeze", base + "_squeeze", [picked], [squeezed], {"axes": [src]}, made),
+                       Node("Transpose", base + "_transpose", [squeezed], list(sq.outputs), {"perm": rest}, made)]
                 i = g.nodes.index(sl)
                 g.nodes[i: i + 1] = new
                 g.nodes.remove(sq)
@@ -221,7 +226,8 @@ def fuse_swish(g: Graph) -> None:
             dead = [sig] + ([inner] if sig.inputs[0] != x else [])
             if any(_single_consumer(g, d.outputs[0]) is None for d in dead):
                 continue
-            g.nodes[g.nodes.index(mul)] = Node("Swish", mul.name, [x], list(mul.outputs), {"alpha": alpha})
+            g.nodes[g.nodes.index(mul)] = Node("Swish", mul.name, [x], list(mul.outputs), {"alpha": alpha},
+                                               merged_sources(*dead, mul))
             for d in dead:
                 g.nodes.remove(d)
             break
@@ -272,7 +278,7 @@ def fuse_layer_norm(g: Graph) -> None:
         names = [g.add_const(g.unique_name(div.name + "_gamma"), gamma),
                  g.add_const(g.unique_name(div.name + "_beta"), beta)]
         ln = Node("LayerNorm", div.name, [sub.inputs[0], *names], list(last.outputs),
-                  {"eps": float(pair[1].reshape(-1)[0])})
+                  {"eps": float(pair[1].reshape(-1)[0])}, merged_sources(*inner, last))
         g.nodes[g.nodes.index(last)] = ln
         for n in inner:
             if n is not last and n in g.nodes:
@@ -307,6 +313,7 @@ def fold_bias_adds(g: Graph) -> None:
         bname = g.add_const(g.unique_name(prod.name + "_bias"), (b + extra).astype(np.float32))
         prod.inputs = [prod.inputs[0], prod.inputs[1], bname]
         prod.outputs = list(add.outputs)
+        prod.absorb(add)
         producers[add.outputs[0]] = prod
         g.nodes.remove(add)
 
@@ -331,6 +338,7 @@ def fold_conv_affine(g: Graph) -> None:
         bname = g.add_const(g.unique_name(prod.name + "_bscaled"), (b * scale).astype(np.float32))
         prod.inputs = [prod.inputs[0], wname, bname]
         prod.outputs = list(mul.outputs)
+        prod.absorb(mul)
         producers[mul.outputs[0]] = prod
         g.nodes.remove(mul)
 
@@ -366,7 +374,8 @@ def fuse_unary_chains(g: Graph) -> None:
         if len(run) >= 2 and any(s["op"] not in ("Mul", "Add") for _, s in run):
             first, last = run[0][0], run[-1][0]
             x = first.inputs[0] if first.op in ACTIVATIONS else _const_input(g, first)[0]
-            chain = Node("Chain", last.name, [x], list(last.outputs), {"steps": [s for _, s in run]})
+            chain = Node("Chain", last.name, [x], list(last.outputs), {"steps": [s for _, s in run]},
+                         merged_sources(*(n for n, _ in run)))
             g.nodes[g.nodes.index(last)] = chain
             for n, _ in run[:-1]:
                 g.nodes.remove(n)
@@ -408,8 +417,10 @@ def pixel_shuffle_conv_transpose(g: Graph) -> bool:
 
 
 def _splice(g: Graph, old: Node, new: list[Node]) -> None:
-    """Replace ``old`` by ``new`` in place; new intermediate tensors get shapes from the next infer_shapes."""
+    """Replace ``old`` by ``new`` in place (they inherit its source ops); new intermediate tensors get shapes
+    from the next infer_shapes."""
     for node in new:
+        node.absorb(old)
         for o in node.outputs:
             if o not in old.outputs:
                 g.tensors[o] = Tensor(o, (), "float32")

@@ -197,7 +197,7 @@ class _Rewriter:
             if pads[idx] is not None:
                 attrs["pads"] = pads[idx]
             local[out] = self._tensor(out, out + tag, need[out])
-            self.nodes.append(Node(node.op, node.name + tag, inputs, [local[out]], attrs))
+            self.nodes.append(Node(node.op, node.name + tag, inputs, [local[out]], attrs, list(node.source_ops)))
         shape = g.tensors[self.boundary].shape
         placed = self.boundary if last else self._tensor(self.boundary, f"{self.boundary}@canvas{pi}_{pj}",
                                                           (0, shape[2], 0, shape[3]))

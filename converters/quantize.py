@@ -123,10 +123,13 @@ class _Quantizer:
                 raise UnsupportedOpError(f"op {node.op} (node '{node.name}') cannot be quantized to int8 yet")
             if node.outputs[0] in self.wide and node.op not in WIDE_OUTPUT_OPS:
                 raise UnsupportedOpError(f"node '{node.name}': {node.op} has no int16 output")
+            first = len(self.g.nodes)
             if node.op not in WIDE_INPUT_OPS and any(i in self.wide for i in node.inputs):
                 node = Node(node.op, node.name, [self.narrow(i) if i in self.wide else i for i in node.inputs],
-                            node.outputs, node.attrs)
+                            node.outputs, node.attrs, node.source_ops)
             handler(node)
+            for made in self.g.nodes[first:]:  # (a QRequantize made for this node's input serves it too)
+                made.source_ops = list(node.source_ops)
         _fuse_tables(self.g)
         return self.g
 
@@ -384,6 +387,7 @@ def _fuse_tables(g: Graph) -> None:
             continue
         prod.inputs.append(lut.inputs[1])
         prod.outputs = list(lut.outputs)
+        prod.absorb(lut)
         producers[lut.outputs[0]] = prod
         g.nodes.remove(lut)
     g.prune()

@@ -492,11 +492,17 @@ class _Builder:
             if handler is None:
                 raise UnsupportedOpError(f"TFLite op {op.code} (node {op.index}) is not supported; supported: "
                                          f"{', '.join(SUPPORTED_OPS)}")
+            first = len(self.g.nodes)
             handler(op)
+            for made in self.g.nodes[first:]:  # provenance (ir.Node.source_ops): TFLite's op code names
+                made.source_ops = [op.code]
         for i in outputs:
             if i not in self.stored:
                 raise ModelError(f"output tensor '{self.t(i).name}' is not computed by any supported op")
+            first = len(self.g.nodes)
             self.g.outputs.append(self.view(i, tuple(range(len(self.t(i).shape)))))
+            for made in self.g.nodes[first:]:  # back to the model's stored layout: what TFLite's TRANSPOSE does
+                made.source_ops = ["TRANSPOSE" if made.op in ("QStridedCopy", "Transpose") else "RESHAPE"]
         self.finish()
         return self.g
 

@@ -242,6 +242,8 @@ def _validate_graph(g: Graph, plan: MemoryPlan, path: Path) -> None:
             for x in (v if isinstance(v, list) else [v]):
                 _check_int(int(x) if isinstance(x, bool) else x, f"node '{node.name}' attribute {k}", path)
         _check_window(node, g, path)
+        if not isinstance(node.source_ops, list) or not all(isinstance(s, str) and s for s in node.source_ops):
+            raise _fail(path, f"node '{node.name}' source_ops must be a list of op type names")
     _check_int(plan.arena_bytes, "arena size", path, 0, MAX_ELEMENTS)
     for name, t in g.tensors.items():
         if name in g.consts:

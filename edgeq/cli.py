@@ -296,8 +296,13 @@ def cmd_sim(args: argparse.Namespace) -> None:
     bundle = load(args.bundle, backend="reference")
     inputs = _read_inputs(args.input, bundle)
     device = resolve_device(args.device)
+    npu = _sim_npu(args, bundle, device, inputs)
+    if npu is not None and args.no_qemu:
+        data, lines = npu
+        _emit(args, _outputs(args, data.pop("reference_outputs"), data, lines), "\n".join(lines))
+        return
     if device.toolchain.emulator == "qemu-aarch64":
-        _sim_linux(args, bundle, device, inputs)
+        _sim_linux(args, bundle, device, inputs, npu)
         return
     result = simulate(bundle._loaded, device, inputs, timeout=args.timeout or DEFAULT_TIMEOUT_S,
                       stack_bytes=args.stack_bytes or DEFAULT_STACK_BYTES, build_dir=args.build_dir, profile=args.profile)
@@ -318,7 +323,23 @@ def cmd_sim(args: argparse.Namespace) -> None:
     _emit(args, _outputs(args, result.outputs, r, lines), "\n".join(lines))
 
 
-def _sim_linux(args: argparse.Namespace, bundle: Any, device: Any, inputs: dict[str, np.ndarray]) -> None:
+def _sim_npu(args: argparse.Namespace, bundle: Any, device: Any,
+             inputs: dict[str, np.ndarray]) -> tuple[dict[str, Any], list[str]] | None:
+    """The NPU report (default for profiles with an [npu] table, or asked for with --npu/--plot/--no-qemu):
+    its JSON (with the reference outputs under "reference_outputs") and its lines; None when not wanted."""
+    from .npu_sim import format_report, npu_device, plot_partitions, simulate_npu
+    if not (device.npu or args.npu or args.plot or args.no_qemu):
+        return None
+    report = simulate_npu(bundle._loaded, npu_device(device), inputs)
+    lines = format_report(report, args.bundle)
+    if args.plot:
+        plot_partitions(report, args.plot)
+        lines.append(f"wrote the partition map to {args.plot}")
+    return {"npu": report.to_dict(), "reference_outputs": report.outputs}, lines
+
+
+def _sim_linux(args: argparse.Namespace, bundle: Any, device: Any, inputs: dict[str, np.ndarray],
+               npu: tuple[dict[str, Any], list[str]] | None = None) -> None:
     from .linux_sim import DEFAULT_TIMEOUT_S, simulate_linux
     if args.profile or args.stack_bytes:
         raise InputError(f"--profile and --stack-bytes apply to microcontroller profiles, not to {device.id}")
@@ -330,6 +351,12 @@ def _sim_linux(args: argparse.Namespace, bundle: Any, device: Any, inputs: dict[
              f"static executable {_human(r['executable_bytes'])}, arena {_human(r['arena_bytes'])}, "
              f"constants {_human(r['constants_bytes'])}; {r['macs_per_sample']:,} MACs per sample",
              f"{r['emulated_ms_per_sample']} ms per sample under emulation ({r['timing_note']})"]
+    if npu is not None:  # the CPU build is checked against the same integer reference the NPU must match
+        data, npu_lines = npu
+        same = all(np.array_equal(result.outputs[k], v) for k, v in data["reference_outputs"].items())
+        r["npu"] = data["npu"]
+        r["cpu_build_matches_reference"] = same
+        lines = npu_lines + lines + [f"CPU build outputs {'equal' if same else 'DIFFER FROM'} the integer reference"]
     _emit(args, _outputs(args, result.outputs, r, lines), "\n".join(lines))
 
 
@@ -404,9 +431,10 @@ def _parser() -> argparse.ArgumentParser:
                                     "MCU profile id or profile .toml path")
     e.add_argument("--stack-bytes", type=int, help=f"stack reserve in the linker script (default {DEFAULT_STACK_BYTES})")
     s = add("sim", cmd_sim, "build a bundle's C for a device and run it under QEMU: qemu-system-arm for Cortex-M "
-                            "profiles, qemu-aarch64 for AArch64 Linux profiles (rpi5)")
+                            "profiles, qemu-aarch64 for AArch64 Linux profiles (rpi5); for NPU profiles "
+                            "(android-npu) also the NPU partition report and latency estimate")
     s.add_argument("bundle")
-    s.add_argument("--device", required=True, help="MCU or AArch64 Linux profile id (see `edgeq devices`) or a "
+    s.add_argument("--device", required=True, help="MCU, AArch64 Linux or NPU profile id (see `edgeq devices`) or a "
                                                    "profile .toml path")
     s.add_argument("--input", required=True, help=".npy (one input) or .npz keyed by input name; float32, batch first")
     s.add_argument("-o", "--output", help="write dequantized outputs to .npy/.npz")
@@ -414,6 +442,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--stack-bytes", type=int, help=f"stack reserve in the linker script (default {DEFAULT_STACK_BYTES})")
     s.add_argument("--build-dir", help="keep the generated project, firmware and I/O files here")
     s.add_argument("--profile", action="store_true", help="run node by node and report each node's instructions")
+    s.add_argument("--npu", action="store_true", help="add the NPU report (partitions, ORT verdict, latency estimate; "
+                                                      "on by default for profiles with an [npu] table; docs/npu.md)")
+    s.add_argument("--no-qemu", action="store_true", help="NPU report only: skip building and emulating the CPU code")
+    s.add_argument("--plot", metavar="FILE.png", help="draw the NPU partition map (nodes colored NPU/CPU, time per "
+                                                      "partition)")
     llm_cli.add_commands(add)
     return p
 

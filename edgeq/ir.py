@@ -63,16 +63,33 @@ class Node:
     inputs: list[str]
     outputs: list[str]
     attrs: dict[str, Any] = field(default_factory=dict)
+    # Provenance: the source model's op types (ONNX or TFLite names) this node was made from, kept through
+    # every rewrite and fusion. A delegate (NNAPI, QNN) places source ops, not edgeq's integer ops, so the
+    # NPU simulator needs them. Empty for nodes the importers did not stamp (and bundles older than it).
+    source_ops: list[str] = field(default_factory=list)
+
+    def absorb(self, *others: "Node") -> "Node":
+        """Add the source ops of ``others`` (nodes fused into or replaced by this one); returns self."""
+        self.source_ops = merged_sources(self, *others)
+        return self
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-able form used by the bundle manifest."""
-        return {"op": self.op, "name": self.name, "inputs": self.inputs, "outputs": self.outputs,
-                "attrs": self.attrs}
+        """JSON-able form used by the bundle manifest (``source_ops`` only when known)."""
+        d = {"op": self.op, "name": self.name, "inputs": self.inputs, "outputs": self.outputs, "attrs": self.attrs}
+        if self.source_ops:
+            d["source_ops"] = list(self.source_ops)
+        return d
 
     @staticmethod
     def from_dict(d: dict[str, Any]) -> "Node":
         """Inverse of :meth:`to_dict`."""
-        return Node(d["op"], d["name"], list(d["inputs"]), list(d["outputs"]), dict(d.get("attrs", {})))
+        return Node(d["op"], d["name"], list(d["inputs"]), list(d["outputs"]), dict(d.get("attrs", {})),
+                    list(d.get("source_ops", [])))
+
+
+def merged_sources(*nodes: Node) -> list[str]:
+    """The source ops of ``nodes`` in order of first appearance, each once."""
+    return list(dict.fromkeys(s for n in nodes for s in n.source_ops))
 
 
 @dataclass
