@@ -18,14 +18,13 @@ Runtime side: NumPy only (matplotlib lazily for the picture); never onnx or edge
 from __future__ import annotations
 
 import hashlib
-import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
 import numpy as np
 
-from .bundle import LoadedBundle, read_bundle, write_atomic
+from .bundle import LoadedBundle, read_bundle
 from .devices import DeviceProfile, get_device, list_devices, load_profile
 from .errors import InputError
 from .ir import Graph, Node
@@ -363,13 +362,9 @@ def format_report(r: NpuReport, bundle: str) -> list[str]:
 def plot_partitions(r: NpuReport, path: str | Path, title: str = "") -> None:
     """Write a PNG of the partition map: one bar per node along the graph, colored NPU/CPU, its height the
     node's estimated time, each partition labeled with its time (needs matplotlib)."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.patches import Patch
-    except ImportError:
-        raise InputError("--plot needs matplotlib: pip install 'edgeq[all]' (or pip install matplotlib)") from None
+    from .plots import pyplot, save_png
+    plt = pyplot()
+    from matplotlib.patches import Patch
     colors = {"npu": "#4c78a8", "cpu": "#e45756"}
     fig, ax = plt.subplots(figsize=(max(8.0, min(24.0, len(r.nodes) * 0.08 + 6)), 4.5), dpi=110)
     times_us = [n.time_s * 1e6 for n in r.nodes]
@@ -390,8 +385,4 @@ def plot_partitions(r: NpuReport, path: str | Path, title: str = "") -> None:
                  fontsize=9)
     ax.legend([Patch(color=colors["npu"]), Patch(color=colors["cpu"])], ["NPU", "CPU fallback"], fontsize=8, ncol=2,
               loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    write_atomic(path, [buf.getvalue()])
+    save_png(fig, path)
