@@ -306,7 +306,7 @@ def _sim_linux(args: argparse.Namespace, bundle: Any, device: Any, inputs: dict[
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import llm_cli
+    from . import finetune_cli, llm_cli
     from .export_c import DEFAULT_STACK_BYTES
     from .runtimes.executor import BACKENDS
     p = argparse.ArgumentParser(prog="edgeq", description="Trained model + target device -> verified on-device bundle.")
@@ -383,6 +383,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--build-dir", help="keep the generated project, firmware and I/O files here")
     s.add_argument("--profile", action="store_true", help="run node by node and report each node's instructions")
     llm_cli.add_commands(add)
+    finetune_cli.add_commands(add)
     return p
 
 
