@@ -5,7 +5,7 @@ slants every digit; no download). 160 of them, with labels, are the on-device tr
 are the shifted test set. The INT8 bundle for the device is fine-tuned with every method and compared in
 one run: accuracy on the shifted test set (and on the same 200 digits unrotated, to see forgetting),
 bytes beyond inference and wall time. The QAS-tuned bundle is written atomically, reloaded, and run on
-every backend, which must agree bit for bit.
+every backend, which must agree bit for bit. The split is also saved as train.npz / test.npz in --out.
 
     python apps/finetune/finetune_demo.py [--device stm32h7] [--epochs 20] [--out DIR] [--plot curves.png] [--json]
 """
@@ -81,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
                        check=True, stdout=subprocess.DEVNULL)
     bundle = edgeq.load(path)
     d = shifted_split()
+    # The same split as files, for trying `edgeq finetune` by hand.
+    np.savez(out / "train.npz", x=d["x_train"], y=d["y_train"])
+    np.savez(out / "test.npz", x=d["x_test"], y=d["y_test"])
     rows = [{"method": "none", "shifted_test": _accuracy(bundle, d["x_test"], d["y_test"]),
              "clean_test": _accuracy(bundle, d["x_test_clean"], d["y_test"]), "extra_bytes": 0,
              "total_bytes": bundle.plan.arena_bytes, "seconds": 0.0, "updates": "-"}]
