@@ -168,7 +168,7 @@ def finetune(bundle: str | Path | Bundle, x: np.ndarray, y: np.ndarray, device: 
             result.losses.append(float(np.mean(losses)))
             result.accuracy.append(_accuracy(trainer, exs, ey))
     result.seconds = time.perf_counter() - start
-    result.consts = {} if method == "fp32" else trainer.consts if hasattr(trainer, "consts") else trainer.bp.consts
+    result.consts = {} if method == "fp32" else trainer.consts
     return result
 
 

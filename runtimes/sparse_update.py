@@ -14,13 +14,14 @@ in real units. Without QAS the same learning rate moves the integers by about s_
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from edgeq.errors import InputError
 from edgeq.ir import Graph, Node
-from .backprop import (TRAINABLE_OPS, RealParams, backward, cross_entropy, forward_int8, forward_real, layer_quant,
+from .backprop import (TRAINABLE_OPS, RealParams, Tape, backward, cross_entropy, forward_int8, forward_real, layer_quant,
                        real_params)
 from .fixedpoint import INT32_MAX, INT32_MIN
 
@@ -79,6 +80,13 @@ def select_channels(node: Node, w: np.ndarray, ratio: float) -> np.ndarray:
     return np.sort(np.argsort(-norms, kind="stable")[:keep])
 
 
+def channel_index(node: Node, w: np.ndarray, channels: np.ndarray) -> tuple:
+    """The index selecting ``channels`` along the weight's :func:`channel_axis`."""
+    idx: list = [slice(None)] * w.ndim
+    idx[channel_axis(node, w)] = channels
+    return tuple(idx)
+
+
 def check_scheme(graph: Graph, scheme: UpdateScheme) -> None:
     """InputError unless every layer the scheme names is a conv/FC node and every ratio is in (0, 1]."""
     names = {n.name for n in trainable_nodes(graph)}
@@ -106,8 +114,40 @@ def integer_gradients(g_w: np.ndarray, g_b: np.ndarray, s_w: np.ndarray, s_x: fl
     return g_w * s_w.reshape((-1,) + (1,) * (g_w.ndim - 1)), g_b * s_w * s_x
 
 
+class _Backprop(ABC):
+    """SGD by backprop over a scheme: subclasses say how to run forward and where the weights live."""
+
+    graph: Graph
+    scheme: UpdateScheme
+    _first: str
+
+    @abstractmethod
+    def _forward(self, x: np.ndarray, first: str | None = None) -> tuple[np.ndarray, Tape]:
+        """(real logits, tape of the nodes from ``first``) of a batch."""
+
+    @abstractmethod
+    def _weights(self) -> dict:
+        """Where ``backward`` finds the current weights (integer ``consts`` or real ``params``)."""
+
+    @abstractmethod
+    def _apply(self, node: Node, g_w: np.ndarray, g_b: np.ndarray) -> None:
+        """Apply one layer's update (called by ``backward`` as soon as its gradients exist)."""
+
+    def step(self, x: np.ndarray, labels: np.ndarray) -> float:
+        """One SGD step on a batch (int8 inputs for the integer model, real for the float one); returns the
+        batch loss before the step."""
+        logits, tape = self._forward(x, self._first)
+        loss, grad = cross_entropy(logits, labels)
+        backward(self.graph, tape, grad, self._first, set(self.scheme.layers), self._apply, **self._weights())
+        return loss
+
+    def logits(self, x: np.ndarray) -> np.ndarray:
+        """Real logits of the current model."""
+        return self._forward(x)[0]
+
+
 @dataclass
-class SparseTrainer:
+class SparseTrainer(_Backprop):
     """Trains an int8 graph in place with SGD on a sparse update scheme.
 
     ``consts`` are writable copies of the updated constants (the rest stay views of the bundle);
@@ -147,25 +187,19 @@ class SparseTrainer:
             b[...] = np.clip(np.rint(b - self.lr * gi_b), INT32_MIN, INT32_MAX).astype(np.int32)
         if node.name in self.channels:
             w = self.consts[node.inputs[1]]
-            idx = [slice(None)] * w.ndim
-            idx[channel_axis(node, w)] = self.channels[node.name]
-            part = w[tuple(idx)].astype(np.float64) - self.lr * gi_w[tuple(idx)]
-            w[tuple(idx)] = np.clip(np.rint(part), -WEIGHT_MAX, WEIGHT_MAX).astype(np.int8)
+            idx = channel_index(node, w, self.channels[node.name])
+            part = w[idx].astype(np.float64) - self.lr * gi_w[idx]
+            w[idx] = np.clip(np.rint(part), -WEIGHT_MAX, WEIGHT_MAX).astype(np.int8)
 
-    def step(self, x_q: np.ndarray, labels: np.ndarray) -> float:
-        """One SGD step on a batch of int8 inputs; returns the batch loss before the step."""
-        logits, tape = forward_int8(self.graph, x_q, self.consts, first=self._first)
-        loss, grad = cross_entropy(logits, labels)
-        backward(self.graph, tape, grad, self._first, set(self.scheme.layers), self._apply, consts=self.consts)
-        return loss
+    def _forward(self, x: np.ndarray, first: str | None = None) -> tuple[np.ndarray, Tape]:
+        return forward_int8(self.graph, x, self.consts, first)
 
-    def logits(self, x_q: np.ndarray) -> np.ndarray:
-        """Real logits of the current integer model."""
-        return forward_int8(self.graph, x_q, self.consts)[0]
+    def _weights(self) -> dict:
+        return {"consts": self.consts}
 
 
 @dataclass
-class FloatTrainer:
+class FloatTrainer(_Backprop):
     """fp32-style SGD (float64 here) on the float model the integer graph stands for, same scheme: the
     reference point QAS aims at."""
 
@@ -186,9 +220,7 @@ class FloatTrainer:
             w = self.params[name][0]
             mask = np.zeros(w.shape, dtype=bool)
             if name in weights:
-                idx = [slice(None)] * w.ndim
-                idx[channel_axis(n, w)] = select_channels(n, g.consts[n.inputs[1]], weights[name])
-                mask[tuple(idx)] = True
+                mask[channel_index(n, w, select_channels(n, g.consts[n.inputs[1]], weights[name]))] = True
             self.masks[name] = mask
         self._first = self.scheme.first(g)
 
@@ -199,13 +231,8 @@ class FloatTrainer:
             b = b - self.lr * g_b
         self.params[node.name] = (w, b)
 
-    def step(self, x: np.ndarray, labels: np.ndarray) -> float:
-        """One SGD step on a batch of real inputs; returns the batch loss before the step."""
-        logits, tape = forward_real(self.graph, x, self.params, first=self._first)
-        loss, grad = cross_entropy(logits, labels)
-        backward(self.graph, tape, grad, self._first, set(self.scheme.layers), self._apply, params=self.params)
-        return loss
+    def _forward(self, x: np.ndarray, first: str | None = None) -> tuple[np.ndarray, Tape]:
+        return forward_real(self.graph, x, self.params, first)
 
-    def logits(self, x: np.ndarray) -> np.ndarray:
-        """Real logits of the current float model."""
-        return forward_real(self.graph, x, self.params)[0]
+    def _weights(self) -> dict:
+        return {"params": self.params}

@@ -111,6 +111,11 @@ class ElasticTrainer:
     bp: SparseTrainer
     zo: ZOTrainer
 
+    @property
+    def consts(self) -> dict[str, np.ndarray]:
+        """The integer constants both parts update."""
+        return self.bp.consts
+
     def step(self, x_q: np.ndarray, labels: np.ndarray) -> float:
         """A backprop step of the last layers, then an SPSA step of the first ones; returns the BP loss."""
         loss = self.bp.step(x_q, labels)
