@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from edgeq.errors import DoesNotFitError
+from edgeq.errors import DoesNotFitError, InputError
 from edgeq.ir import Graph, Node
 from .backprop import TRAINABLE_OPS, region
 from .planner import MemoryPlan
@@ -141,17 +141,21 @@ def plan_scheme(graph: Graph, plan: MemoryPlan, budget: int, batch: int = 1,
     """Among :func:`candidate_schemes`, the one updating the most parameter bytes whose extra bytes fit
     ``budget`` (ties: fewer bytes).
 
-    Raises DoesNotFitError (one line) when not even the bias of the last layer fits.
+    Schemes whose backward graph would cross an op it cannot go through (see ``backprop.BACKWARD_OPS``) are
+    skipped. Raises DoesNotFitError (one line) when not even the bias of the last layer fits.
     """
     best = None
     for s in candidate_schemes(graph, max_layers):
-        mem = scheme_memory(graph, plan, s, batch)
+        try:
+            mem = scheme_memory(graph, plan, s, batch)
+        except InputError:  # its backward graph crosses an op the backward pass cannot go through
+            continue
         if mem.extra <= budget:
             key = (mem.parameters, -mem.extra)
             if best is None or key > best[0]:
                 best = (key, s, mem)
     if best is None:
-        smallest = scheme_memory(graph, plan, candidate_schemes(graph)[0], batch)
+        smallest = scheme_memory(graph, plan, candidate_schemes(graph)[0], batch)  # InputError if none is usable
         raise DoesNotFitError(f"training does not fit: even the last layer's bias needs {smallest.extra} bytes beyond "
                               f"inference, the budget is {budget} bytes")
     return best[1], best[2]

@@ -168,6 +168,8 @@ def test_memory_counted_by_hand_and_the_choice_follows_the_budget():
     assert plan_scheme(g, plan, 10_000)[1].parameters > plan_scheme(g, plan, 60)[1].parameters
     with pytest.raises(DoesNotFitError, match="36 bytes"):
         plan_scheme(g, plan, 35)
+    g.nodes[1].op = "QConcat"  # an op the backward pass cannot go through: conv1 is out of reach
+    assert "conv1" not in plan_scheme(g, plan, 10**6)[0].layers
 
 
 def test_spsa_seed_trick_and_convex_descent():
