@@ -145,9 +145,9 @@ def _conv_real(x: np.ndarray, w: np.ndarray, node: Node) -> np.ndarray:
     return acc.reshape(n, oc, oh, ow)
 
 
-def _conv_backward(x: np.ndarray, w: np.ndarray, ga: np.ndarray, node: Node,
-                   want_input: bool) -> tuple[np.ndarray, np.ndarray | None]:
-    """(dL/dW, dL/dx or None) of :func:`_conv_real` given dL/da."""
+def _conv_backward(x: np.ndarray, w: np.ndarray, ga: np.ndarray, node: Node, want_weight: bool,
+                   want_input: bool) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """(dL/dW or None, dL/dx or None) of :func:`_conv_real` given dL/da."""
     strides, (pt, pl, pb, pr), dil, group = _conv_attrs(node)
     n, c, h, wd = x.shape
     oc, cg, kh_n, kw_n = w.shape
@@ -156,16 +156,17 @@ def _conv_backward(x: np.ndarray, w: np.ndarray, ga: np.ndarray, node: Node,
     gxp = np.zeros_like(xp) if want_input else None
     wg = w.reshape(group, oc // group, cg, kh_n, kw_n)
     gag = ga.reshape(n, group, oc // group, oh, ow)
-    gw = np.zeros((group, oc // group, cg, kh_n, kw_n))
+    gw = np.zeros((group, oc // group, cg, kh_n, kw_n)) if want_weight else None
     for kh in range(kh_n):
         for kw in range(kw_n):
-            taps = _windows(xp, kh, kw, oh, ow, strides, dil).reshape(n, group, cg, oh, ow)
-            gw[:, :, :, kh, kw] = np.einsum("ngcij,ngoij->goc", taps, gag)
+            if gw is not None:
+                taps = _windows(xp, kh, kw, oh, ow, strides, dil).reshape(n, group, cg, oh, ow)
+                gw[:, :, :, kh, kw] = np.einsum("ngcij,ngoij->goc", taps, gag)
             if gxp is not None:
                 view = _windows(gxp, kh, kw, oh, ow, strides, dil)
                 view += np.einsum("ngoij,goc->ngcij", gag, wg[:, :, :, kh, kw]).reshape(n, c, oh, ow)
     gx = None if gxp is None else gxp[:, :, pt: pt + h, pl: pl + wd]
-    return gw.reshape(w.shape), gx
+    return None if gw is None else gw.reshape(w.shape), gx
 
 
 def _pool_geometry(node: Node, x_shape: tuple[int, ...]) -> tuple[int, int, tuple, tuple, tuple]:
@@ -365,13 +366,14 @@ def backward(graph: Graph, tape: Tape, grad_logits: np.ndarray, first: str, trai
         if node.op in TRAINABLE_OPS:
             w, _ = params.get(node.name) or real_params(graph, node, consts)
             ga = gy * tape.slopes[node.name]
+            train = node.name in trainable
             if node.op == "QConv":
-                gw, gx = _conv_backward(x, w, ga, node, want_input)
+                gw, gx = _conv_backward(x, w, ga, node, train, want_input)
                 gb = ga.sum(axis=(0, 2, 3))
             else:
                 gw, gb = ga.T @ x, ga.sum(axis=0)
                 gx = ga @ w if want_input else None
-            if node.name in trainable:
+            if train:
                 sink(node, gw, gb)
         elif not want_input:
             continue
