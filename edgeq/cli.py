@@ -361,7 +361,7 @@ def _sim_linux(args: argparse.Namespace, bundle: Any, device: Any, inputs: dict[
 
 
 def _parser() -> argparse.ArgumentParser:
-    from . import llm_cli
+    from . import finetune_cli, llm_cli
     from .export_c import DEFAULT_STACK_BYTES
     from .runtimes.executor import BACKENDS
     p = argparse.ArgumentParser(prog="edgeq", description="Trained model + target device -> verified on-device bundle.")
@@ -448,6 +448,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--plot", metavar="FILE.png", help="draw the NPU partition map (nodes colored NPU/CPU, time per "
                                                       "partition)")
     llm_cli.add_commands(add)
+    finetune_cli.add_commands(add)
     return p
 
 
