@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from .api import Bundle, load
-from .bundle import write_bundle, write_atomic
+from .bundle import write_bundle
 from .devices import get_device
 from .errors import DoesNotFitError, InputError
 from .ir import Graph
@@ -221,14 +221,8 @@ def write_tuned(bundle: str | Path | Bundle, result: FinetuneResult, out: str | 
 
 def plot_training(results: list[FinetuneResult], path: str | Path) -> None:
     """PNG: accuracy per epoch of each result and the bytes each needs beyond inference."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise InputError("--plot needs matplotlib: pip install 'edgeq[all]' (or pip install matplotlib)") from None
-    import io
-
+    from .plots import pyplot, save_png
+    plt = pyplot()
     fig, (ax_loss, ax_acc, ax_mem) = plt.subplots(1, 3, figsize=(14, 4.2), dpi=110)
     for r in results:
         if r.losses:
@@ -240,14 +234,7 @@ def plot_training(results: list[FinetuneResult], path: str | Path) -> None:
     ax_mem.set(ylabel="bytes beyond inference", title="training memory")
     for ax in (ax_loss, ax_acc):
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    try:
-        write_atomic(path, [buf.getvalue()])
-    except OSError as e:
-        raise InputError(f"cannot write '{path}': {e.strerror}") from None
+    save_png(fig, path)
 
 
 __all__ = ["METHODS", "FinetuneResult", "check_data", "finetune", "load_data", "plot_training", "training_budget",

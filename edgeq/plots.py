@@ -70,7 +70,10 @@ def save_png(fig, path: str | Path) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    write_atomic(path, [buf.getvalue()])
+    try:
+        write_atomic(path, [buf.getvalue()])
+    except OSError as e:
+        raise InputError(f"cannot write '{path}': {e.strerror}") from None
 
 
 def plot_layers(report: dict, path: str | Path, title: str = "") -> None:
