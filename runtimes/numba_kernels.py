@@ -900,7 +900,7 @@ def _merge_rows(dims, a_str, b_str):
     return d0, d1, d2, n
 
 
-PAIR_TABLE_MIN = 1 << 17  # elements from which QAdd/QMul read a 256x256 table of every (a, b) pair
+PAIR_TABLE_MIN = 1 << 17  # output elements from which QAdd/QMul read a table of every int8 pair
 
 
 @njit(cache=True)
@@ -920,21 +920,6 @@ def _pair_table(op, p, y_zp, lo, hi, lut):
 
 
 @njit(cache=True)
-def _broadcast_pairs(a, b, y, t, d0, d1, d2, n, a_str, b_str):
-    """:func:`_broadcast`'s loops with every output looked up in the pair table ``t``."""
-    sa, sb = a_str[3], b_str[3]
-    i = 0
-    for i0 in range(d0):
-        for i1 in range(d1):
-            for i2 in range(d2):
-                ab = i0 * a_str[0] + i1 * a_str[1] + i2 * a_str[2]
-                bb = i0 * b_str[0] + i1 * b_str[1] + i2 * b_str[2]
-                for j in range(n):
-                    y[_u(i + j)] = t[(np.int64(a[_u(ab + j * sa)]) + 128) * 256 + np.int64(b[_u(bb + j * sb)]) + 128]
-                i += n
-
-
-@njit(cache=True)
 def _broadcast(op, a, b, lut, y, dims, a_str, b_str, p, y_zp, lo, hi):
     """Shared 4-D broadcast loop of QAdd and QMul; ``p`` = (a_zp, b_zp, a_mult, a_shift, b_mult,
     b_shift, y_mult, y_shift) (QMul ignores the per-input rescales).
@@ -945,9 +930,9 @@ def _broadcast(op, a, b, lut, y, dims, a_str, b_str, p, y_zp, lo, hi):
     """
     a_zp, b_zp, a_mult, a_shift, b_mult, b_shift = p[0], p[1], p[2], p[3], p[4], p[5]
     d0, d1, d2, n = _merge_rows(dims, a_str, b_str)
-    if d0 * d1 * d2 * n >= PAIR_TABLE_MIN:  # the table costs 65536 direct steps; a lookup is several times cheaper
-        _broadcast_pairs(a, b, y, _pair_table(op, p, y_zp, lo, hi, lut), d0, d1, d2, n, a_str, b_str)
-        return
+    # Large outputs read every byte from a table of all (a, b) pairs (fused table included): building it
+    # costs 65536 direct steps, a lookup several times less than one.
+    pairs = _pair_table(op, p, y_zp, lo, hi, lut) if d0 * d1 * d2 * n >= PAIR_TABLE_MIN else lut[:0]
     sa, sb = a_str[3], b_str[3]
     i = 0
     for i0 in range(d0):
@@ -955,7 +940,11 @@ def _broadcast(op, a, b, lut, y, dims, a_str, b_str, p, y_zp, lo, hi):
             for i2 in range(d2):
                 ab = i0 * a_str[0] + i1 * a_str[1] + i2 * a_str[2]
                 bb = i0 * b_str[0] + i1 * b_str[1] + i2 * b_str[2]
-                if sb == 0:
+                if pairs.size:
+                    for j in range(n):
+                        y[_u(i + j)] = pairs[(np.int64(a[_u(ab + j * sa)]) + 128) * 256 +
+                                             np.int64(b[_u(bb + j * sb)]) + 128]
+                elif sb == 0:
                     tb = _term(op, b[bb], b_zp, b_mult, b_shift)
                     for j in range(n):
                         y[_u(i + j)] = _combine(op, _term(op, a[_u(ab + j * sa)], a_zp, a_mult, a_shift), tb, p,
@@ -971,7 +960,8 @@ def _broadcast(op, a, b, lut, y, dims, a_str, b_str, p, y_zp, lo, hi):
                                                 _term(op, b[_u(bb + j * sb)], b_zp, b_mult, b_shift), p,
                                                 y_zp, lo, hi)
                 i += n
-    _apply_lut(y, 0, d0 * d1 * d2 * n, lut)
+    if not pairs.size:
+        _apply_lut(y, 0, d0 * d1 * d2 * n, lut)
 
 
 @njit(cache=True)
