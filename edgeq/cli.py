@@ -121,7 +121,11 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def _read_inputs(path: str, bundle: Any) -> dict[str, np.ndarray]:
+    from .llm_cli import is_llm
     from .npio import read_named_arrays
+    if is_llm(bundle):  # no tensor inputs: text in, text out
+        raise InputError("this is an LLM bundle: it takes text, not arrays (edgeq generate, chat, bench or "
+                         "export --format gguf)")
     data = read_named_arrays(path, bundle.inputs, InputError, "input")
     for k, v in data.items():
         if v.dtype.kind != "f":
@@ -212,6 +216,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from .llm_cli import cmd_bench as llm_bench, is_llm
     bundle = load(args.bundle, backend=args.backend)
     if is_llm(bundle):
+        if args.per_node:
+            raise InputError("--per-node times the nodes of op-graph bundles; an LLM bundle's bench reports "
+                             "prefill and decode speed")
         return llm_bench(args, bundle)
     rng = np.random.default_rng(0)
     inputs = {}

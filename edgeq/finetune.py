@@ -102,11 +102,18 @@ def check_data(bundle: Bundle, x: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
 def load_data(path: str | Path, bundle: Bundle) -> tuple[np.ndarray, np.ndarray]:
     """Read ``x`` (float inputs) and ``y`` (int labels) from an .npz file and validate them."""
     try:
-        with np.load(path, allow_pickle=False) as z:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(f"cannot read training data '{path}': {e}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise InputError(f"training data '{path}' must be an .npz holding arrays 'x' (inputs) and 'y' (labels), "
+                         f"not a single array")
+    try:
+        with z:
             if "x" not in z or "y" not in z:
                 raise InputError(f"'{path}' must hold arrays 'x' (inputs) and 'y' (labels), has {sorted(z.files)}")
             x, y = z["x"], z["y"]
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, EOFError) as e:
         raise InputError(f"cannot read training data '{path}': {e}") from None
     return check_data(bundle, x, y)
 

@@ -264,6 +264,8 @@ def test_cli_bad_input(digits, shifted, tmp_path, capsys):
     for needle, arrays in cases.items():
         np.savez(tmp_path / "d.npz", **arrays)
         _fails(capsys, base + [str(tmp_path / "d.npz")], needle, tmp_path)
+    np.save(tmp_path / "x.npy", shifted["x_train"][:4])
+    _fails(capsys, base + [str(tmp_path / "x.npy")], "must be an .npz", tmp_path)
     np.savez(tmp_path / "d.npz", x=shifted["x_train"][:4], y=shifted["y_train"][:4])
     _fails(capsys, base + [str(tmp_path / "d.npz"), "--budget", "100"], "does not fit", tmp_path)
     (tmp_path / "x.edgeq.txt").write_text("not a bundle " * 20)

@@ -213,3 +213,13 @@ def test_model_errors_are_edgeq_errors():
     from edgeq.converters.gguf_import import GGUFModel
     with pytest.raises(ModelError, match="does not exist"):
         GGUFModel("/nonexistent.gguf")
+
+
+def test_array_commands_refuse_llm_bundles(tiny_int4, tmp_path):
+    """run / sim take arrays and bench --per-node times graph nodes: on an LLM bundle, one line and status 2."""
+    np.save(tmp_path / "x.npy", np.zeros((1, 4), np.float32))
+    for args in (["run", str(tiny_int4), "--input", str(tmp_path / "x.npy")],
+                 ["sim", str(tiny_int4), "--device", "rpi5", "--input", str(tmp_path / "x.npy")],
+                 ["bench", str(tiny_int4), "--per-node", "3"]):
+        r = edgeq_cli(*args, cwd=tmp_path)
+        assert r.returncode == 2 and "LLM bundle" in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
