@@ -71,11 +71,9 @@ def cmd_convert(args: argparse.Namespace) -> None:
             raise InputError("--plot draws per-layer activation errors of ONNX/TFLite conversions; an LLM "
                              "conversion lists its weight errors in the report (--json)")
         return cmd_convert_gguf(args)
-    if args.plot:  # checked before the conversion's work, not after
-        from .plots import plot_layers, pyplot
-        pyplot()
-        if not Path(args.plot).resolve().parent.is_dir():
-            raise InputError(f"--plot: directory '{Path(args.plot).parent}' does not exist")
+    if args.plot:
+        from .plots import check_target, plot_layers
+        check_target(args.plot)
     result = convert(args.model, device=args.device, output=args.output, scheme=args.scheme, calib=args.calib,
                      calib_method=args.calib_method, input_shapes=_input_shapes(args.input_shape),
                      preprocess=args.preprocess,
@@ -337,7 +335,11 @@ def _sim_npu(args: argparse.Namespace, bundle: Any, device: Any,
     from .npu_sim import format_report, npu_device, plot_partitions, simulate_npu
     if not (device.npu or args.npu or args.plot or args.no_qemu):
         return None
-    report = simulate_npu(bundle._loaded, npu_device(device), inputs)
+    npu = npu_device(device)
+    if args.plot:
+        from .plots import check_target
+        check_target(args.plot)
+    report = simulate_npu(bundle._loaded, npu, inputs)
     lines = format_report(report, args.bundle)
     if args.plot:
         plot_partitions(report, args.plot)

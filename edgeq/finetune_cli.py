@@ -17,6 +17,9 @@ def cmd_finetune(args: argparse.Namespace) -> None:
 
     if args.epochs < 1 or args.batch < 1:
         raise InputError("--epochs and --batch must be at least 1")
+    if args.plot:
+        from .plots import check_target
+        check_target(args.plot)
     bundle = load(args.bundle, backend="reference")
     if not isinstance(bundle, Bundle):
         raise InputError(f"'{args.bundle}' is an LLM bundle; fine-tuning needs an op-graph classifier bundle")

@@ -62,6 +62,14 @@ def pyplot():
     return plt
 
 
+def check_target(path: str | Path) -> None:
+    """InputError now, before the work a picture is drawn after, if it could not be written: no
+    matplotlib, or no such folder."""
+    pyplot()
+    if not Path(path).resolve().parent.is_dir():
+        raise InputError(f"--plot: directory '{Path(path).parent}' does not exist")
+
+
 def save_png(fig, path: str | Path) -> None:
     """Lay out ``fig``, write it to ``path`` as a PNG atomically (never a half-written file) and close it."""
     import io
