@@ -528,6 +528,8 @@ class _Builder:
         if o.get("EllipsisMask", 0) or o.get("NewAxisMask", 0) or o.get("Offset", False):
             raise UnsupportedOpError(f"STRIDED_SLICE (node {op.index}): ellipsis_mask, new_axis_mask and offset "
                                      "are not supported")
+        if o.get("ShrinkAxisMask", 0) & 1:
+            raise UnsupportedOpError(f"STRIDED_SLICE (node {op.index}): shrinking the batch axis is not supported")
         begin, end, step = (self.const(op, k, what).reshape(-1).astype(np.int64)
                             for k, what in ((1, "begin"), (2, "end"), (3, "strides")))
         rank = len(self.t(op.inputs[0]).shape)
