@@ -22,7 +22,8 @@ import numpy as np
 
 from edgeq.errors import ModelError, UnsupportedOpError
 from edgeq.ir import Graph, Node, Tensor
-from edgeq.runtimes.fixedpoint import multiply_by_quantized_multiplier, rounding_divide_by_pot
+from edgeq.runtimes.fixedpoint import (multiply_by_quantized_multiplier, rounding_divide_by_pot,
+                                       saturating_rounding_doubling_high_mul)
 from edgeq.runtimes.reference import conv_out_size
 from edgeq.runtimes.registry import STRIDED_RANK
 from .quantize import QMAX, QMIN, _fuse_tables
@@ -318,6 +319,23 @@ class _Builder:
         y = self.define(op.outputs[0], order)
         self.g.nodes.append(Node("QMul", y, [a, b], [y], dict(
             a_zp=za, b_zp=zb, y_zp=zy, y_mult=ym, y_shift=ysh, act_min=lo, act_max=hi)))
+
+    def op_DIV(self, op: TFLiteOp) -> None:
+        """x / c for a constant scalar c: a QLut of TFLite's integer DivElementwise. A divisor that is an
+        activation would need a 256 x 256 table op, which edgeq's runtime does not have."""
+        t = self.t(op.inputs[1])
+        if self.t(op.inputs[0]).data is not None or t.data is None or t.data.size != 1 or t.dtype != "INT8" or \
+                self.t(op.inputs[0]).shape != self.t(op.outputs[0]).shape:
+            raise UnsupportedOpError(f"DIV (node {op.index}): only an activation divided by a constant int8 scalar "
+                                     "is supported")
+        (s1, z1), (s2, z2), (sy, zy) = self.qp(op.inputs[0]), self.qp(op.inputs[1]), self.qp(op.outputs[0])
+        d = int(t.data.reshape(-1)[0]) - z2
+        if d == 0:
+            raise ModelError(f"DIV (node {op.index}): the divisor is its zero point (a division by zero)")
+        f32 = np.float32
+        mult, shift = quantize_multiplier(float(f32(s1) / (f32(s2) * f32(sy))))  # float math, as TFLite
+        lo, hi = self.act_bounds(op, op.outputs[0])
+        self.table(op, lambda v: np.clip(zy + _divide(np.sign(d) * (v - z1), abs(d), mult, shift, op), lo, hi))
 
     def op_SUB(self, op: TFLiteOp) -> None:
         # TFLite's int8 SUB is its ADD arithmetic (same shifts and multipliers) subtracting the rescaled second
@@ -661,6 +679,41 @@ class _Builder:
 def _moves_only_ones(shape: tuple[int, ...], a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     """True when storing ``shape`` in order ``a`` or ``b`` gives the same bytes (only size-1 axes move)."""
     return [k for k in a if shape[k] != 1] == [k for k in b if shape[k] != 1]
+
+
+def _saturating_shl(x: np.ndarray, e: int) -> np.ndarray:
+    """gemmlowp SaturatingRoundingMultiplyByPOT<e> for e > 0."""
+    return np.clip(np.asarray(x, np.int64) << e, -2**31, 2**31 - 1)
+
+
+def _reciprocal(d: int) -> tuple[int, int]:
+    """TFLite's GetReciprocal(d, 31) for d > 0: (1/d as a Q0.31 raw value scaled by 2^bits, bits), from
+    gemmlowp's one_over_one_plus_x_for_x_in_0_1 (three Newton-Raphson steps in fixed point)."""
+    srdhm = saturating_rounding_doubling_high_mul
+    headroom_plus_one = 32 - d.bit_length()
+    a = (d << headroom_plus_one) - (1 << 31)  # FixedPoint<int32, 0> in [0, 1)
+    half = (a + 2**31 - 1 + 1) // 2  # RoundingHalfSum(a, One) of non-negative values
+    x = 1515870810 + int(srdhm(half, -1010580540))  # 48/17 - 32/17 * half, Q2.29
+    for _ in range(3):
+        x = x + int(_saturating_shl(srdhm(x, (1 << 29) - int(srdhm(half, x))), 2))
+    return int(_saturating_shl(x, 1)), 31 - headroom_plus_one
+
+
+def _divide(v1: np.ndarray, d: int, mult: int, shift: int, op: TFLiteOp) -> np.ndarray:
+    """TFLite's int8 DivElementwise for numerators ``v1`` (offsets applied, divisor's sign moved in) and a
+    positive divisor ``d``, before the output zero point."""
+    inv, recip_shift = _reciprocal(d)
+    v1 = np.asarray(v1, np.int64)
+    headroom = np.where(v1 >= 0, 32 - _bit_length(v1) - 1, 32 - _bit_length(2 * -v1 - 1))  # CountLeadingSignBits
+    total = shift - recip_shift - headroom
+    if (total > 0).any():
+        raise UnsupportedOpError(f"DIV (node {op.index}): a quotient multiplier above TFLite's range")
+    unscaled = saturating_rounding_doubling_high_mul(v1 << headroom, inv)
+    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(unscaled, mult), -total)
+
+
+def _bit_length(v: np.ndarray) -> np.ndarray:
+    return np.array([int(x).bit_length() for x in np.asarray(v).reshape(-1)], np.int64).reshape(np.shape(v))
 
 
 def _nearest_taps(size: int, out: int, corners: bool, half: bool) -> np.ndarray:

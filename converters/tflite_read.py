@@ -34,6 +34,7 @@ _OPTIONS: dict[str, tuple[str, tuple[str, ...]] | None] = {
     "ADD": ("AddOptions", ("FusedActivationFunction",)),
     "MUL": ("MulOptions", ("FusedActivationFunction",)),
     "SUB": ("SubOptions", ("FusedActivationFunction",)),
+    "DIV": ("DivOptions", ("FusedActivationFunction",)),
     "STRIDED_SLICE": ("StridedSliceOptions", ("BeginMask", "EndMask", "EllipsisMask", "NewAxisMask", "ShrinkAxisMask",
                                               "Offset")),
     "SPLIT": ("SplitOptions", ("NumSplits",)),

@@ -60,9 +60,10 @@ def test_random_models_match_tflite(tmp_path, kind, seed):
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), kind=st.sampled_from(["logistic", "tanh", "hard_swish", "relu", "leaky_relu"]))
+@given(seed=st.integers(0, 2**31 - 1),
+       kind=st.sampled_from(["logistic", "tanh", "hard_swish", "relu", "leaky_relu", "div"]))
 def test_unary_tables_cover_every_input(seed, kind):
-    """Every one of the 256 int8 inputs, at random scales: the table is TFLite's function exactly."""
+    """Every one of the 256 int8 inputs, at random scales (and divisors): the table is TFLite's function exactly."""
     data, _ = random_model(seed, kind)
     x = np.arange(-128, 128, dtype=np.int8).reshape(1, 16, 16, 1)
     w = ModelWriter()  # the same op and quantization on a 16x16x1 input holding every value
@@ -72,11 +73,16 @@ def test_unary_tables_cover_every_input(seed, kind):
     o = w.act("y", x.shape, float(t_out.scale[0]), int(t_out.zero_point[0]))
     if kind == "leaky_relu":
         w.op(OP.LEAKY_RELU, [i], [o], "LeakyReluOptions", Alpha=m.ops[0].options["Alpha"])
+    elif kind == "div":  # by the same constant scalar
+        t = m.tensors[m.ops[0].inputs[1]]
+        c = w.tensor("c", t.shape, "int8", float(t.scale[0]), int(t.zero_point[0]), t.data)
+        w.op(OP.DIV, [i, c], [o], "DivOptions", FusedActivationFunction=m.ops[0].options["FusedActivationFunction"])
     else:
         w.op({"logistic": OP.LOGISTIC, "tanh": OP.TANH, "hard_swish": OP.HARD_SWISH, "relu": OP.RELU}[kind], [i], [o])
     data = w.to_bytes([i], [o])
     want, _ = tflite_run(data, [x])
     g, _ = import_tflite(data)
+    assert [n.op for n in g.nodes] == ["QLut"]
     assert np.array_equal(Executor(g, "reference").run_quantized({g.inputs[0]: x})[g.outputs[0]], want)
 
 
@@ -284,6 +290,7 @@ BAD = {
     "int16": (_model_with(OP.RELU, "int16"), "int16"),
     "mixed": (_mixed_model(), "float32 in an int8 model"),
     "uint8": (_model_with(OP.RELU, "uint8"), "tensor 'x' is uint8 (the legacy scheme): edgeq imports int8"),
+    "div_activations": (_div_model(), "DIV (node 0): only an activation divided by a constant int8 scalar"),
     "slice_ellipsis": (_slice_model(EllipsisMask=2), "STRIDED_SLICE (node 0): ellipsis_mask"),
     "slice_batch": (_slice_model(ShrinkAxisMask=1), "STRIDED_SLICE (node 0): shrinking the batch axis"),
 }

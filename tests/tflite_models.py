@@ -152,7 +152,7 @@ def _offsets(b: flatbuffers.Builder, start: Any, values: list[int]) -> int:
 # --- random models -------------------------------------------------------------------------------------
 
 KINDS = ("conv", "depthwise", "pad_conv", "fc", "add", "mul", "maxpool", "avgpool", "mean", "softmax", "logistic", "tanh",
-         "hard_swish", "relu", "reshape", "concat", "transpose", "sub", "leaky_relu", "strided_slice", "split",
+         "hard_swish", "relu", "reshape", "concat", "transpose", "sub", "div", "leaky_relu", "strided_slice", "split",
          "resize_nearest", "resize_bilinear", "net")
 
 
@@ -260,6 +260,18 @@ class _Draw:
         else:
             self.w.op(OP.SUB if sub else OP.ADD, [a, b], [y], "SubOptions" if sub else "AddOptions",
                       FusedActivationFunction=int(self.rng.choice([0, 1, 3])))
+        return y
+
+    def div(self, x: int) -> int:
+        """x / c, c a constant int8 scalar (any of the shapes a converter writes for it), c != its zero point."""
+        r = self.rng
+        s2, z2 = _scale(r), _zp(r)
+        c = int(r.choice([v for v in range(-128, 128) if v != z2]))
+        sy = float(np.float32(self.q[x][0] / (s2 * abs(c - z2)) * r.uniform(0.5, 2.0)))
+        shape = [(), (1,), (1, 1, 1, 1)][int(r.integers(0, 3))]
+        ci = self.w.tensor("divisor", shape, "int8", s2, z2, np.full(shape, c, np.int8))
+        y = self.act("div_y", self.shapes[x], sy)
+        self.w.op(OP.DIV, [x, ci], [y], "DivOptions", FusedActivationFunction=int(r.choice([0, 1, 3])))
         return y
 
     def leaky_relu(self, x: int) -> int:
@@ -407,6 +419,8 @@ def random_model(seed: int, kind: str) -> tuple[bytes, list[tuple[int, ...]]]:
         y = d.binary(x, b, kind == "mul", kind == "sub")
     elif kind == "leaky_relu":
         y = d.leaky_relu(x)
+    elif kind == "div":
+        y = d.div(x)
     elif kind == "strided_slice":
         y = d.strided_slice(d.conv(x) if rng.integers(0, 2) else x)  # a conv output is stored NCHW
     elif kind == "split":
@@ -440,7 +454,10 @@ def random_model(seed: int, kind: str) -> tuple[bytes, list[tuple[int, ...]]]:
         h = d.conv(x)
         h = d.conv(h, depthwise=True)
         h = d.pool(h, bool(rng.integers(0, 2)))
-        h = d.binary(h, d.conv(h, depthwise=True, keep_shape=True), mul=False) if rng.integers(0, 2) else h
+        if rng.integers(0, 2):  # a residual ADD or SUB
+            h = d.binary(h, d.conv(h, depthwise=True, keep_shape=True), mul=False, sub=bool(rng.integers(0, 2)))
+        if rng.integers(0, 2):  # a decoder-like upsampling
+            h = d.resize(h, bilinear=bool(rng.integers(0, 2)))
         h = d.reshape(h, (1, int(np.prod(d.shapes[h][1:]))))
         y = d.unary(d.fc(h), OP.SOFTMAX if rng.integers(0, 2) else OP.LOGISTIC)
     else:
