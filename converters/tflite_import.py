@@ -462,6 +462,22 @@ class _Builder:
         self.table(op, lambda v: zy + np.where(v >= zx, multiply_by_quantized_multiplier(v - zx, *identity),
                                                 multiply_by_quantized_multiplier(v - zx, *alpha)))
 
+    def op_PRELU(self, op: TFLiteOp) -> None:
+        # TFLite's int8 Prelu: x - z_x >= 0 rescaled by s_x / s_y, below 0 (x - z_x) * (alpha - z_alpha) by
+        # s_x * s_alpha / s_y (float math); one table when every alpha is the same
+        alpha = self.const(op, 1, "alpha")
+        if self.t(op.inputs[1]).dtype != "INT8" or np.unique(alpha).size != 1 or \
+                self.t(op.inputs[0]).shape != self.t(op.outputs[0]).shape:
+            raise UnsupportedOpError(f"PRELU (node {op.index}): only one int8 alpha for every element is supported "
+                                     "(per-channel alphas would need a table per channel)")
+        (sx, zx), (sa, za), (sy, zy) = self.qp(op.inputs[0]), self.qp(op.inputs[1]), self.qp(op.outputs[0])
+        f32 = np.float32
+        identity = quantize_multiplier(float(f32(sx) / f32(sy)))
+        negative = quantize_multiplier(float(f32(sx) * f32(sa) / f32(sy)))
+        a = int(alpha.reshape(-1)[0]) - za
+        self.table(op, lambda v: zy + np.where(v >= zx, multiply_by_quantized_multiplier(v - zx, *identity),
+                                                multiply_by_quantized_multiplier((v - zx) * a, *negative)))
+
     def op_HARD_SWISH(self, op: TFLiteOp) -> None:
         (sx, zx), (sy, zy) = self.qp(op.inputs[0]), self.qp(op.outputs[0])
         self.table(op, lambda v: _hard_swish(v, sx, zx, sy, zy))
@@ -671,7 +687,9 @@ class _Builder:
                 continue
             what = {"FLOAT16": "float16", "INT16": "int16 (the 16x8 scheme)", "UINT8": "uint8 (the legacy scheme)",
                     "FLOAT32": "float32 in an int8 model"}.get(t.dtype, t.dtype)
-            raise UnsupportedOpError(f"tensor '{t.name}' is {what}: edgeq imports int8 TFLite models (int8 "
+            user = next((op for op in self.m.ops if i in op.inputs + op.outputs), None)
+            where = f" (of {user.code} node {user.index})" if user is not None else ""
+            raise UnsupportedOpError(f"tensor '{t.name}'{where} is {what}: edgeq imports int8 TFLite models (int8 "
                                      "activations and weights, int32 biases, float32 only at the inputs and outputs) "
                                      "and float32 ones (calibrated like an ONNX model)")
 

@@ -48,7 +48,7 @@ _OPTIONS: dict[str, tuple[str, tuple[str, ...]] | None] = {
     "MEAN": ("ReducerOptions", ("KeepDims",)),
     "CONCATENATION": ("ConcatenationOptions", ("Axis", "FusedActivationFunction")),
     "RESHAPE": None, "SQUEEZE": None, "EXPAND_DIMS": None, "TRANSPOSE": None,
-    "LOGISTIC": None, "TANH": None, "HARD_SWISH": None, "PAD": None, "RELU": None, "RELU6": None, "RELU_N1_TO_1": None,
+    "LOGISTIC": None, "TANH": None, "PRELU": None, "HARD_SWISH": None, "PAD": None, "RELU": None, "RELU6": None, "RELU_N1_TO_1": None,
     "QUANTIZE": None, "DEQUANTIZE": None,
 }
 SUPPORTED_OPS = tuple(sorted(_OPTIONS))

@@ -61,7 +61,7 @@ def test_random_models_match_tflite(tmp_path, kind, seed):
 
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1),
-       kind=st.sampled_from(["logistic", "tanh", "hard_swish", "relu", "leaky_relu", "div"]))
+       kind=st.sampled_from(["logistic", "tanh", "hard_swish", "relu", "leaky_relu", "div", "prelu"]))
 def test_unary_tables_cover_every_input(seed, kind):
     """Every one of the 256 int8 inputs, at random scales (and divisors): the table is TFLite's function exactly."""
     data, _ = random_model(seed, kind)
@@ -73,10 +73,13 @@ def test_unary_tables_cover_every_input(seed, kind):
     o = w.act("y", x.shape, float(t_out.scale[0]), int(t_out.zero_point[0]))
     if kind == "leaky_relu":
         w.op(OP.LEAKY_RELU, [i], [o], "LeakyReluOptions", Alpha=m.ops[0].options["Alpha"])
-    elif kind == "div":  # by the same constant scalar
+    elif kind in ("div", "prelu"):  # by the same constant divisor or alpha (one value)
         t = m.tensors[m.ops[0].inputs[1]]
-        c = w.tensor("c", t.shape, "int8", float(t.scale[0]), int(t.zero_point[0]), t.data)
-        w.op(OP.DIV, [i, c], [o], "DivOptions", FusedActivationFunction=m.ops[0].options["FusedActivationFunction"])
+        c = w.tensor("c", (1,), "int8", float(t.scale[0]), int(t.zero_point[0]), t.data.reshape(-1)[:1])
+        if kind == "div":
+            w.op(OP.DIV, [i, c], [o], "DivOptions", FusedActivationFunction=m.ops[0].options["FusedActivationFunction"])
+        else:
+            w.op(OP.PRELU, [i, c], [o])
     else:
         w.op({"logistic": OP.LOGISTIC, "tanh": OP.TANH, "hard_swish": OP.HARD_SWISH, "relu": OP.RELU}[kind], [i], [o])
     data = w.to_bytes([i], [o])
@@ -287,9 +290,9 @@ BAD = {
     "not_tflite": (b"hello world, not a model", "TFL3"),
     "unsupported_op": (_model_with(OP.LOG_SOFTMAX), "LOG_SOFTMAX (node 0) is not supported; supported: ADD"),
     "float16": (_model_with(OP.RELU, "float16"), "float16"),
-    "int16": (_model_with(OP.RELU, "int16"), "int16"),
+    "int16": (_model_with(OP.RELU, "int16"), "tensor 'x' (of RELU node 0) is int16 (the 16x8 scheme)"),
     "mixed": (_mixed_model(), "float32 in an int8 model"),
-    "uint8": (_model_with(OP.RELU, "uint8"), "tensor 'x' is uint8 (the legacy scheme): edgeq imports int8"),
+    "uint8": (_model_with(OP.RELU, "uint8"), "tensor 'x' (of RELU node 0) is uint8 (the legacy scheme): edgeq imports int8"),
     "div_activations": (_div_model(), "DIV (node 0): only an activation divided by a constant int8 scalar"),
     "slice_ellipsis": (_slice_model(EllipsisMask=2), "STRIDED_SLICE (node 0): ellipsis_mask"),
     "slice_batch": (_slice_model(ShrinkAxisMask=1), "STRIDED_SLICE (node 0): shrinking the batch axis"),

@@ -16,7 +16,8 @@ import tflite
 OP = tflite.BuiltinOperator
 OPTIONS = tflite.BuiltinOptions
 TYPES = {"int8": tflite.TensorType.INT8, "int32": tflite.TensorType.INT32, "float32": tflite.TensorType.FLOAT32,
-         "int16": tflite.TensorType.INT16, "float16": tflite.TensorType.FLOAT16, "uint8": tflite.TensorType.UINT8}
+         "int16": tflite.TensorType.INT16, "float16": tflite.TensorType.FLOAT16, "uint8": tflite.TensorType.UINT8,
+         "int64": tflite.TensorType.INT64}
 SAME, VALID = tflite.Padding.SAME, tflite.Padding.VALID
 ACTS = {"none": 0, "relu": 1, "relu_n1_to_1": 2, "relu6": 3}
 
@@ -152,7 +153,7 @@ def _offsets(b: flatbuffers.Builder, start: Any, values: list[int]) -> int:
 # --- random models -------------------------------------------------------------------------------------
 
 KINDS = ("conv", "depthwise", "pad_conv", "fc", "add", "mul", "maxpool", "avgpool", "mean", "softmax", "logistic", "tanh",
-         "hard_swish", "relu", "reshape", "concat", "transpose", "sub", "div", "leaky_relu", "strided_slice", "split",
+         "hard_swish", "relu", "reshape", "concat", "transpose", "sub", "div", "leaky_relu", "prelu", "strided_slice", "split",
          "resize_nearest", "resize_bilinear", "net")
 
 
@@ -272,6 +273,16 @@ class _Draw:
         ci = self.w.tensor("divisor", shape, "int8", s2, z2, np.full(shape, c, np.int8))
         y = self.act("div_y", self.shapes[x], sy)
         self.w.op(OP.DIV, [x, ci], [y], "DivOptions", FusedActivationFunction=int(r.choice([0, 1, 3])))
+        return y
+
+    def prelu(self, x: int) -> int:
+        """PRELU with one alpha value, stored as a converter writes it: one per channel (all equal) or one."""
+        r = self.rng
+        sa, za = float(np.float32(r.uniform(0.002, 0.02))), int(r.integers(-20, 21))
+        shape = (1, 1, self.shapes[x][-1]) if r.integers(0, 2) else (1,)
+        ai = self.w.tensor("alpha", shape, "int8", sa, za, np.full(shape, int(r.integers(-128, 128)), np.int8))
+        y = self.act("prelu_y", self.shapes[x])
+        self.w.op(OP.PRELU, [x, ai], [y])
         return y
 
     def leaky_relu(self, x: int) -> int:
@@ -419,6 +430,8 @@ def random_model(seed: int, kind: str) -> tuple[bytes, list[tuple[int, ...]]]:
         y = d.binary(x, b, kind == "mul", kind == "sub")
     elif kind == "leaky_relu":
         y = d.leaky_relu(x)
+    elif kind == "prelu":
+        y = d.prelu(x)
     elif kind == "div":
         y = d.div(x)
     elif kind == "strided_slice":
