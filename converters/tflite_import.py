@@ -585,6 +585,8 @@ class _Builder:
         shape = self.t(x).shape
         axis = int(self.const(op, axis_input, "axis").reshape(-1)[0]) % len(shape)
         sizes = sizes or [shape[axis] // len(op.outputs)] * len(op.outputs)
+        if -1 in sizes:  # SPLIT_V: one size may be left to infer
+            sizes[sizes.index(-1)] = shape[axis] - sum(sizes) - 1
         if len(sizes) != len(op.outputs) or sum(sizes) != shape[axis] or min(sizes) < 1:
             raise UnsupportedOpError(f"{op.code} (node {op.index}): sizes {sizes} along axis {axis} of {shape}")
         starts = np.cumsum([0, *sizes])
@@ -596,9 +598,6 @@ class _Builder:
 
     def op_SPLIT_V(self, op: TFLiteOp) -> None:  # inputs: x, size_splits, axis
         sizes = [int(v) for v in self.const(op, 1, "size_splits").reshape(-1)]
-        if -1 in sizes:  # one size may be inferred
-            sizes[sizes.index(-1)] = self.t(op.inputs[0]).shape[int(self.const(op, 2, "axis").reshape(-1)[0])
-                                                                  % len(self.t(op.inputs[0]).shape)] - sum(sizes) - 1
         self._split(op, op.inputs[0], 2, sizes)
 
     def _resize(self, op: TFLiteOp, taps: Callable[[int, int, bool, bool], np.ndarray]) -> None:

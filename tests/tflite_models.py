@@ -154,7 +154,7 @@ def _offsets(b: flatbuffers.Builder, start: Any, values: list[int]) -> int:
 
 KINDS = ("conv", "depthwise", "pad_conv", "fc", "add", "mul", "maxpool", "avgpool", "mean", "softmax", "logistic", "tanh",
          "hard_swish", "relu", "reshape", "concat", "transpose", "sub", "div", "leaky_relu", "prelu", "strided_slice", "split",
-         "resize_nearest", "resize_bilinear", "net")
+         "resize_nearest", "resize_bilinear", "net", "decoder")
 
 
 def _scale(rng: np.random.Generator) -> float:
@@ -467,12 +467,17 @@ def random_model(seed: int, kind: str) -> tuple[bytes, list[tuple[int, ...]]]:
         h = d.conv(x)
         h = d.conv(h, depthwise=True)
         h = d.pool(h, bool(rng.integers(0, 2)))
-        if rng.integers(0, 2):  # a residual ADD or SUB
-            h = d.binary(h, d.conv(h, depthwise=True, keep_shape=True), mul=False, sub=bool(rng.integers(0, 2)))
-        if rng.integers(0, 2):  # a decoder-like upsampling
-            h = d.resize(h, bilinear=bool(rng.integers(0, 2)))
+        h = d.binary(h, d.conv(h, depthwise=True, keep_shape=True), mul=False) if rng.integers(0, 2) else h
         h = d.reshape(h, (1, int(np.prod(d.shapes[h][1:]))))
         y = d.unary(d.fc(h), OP.SOFTMAX if rng.integers(0, 2) else OP.LOGISTIC)
+    elif kind == "decoder":
+        h = d.conv(x)
+        h = d.binary(h, d.conv(h, depthwise=True, keep_shape=True), mul=False, sub=bool(rng.integers(0, 2)))
+        h = d.resize(h, bilinear=bool(rng.integers(0, 2)))
+        parts, axis = d.split(h)
+        h = d.concat(parts[::-1], axis)
+        h = d.leaky_relu(d.conv(h)) if rng.integers(0, 2) else d.conv(h)
+        y = d.strided_slice(h)
     else:
         raise ValueError(kind)
     return d.w.to_bytes(inputs, [y]), [d.shapes[i] for i in inputs]
