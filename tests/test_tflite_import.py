@@ -285,6 +285,14 @@ def _div_model() -> bytes:
     return w.to_bytes([a, b], [y])
 
 
+def _prelu_model() -> bytes:
+    w = ModelWriter()
+    x, y = w.act("x", (1, 2, 2, 3), 0.05, 0), w.act("y", (1, 2, 2, 3), 0.05, 0)
+    alpha = w.tensor("alpha", (1, 1, 3), "int8", 0.01, 0, np.array([10, 20, 30], np.int8).reshape(1, 1, 3))
+    w.op(OP.PRELU, [x, alpha], [y])
+    return w.to_bytes([x], [y])
+
+
 BAD = {
     "garbage": (b"\x10\x99\x7f\x03TFL3" + np.random.default_rng(0).bytes(3000), "malformed"),
     "not_tflite": (b"hello world, not a model", "TFL3"),
@@ -294,6 +302,7 @@ BAD = {
     "mixed": (_mixed_model(), "float32 in an int8 model"),
     "uint8": (_model_with(OP.RELU, "uint8"), "tensor 'x' (of RELU node 0) is uint8 (the legacy scheme): edgeq imports int8"),
     "div_activations": (_div_model(), "DIV (node 0): only an activation divided by a constant int8 scalar"),
+    "prelu_per_channel": (_prelu_model(), "PRELU (node 0): only one int8 alpha for every element"),
     "slice_ellipsis": (_slice_model(EllipsisMask=2), "STRIDED_SLICE (node 0): ellipsis_mask"),
     "slice_batch": (_slice_model(ShrinkAxisMask=1), "STRIDED_SLICE (node 0): shrinking the batch axis"),
 }
