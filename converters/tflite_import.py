@@ -22,9 +22,11 @@ import numpy as np
 
 from edgeq.errors import ModelError, UnsupportedOpError
 from edgeq.ir import Graph, Node, Tensor
-from edgeq.runtimes.fixedpoint import multiply_by_quantized_multiplier, rounding_divide_by_pot
+from edgeq.runtimes.fixedpoint import (multiply_by_quantized_multiplier, rounding_divide_by_pot,
+                                       saturating_rounding_doubling_high_mul)
 from edgeq.runtimes.reference import conv_out_size
-from .quantize import QMAX, QMIN, _fuse_tables, quantize_multiplier
+from edgeq.runtimes.registry import STRIDED_RANK
+from .quantize import QMAX, QMIN, _fuse_tables
 from .tflite_read import SUPPORTED_OPS, TFLiteModel, TFLiteOp, TFLiteTensor, parse_tflite, read_bytes
 
 NCHW = (0, 3, 1, 2)  # stored order of a 4-D tensor for the window ops: stored axis k = NHWC axis NCHW[k]
@@ -34,6 +36,21 @@ _ACTIVATIONS = {0: None, 1: (0.0, None), 2: (-1.0, 1.0), 3: (0.0, 6.0)}  # fused
 def _round_away(x: float) -> int:
     """TfLiteRound / std::round: half away from zero."""
     return int(math.copysign(math.floor(abs(x) + 0.5), x))
+
+
+def quantize_multiplier(m: float) -> tuple[int, int]:
+    """TFLite's QuantizeMultiplier exactly: m = mult * 2^(shift - 31), the frexp mantissa times 2^31 rounded
+    half away from zero (TfLiteRound; Python's round() would take ties to even), negative m kept negative."""
+    if m == 0 or not math.isfinite(m):
+        return 0, 0
+    q, shift = math.frexp(m)
+    mult = _round_away(q * (1 << 31))  # q * 2^31 is exact in a double
+    if abs(mult) == 1 << 31:
+        mult //= 2
+        shift += 1
+    if shift < -31:
+        return 0, 0
+    return mult, shift
 
 
 def _same_pads(size: int, k: int, stride: int, dilation: int, padding: int) -> tuple[int, int, int]:
@@ -297,16 +314,39 @@ class _Builder:
         (a, b), order = self._operands(op)
         (sa, za), (sb, zb) = self.qp(op.inputs[0]), self.qp(op.inputs[1])
         sy, zy = self.qp(op.outputs[0])
-        ym, ysh = quantize_multiplier(sa * sb / sy)
+        ym, ysh = quantize_multiplier(float(np.float32(sa) * np.float32(sb) / np.float32(sy)))  # float math, as TFLite
         lo, hi = self.act_bounds(op, op.outputs[0])
         y = self.define(op.outputs[0], order)
         self.g.nodes.append(Node("QMul", y, [a, b], [y], dict(
             a_zp=za, b_zp=zb, y_zp=zy, y_mult=ym, y_shift=ysh, act_min=lo, act_max=hi)))
 
-    def _same_quant(self, op: TFLiteOp) -> None:
-        if self.qp(op.inputs[0]) != self.qp(op.outputs[0]):
+    def op_DIV(self, op: TFLiteOp) -> None:
+        """x / c for a constant scalar c: a QLut of TFLite's integer DivElementwise. A divisor that is an
+        activation would need a 256 x 256 table op, which edgeq's runtime does not have."""
+        t = self.t(op.inputs[1])
+        if self.t(op.inputs[0]).data is not None or t.data is None or t.data.size != 1 or t.dtype != "INT8" or \
+                self.t(op.inputs[0]).shape != self.t(op.outputs[0]).shape:
+            raise UnsupportedOpError(f"DIV (node {op.index}): only an activation divided by a constant int8 scalar "
+                                     "is supported")
+        (s1, z1), (s2, z2), (sy, zy) = self.qp(op.inputs[0]), self.qp(op.inputs[1]), self.qp(op.outputs[0])
+        d = int(t.data.reshape(-1)[0]) - z2
+        if d == 0:
+            raise ModelError(f"DIV (node {op.index}): the divisor is its zero point (a division by zero)")
+        f32 = np.float32
+        mult, shift = quantize_multiplier(float(f32(s1) / (f32(s2) * f32(sy))))  # float math, as TFLite
+        lo, hi = self.act_bounds(op, op.outputs[0])
+        self.table(op, lambda v: np.clip(zy + _divide(np.sign(d) * (v - z1), abs(d), mult, shift, op), lo, hi))
+
+    def op_SUB(self, op: TFLiteOp) -> None:
+        # TFLite's int8 SUB is its ADD arithmetic (same shifts and multipliers) subtracting the rescaled second
+        # input; MultiplyByQuantizedMultiplier is odd in the multiplier, so a negated one subtracts exactly.
+        self.op_ADD(op)
+        self.g.nodes[-1].attrs["b_mult"] *= -1
+
+    def _same_quant(self, op: TFLiteOp, i: int = 0, o: int = 0) -> None:
+        if self.qp(op.inputs[i]) != self.qp(op.outputs[o]):
             raise ModelError(f"{op.code} (node {op.index}): input and output quantization differ "
-                             f"({self.qp(op.inputs[0])} vs {self.qp(op.outputs[0])}); TFLite requires them equal")
+                             f"({self.qp(op.inputs[i])} vs {self.qp(op.outputs[o])}); TFLite requires them equal")
 
     def _pool(self, op: TFLiteOp, qop: str, extra: dict) -> None:
         self._same_quant(op)
@@ -392,7 +432,8 @@ class _Builder:
     def _requant_table(self, op: TFLiteOp, lo: float | None, hi: float | None) -> None:
         """TFLite's integer ReluX / Requantize: y = z_y + mbqm(x - z_x, s_x / s_y), clamped to [lo, hi]."""
         (sx, zx), (sy, zy) = self.qp(op.inputs[0]), self.qp(op.outputs[0])
-        m, sh = quantize_multiplier(sx / sy)
+        # ReluPrepare divides the two float scales in float; QUANTIZE casts them to double first
+        m, sh = quantize_multiplier(sx / sy if op.code == "QUANTIZE" else float(np.float32(sx) / np.float32(sy)))
         qmin = QMIN if lo is None else max(QMIN, zy + _round_away(float(np.float32(lo) / np.float32(sy))))
         qmax = QMAX if hi is None else min(QMAX, zy + _round_away(float(np.float32(hi) / np.float32(sy))))
         self.table(op, lambda v: np.clip(zy + multiply_by_quantized_multiplier(v - zx, m, sh), qmin, qmax))
@@ -410,6 +451,32 @@ class _Builder:
         if self.t(op.inputs[0]).dtype != "INT8":
             raise UnsupportedOpError(f"QUANTIZE (node {op.index}): only at a model input, or int8 -> int8")
         self._requant_table(op, None, None)
+
+    def op_LEAKY_RELU(self, op: TFLiteOp) -> None:
+        # TFLite's QuantizeLeakyRelu: x - z_x >= 0 rescaled by s_x / s_y, below 0 by s_x * alpha / s_y, both
+        # multipliers computed in float (float scales and alpha) before QuantizeMultiplier
+        (sx, zx), (sy, zy) = self.qp(op.inputs[0]), self.qp(op.outputs[0])
+        f32 = np.float32
+        identity = quantize_multiplier(float(f32(sx) / f32(sy)))
+        alpha = quantize_multiplier(float(f32(sx) * f32(op.options.get("Alpha", 0.0)) / f32(sy)))
+        self.table(op, lambda v: zy + np.where(v >= zx, multiply_by_quantized_multiplier(v - zx, *identity),
+                                                multiply_by_quantized_multiplier(v - zx, *alpha)))
+
+    def op_PRELU(self, op: TFLiteOp) -> None:
+        # TFLite's int8 Prelu: x - z_x >= 0 rescaled by s_x / s_y, below 0 (x - z_x) * (alpha - z_alpha) by
+        # s_x * s_alpha / s_y (float math); one table when every alpha is the same
+        alpha = self.const(op, 1, "alpha")
+        if self.t(op.inputs[1]).dtype != "INT8" or np.unique(alpha).size != 1 or \
+                self.t(op.inputs[0]).shape != self.t(op.outputs[0]).shape:
+            raise UnsupportedOpError(f"PRELU (node {op.index}): only one int8 alpha for every element is supported "
+                                     "(per-channel alphas would need a table per channel)")
+        (sx, zx), (sa, za), (sy, zy) = self.qp(op.inputs[0]), self.qp(op.inputs[1]), self.qp(op.outputs[0])
+        f32 = np.float32
+        identity = quantize_multiplier(float(f32(sx) / f32(sy)))
+        negative = quantize_multiplier(float(f32(sx) * f32(sa) / f32(sy)))
+        a = int(alpha.reshape(-1)[0]) - za
+        self.table(op, lambda v: zy + np.where(v >= zx, multiply_by_quantized_multiplier(v - zx, *identity),
+                                                multiply_by_quantized_multiplier((v - zx) * a, *negative)))
 
     def op_HARD_SWISH(self, op: TFLiteOp) -> None:
         (sx, zx), (sy, zy) = self.qp(op.inputs[0]), self.qp(op.outputs[0])
@@ -455,6 +522,106 @@ class _Builder:
         n = len(xs)
         self.g.nodes.append(Node("QConcat", y, xs, [y], dict(axis=order.index(axis), x_zps=[y_q[1]] * n,
                                                              mults=[1 << 30] * n, shifts=[1] * n, y_zp=y_q[1])))
+
+    def gather(self, op: TFLiteOp, i: int, o: int, pick: Callable[[np.ndarray], np.ndarray]) -> None:
+        """Output ``o`` of ``op`` as one QStridedCopy of activation ``i``: ``pick`` takes an array of input
+        element numbers in TFLite's axis order to the output's (a basic slice, so affine in the output
+        index), which gives the copy's shape, strides and offset in the input's stored order."""
+        self._same_quant(op, op.inputs.index(i), op.outputs.index(o))
+        shape, out_shape = self.t(i).shape, self.t(o).shape
+        x, order = self.any_view(i)
+        if len(out_shape) != len(shape) or order[0] != 0:  # a rank change: through TFLite's flattening order
+            order = tuple(range(len(shape)))
+            x = self.view(i, order)
+        number = np.arange(int(np.prod(shape))).reshape([shape[k] for k in order]).transpose(_inverse(order))
+        picked = pick(number)
+        if picked.size != int(np.prod(out_shape)) or (len(out_shape) == len(shape) and picked.shape != out_shape):
+            raise ModelError(f"{op.code} (node {op.index}): output {out_shape} but the slice gives {picked.shape}")
+        if picked.size == 0 or picked.shape[0] != 1 or shape[0] != 1:
+            raise UnsupportedOpError(f"{op.code} (node {op.index}): {shape} -> {out_shape} (a non-empty slice of "
+                                     "a batch-1 tensor keeping the batch axis is supported)")
+        sample = picked.transpose(order)[0]
+        if sample.ndim > STRIDED_RANK:
+            raise UnsupportedOpError(f"{op.code} (node {op.index}): more than {STRIDED_RANK + 1} dimensions")
+        strides = [int(sample[(0,) * k + (1,)].flat[0] - sample.flat[0]) if d > 1 else 0
+                   for k, d in enumerate(sample.shape)]
+        full = (1, *sample.shape)
+        if picked.shape == out_shape:
+            y = self.define(o, order)
+        else:  # shrunk axes: copy at full rank in TFLite's order, then reshape (an alias)
+            y = self.g.unique_name(self.t(o).name + "_full")
+            self.g.tensors[y] = Tensor(y, full, "int8", *([v] for v in self.qp(o)), None)
+        self.g.nodes.append(Node("QStridedCopy", y, [x], [y], {"shape": [int(d) for d in sample.shape],
+                                                               "strides": strides, "offset": int(sample.flat[0])}))
+        if picked.shape != out_shape:
+            flat = self.define(o)
+            self.g.nodes.append(self.reshape_node(flat, y, list(out_shape)))
+
+    def op_STRIDED_SLICE(self, op: TFLiteOp) -> None:
+        o = op.options
+        if o.get("EllipsisMask", 0) or o.get("NewAxisMask", 0) or o.get("Offset", False):
+            raise UnsupportedOpError(f"STRIDED_SLICE (node {op.index}): ellipsis_mask, new_axis_mask and offset "
+                                     "are not supported")
+        if o.get("ShrinkAxisMask", 0) & 1:
+            raise UnsupportedOpError(f"STRIDED_SLICE (node {op.index}): shrinking the batch axis is not supported")
+        begin, end, step = (self.const(op, k, what).reshape(-1).astype(np.int64)
+                            for k, what in ((1, "begin"), (2, "end"), (3, "strides")))
+        rank = len(self.t(op.inputs[0]).shape)
+        if not len(begin) == len(end) == len(step) == rank or not step.all():
+            raise ModelError(f"STRIDED_SLICE (node {op.index}): begin/end/strides of lengths {len(begin)}, "
+                             f"{len(end)}, {len(step)} (non-zero strides) for a rank-{rank} input")
+        index = []
+        for k in range(rank):  # TFLite's StridedSlice follows NumPy's basic slicing (masks: the whole axis)
+            if o.get("ShrinkAxisMask", 0) >> k & 1:  # one element at begin (the begin mask still applies)
+                n = self.t(op.inputs[0]).shape[k]
+                b = (0 if step[k] > 0 else n - 1) if o.get("BeginMask", 0) >> k & 1 else int(begin[k]) % n
+                index.append(slice(b, b + 1))
+            else:
+                index.append(slice(None if o.get("BeginMask", 0) >> k & 1 else int(begin[k]),
+                                   None if o.get("EndMask", 0) >> k & 1 else int(end[k]), int(step[k])))
+        self.gather(op, op.inputs[0], op.outputs[0], lambda a: a[tuple(index)])
+
+    def _split(self, op: TFLiteOp, x: int, axis_input: int, sizes: list[int] | None) -> None:
+        shape = self.t(x).shape
+        axis = int(self.const(op, axis_input, "axis").reshape(-1)[0]) % len(shape)
+        sizes = sizes or [shape[axis] // len(op.outputs)] * len(op.outputs)
+        if -1 in sizes:  # SPLIT_V: one size may be left to infer
+            sizes[sizes.index(-1)] = shape[axis] - sum(sizes) - 1
+        if len(sizes) != len(op.outputs) or sum(sizes) != shape[axis] or min(sizes) < 1:
+            raise UnsupportedOpError(f"{op.code} (node {op.index}): sizes {sizes} along axis {axis} of {shape}")
+        starts = np.cumsum([0, *sizes])
+        for o, b, e in zip(op.outputs, starts, starts[1:]):
+            self.gather(op, x, o, lambda a, b=int(b), e=int(e): a[(slice(None),) * axis + (slice(b, e),)])
+
+    def op_SPLIT(self, op: TFLiteOp) -> None:  # inputs: axis, x
+        self._split(op, op.inputs[1], 0, None)
+
+    def op_SPLIT_V(self, op: TFLiteOp) -> None:  # inputs: x, size_splits, axis
+        sizes = [int(v) for v in self.const(op, 1, "size_splits").reshape(-1)]
+        self._split(op, op.inputs[0], 2, sizes)
+
+    def _resize(self, op: TFLiteOp, taps: Callable[[int, int, bool, bool], np.ndarray]) -> None:
+        """RESIZE_* as QResize with zero point 0: TFLite interpolates the raw int8 values (input and output
+        share the quantization) and rounds the sum half away from zero, as QResize does."""
+        self._same_quant(op)
+        _, h, w, _ = self.t(op.inputs[0]).shape
+        _, oh, ow, _ = self.t(op.outputs[0]).shape
+        size = [int(v) for v in self.const(op, 1, "size").reshape(-1)]
+        if size != [oh, ow]:
+            raise ModelError(f"{op.code} (node {op.index}): size {size} but output {self.t(op.outputs[0]).shape}")
+        corners, half = bool(op.options.get("AlignCorners", False)), bool(op.options.get("HalfPixelCenters", False))
+        x = self._nchw_input(op)
+        g = self.g
+        y = self.define(op.outputs[0], NCHW)
+        g.nodes.append(Node("QResize", y, [x, g.add_const(g.unique_name(y + "_ytab"), taps(h, oh, corners, half)),
+                                           g.add_const(g.unique_name(y + "_xtab"), taps(w, ow, corners, half))],
+                            [y], {"zp": 0}))
+
+    def op_RESIZE_NEAREST_NEIGHBOR(self, op: TFLiteOp) -> None:
+        self._resize(op, _nearest_taps)
+
+    def op_RESIZE_BILINEAR(self, op: TFLiteOp) -> None:
+        self._resize(op, lambda n, out, corners, half: _bilinear_taps(op, n, out, corners, half))
 
     # --- the graph -------------------------------------------------------------------------------------
     def run(self) -> Graph:
@@ -519,7 +686,9 @@ class _Builder:
                 continue
             what = {"FLOAT16": "float16", "INT16": "int16 (the 16x8 scheme)", "UINT8": "uint8 (the legacy scheme)",
                     "FLOAT32": "float32 in an int8 model"}.get(t.dtype, t.dtype)
-            raise UnsupportedOpError(f"tensor '{t.name}' is {what}: edgeq imports int8 TFLite models (int8 "
+            user = next((op for op in self.m.ops if i in op.inputs + op.outputs), None)
+            where = f" (of {user.code} node {user.index})" if user is not None else ""
+            raise UnsupportedOpError(f"tensor '{t.name}'{where} is {what}: edgeq imports int8 TFLite models (int8 "
                                      "activations and weights, int32 biases, float32 only at the inputs and outputs) "
                                      "and float32 ones (calibrated like an ONNX model)")
 
@@ -527,6 +696,65 @@ class _Builder:
 def _moves_only_ones(shape: tuple[int, ...], a: tuple[int, ...], b: tuple[int, ...]) -> bool:
     """True when storing ``shape`` in order ``a`` or ``b`` gives the same bytes (only size-1 axes move)."""
     return [k for k in a if shape[k] != 1] == [k for k in b if shape[k] != 1]
+
+
+def _saturating_shl(x: np.ndarray, e: int) -> np.ndarray:
+    """gemmlowp SaturatingRoundingMultiplyByPOT<e> for e > 0."""
+    return np.clip(np.asarray(x, np.int64) << e, -2**31, 2**31 - 1)
+
+
+def _reciprocal(d: int) -> tuple[int, int]:
+    """TFLite's GetReciprocal(d, 31) for d > 0: (1/d as a Q0.31 raw value scaled by 2^bits, bits), from
+    gemmlowp's one_over_one_plus_x_for_x_in_0_1 (three Newton-Raphson steps in fixed point)."""
+    srdhm = saturating_rounding_doubling_high_mul
+    headroom_plus_one = 32 - d.bit_length()
+    a = (d << headroom_plus_one) - (1 << 31)  # FixedPoint<int32, 0> in [0, 1)
+    half = (a + 2**31 - 1 + 1) // 2  # RoundingHalfSum(a, One) of non-negative values
+    x = 1515870810 + int(srdhm(half, -1010580540))  # 48/17 - 32/17 * half, Q2.29
+    for _ in range(3):
+        x = x + int(_saturating_shl(srdhm(x, (1 << 29) - int(srdhm(half, x))), 2))
+    return int(_saturating_shl(x, 1)), 31 - headroom_plus_one
+
+
+def _divide(v1: np.ndarray, d: int, mult: int, shift: int, op: TFLiteOp) -> np.ndarray:
+    """TFLite's int8 DivElementwise for numerators ``v1`` (offsets applied, divisor's sign moved in) and a
+    positive divisor ``d``, before the output zero point."""
+    inv, recip_shift = _reciprocal(d)
+    v1 = np.asarray(v1, np.int64)
+    headroom = np.where(v1 >= 0, 32 - _bit_length(v1) - 1, 32 - _bit_length(2 * -v1 - 1))  # CountLeadingSignBits
+    total = shift - recip_shift - headroom
+    if (total > 0).any():
+        raise UnsupportedOpError(f"DIV (node {op.index}): a quotient multiplier above TFLite's range")
+    unscaled = saturating_rounding_doubling_high_mul(v1 << headroom, inv)
+    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(unscaled, mult), -total)
+
+
+def _bit_length(v: np.ndarray) -> np.ndarray:
+    return np.array([int(x).bit_length() for x in np.asarray(v).reshape(-1)], np.int64).reshape(np.shape(v))
+
+
+def _nearest_taps(size: int, out: int, corners: bool, half: bool) -> np.ndarray:
+    """QResize rows (i, i, 0) of TFLite's GetNearestNeighbor, in its float32 arithmetic."""
+    f32 = np.float32
+    scale = f32(size - 1) / f32(out - 1) if corners and out > 1 else f32(size) / f32(out)
+    pos = (np.arange(out, dtype=np.float32) + f32(0.5 if half else 0.0)) * scale
+    i = np.minimum((_round_half_away(pos) if corners else np.floor(pos)).astype(np.int64), size - 1)
+    i = np.maximum(i, 0) if half else i
+    return np.stack([i, i, np.zeros_like(i)], 1).astype(np.int32)
+
+
+def _bilinear_taps(op: TFLiteOp, size: int, out: int, corners: bool, half: bool) -> np.ndarray:
+    """QResize rows (i0, i1, w1) of TFLite's ResizeBilinearInteger: positions in 1/1024 steps, weights
+    (1024 - f, f) for rows i0, i1; QResize weighs in 1/2048, so w1 = 2f (the 2^20 sum becomes 2^22, the
+    same rounding). When i0 = i1 the weights only split one row: w1 = 0 gives the same sum."""
+    scale = ((size - 1 << 10) + (out - 1) // 2) // (out - 1) if corners and out > 1 else ((size << 10) + out // 2) // out
+    pos = np.arange(out, dtype=np.int64) * scale + ((scale // 2 - (1 << 9)) if half else 0)
+    trunc = lambda a: np.sign(a) * (np.abs(a) >> 10)  # noqa: E731 (C's division by 1024)
+    i0, i1 = np.maximum(trunc(pos), 0), np.minimum(trunc(pos + 1023), size - 1)
+    if (i0 > size - 1).any():  # TFLite would read past the input here
+        raise UnsupportedOpError(f"RESIZE_BILINEAR (node {op.index}): {size} -> {out} samples outside the input")
+    w1 = np.where(i0 == i1, 0, 2 * (pos - (i0 << 10)))
+    return np.stack([i0, i1, w1], 1).astype(np.int32)
 
 
 def _round_half_away(x: np.ndarray) -> np.ndarray:

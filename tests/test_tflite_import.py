@@ -5,6 +5,7 @@ importer gives QFullyConnected that single rounding (test_fully_connected_roundi
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 
@@ -18,8 +19,9 @@ from edgeq.converters.tflite_import import import_tflite
 from edgeq.converters.tflite_read import parse_tflite
 from edgeq.errors import ModelError, UnsupportedOpError
 from edgeq.runtimes.executor import Executor
+from edgeq.converters.quantize import quantize_multiplier
 from edgeq.runtimes.fixedpoint import multiply_by_quantized_multiplier
-from tflite_models import KINDS, OP, ModelWriter, float_model, from_float_graph, random_model
+from tflite_models import KINDS, OP, VALID, ModelWriter, float_model, from_float_graph, random_model
 
 BACKENDS = ("reference", "numba", "c")
 
@@ -58,9 +60,10 @@ def test_random_models_match_tflite(tmp_path, kind, seed):
 
 
 @settings(max_examples=30, deadline=None)
-@given(seed=st.integers(0, 2**31 - 1), kind=st.sampled_from(["logistic", "tanh", "hard_swish", "relu"]))
+@given(seed=st.integers(0, 2**31 - 1),
+       kind=st.sampled_from(["logistic", "tanh", "hard_swish", "relu", "leaky_relu", "div", "prelu"]))
 def test_unary_tables_cover_every_input(seed, kind):
-    """Every one of the 256 int8 inputs, at random scales: the table is TFLite's function exactly."""
+    """Every one of the 256 int8 inputs, at random scales (and divisors): the table is TFLite's function exactly."""
     data, _ = random_model(seed, kind)
     x = np.arange(-128, 128, dtype=np.int8).reshape(1, 16, 16, 1)
     w = ModelWriter()  # the same op and quantization on a 16x16x1 input holding every value
@@ -68,10 +71,21 @@ def test_unary_tables_cover_every_input(seed, kind):
     t_in, t_out = m.tensors[m.ops[0].inputs[0]], m.tensors[m.ops[0].outputs[0]]
     i = w.act("x", x.shape, float(t_in.scale[0]), int(t_in.zero_point[0]))
     o = w.act("y", x.shape, float(t_out.scale[0]), int(t_out.zero_point[0]))
-    w.op({"logistic": OP.LOGISTIC, "tanh": OP.TANH, "hard_swish": OP.HARD_SWISH, "relu": OP.RELU}[kind], [i], [o])
+    if kind == "leaky_relu":
+        w.op(OP.LEAKY_RELU, [i], [o], "LeakyReluOptions", Alpha=m.ops[0].options["Alpha"])
+    elif kind in ("div", "prelu"):  # by the same constant divisor or alpha (one value)
+        t = m.tensors[m.ops[0].inputs[1]]
+        c = w.tensor("c", (1,), "int8", float(t.scale[0]), int(t.zero_point[0]), t.data.reshape(-1)[:1])
+        if kind == "div":
+            w.op(OP.DIV, [i, c], [o], "DivOptions", FusedActivationFunction=m.ops[0].options["FusedActivationFunction"])
+        else:
+            w.op(OP.PRELU, [i, c], [o])
+    else:
+        w.op({"logistic": OP.LOGISTIC, "tanh": OP.TANH, "hard_swish": OP.HARD_SWISH, "relu": OP.RELU}[kind], [i], [o])
     data = w.to_bytes([i], [o])
     want, _ = tflite_run(data, [x])
     g, _ = import_tflite(data)
+    assert [n.op for n in g.nodes] == ["QLut"]
     assert np.array_equal(Executor(g, "reference").run_quantized({g.inputs[0]: x})[g.outputs[0]], want)
 
 
@@ -99,6 +113,60 @@ def test_fully_connected_rounding(tmp_path):
             assert np.array_equal(b.run_quantized({b.inputs[0]: x}, backend=backend)[b.outputs[0]], want), backend
         parted += int((single != double).sum())
     assert parted > 0
+
+
+def test_quantize_multiplier_ties(tmp_path):
+    """TFLite's QuantizeMultiplier rounds the frexp mantissa * 2^31 half away from zero (Python's round():
+    to even). Scales s_x = (1 + 2^-23) 2^-6, s_w = (1 + 2^-8) 2^-10, s_y = 2^8 make the per-channel
+    multiplier double(s_x) * s_w / s_y = (1 + 2^-8 + 2^-23 + 2^-31) 2^-24 a tie; the bias puts accumulators
+    where mult and mult - 1 give different outputs."""
+    from edgeq.converters.tflite_import import quantize_multiplier as tfl_qm
+    sx, sw, sy = np.float32((1 + 2**-23) * 2**-6), np.float32((1 + 2**-8) * 2**-10), 256.0
+    m = float(sx) * float(sw) / sy
+    mult, shift = tfl_qm(m)
+    assert (mult, shift) == (2**30 + 2**22 + 2**7 + 1, -23) and round(math.frexp(m)[0] * 2**31) == mult - 1
+    x = np.arange(-128, 128, dtype=np.int8).reshape(1, 16, 16, 1)
+    acc = np.arange(-128, 128, dtype=np.int64)
+    for k in range(20, 100):  # acc * mult / 2^31 just above R - 1/2, R = (k + 1/2) 2^23: a tie of the final shift
+        bias = -(-((2 * (k * 2**23 + 2**22) - 1) << 30) // mult)
+        part = multiply_by_quantized_multiplier(acc + bias, mult, shift) != \
+            multiply_by_quantized_multiplier(acc + bias, mult - 1, shift)
+        if part.any():
+            break
+    assert part.any()
+    w = ModelWriter()
+    i = w.act("x", x.shape, float(sx), 0)
+    wi = w.tensor("w", (1, 1, 1, 1), "int8", [float(sw)], 0, np.ones((1, 1, 1, 1), np.int8))
+    bi = w.tensor("b", (1,), "int32", [float(sx) * float(sw)], 0, np.array([bias], np.int32))
+    o = w.act("y", x.shape, sy, 0)
+    w.op(OP.CONV_2D, [i, wi, bi], [o], "Conv2DOptions", Padding=VALID, StrideW=1, StrideH=1, DilationWFactor=1,
+         DilationHFactor=1, FusedActivationFunction=0)
+    data = w.to_bytes([i], [o])
+    want, _ = tflite_run(data, [x])
+    assert np.array_equal(multiply_by_quantized_multiplier(acc + bias, mult, shift).reshape(want.shape), want)
+    b = convert(tmp_path, data)
+    for backend in BACKENDS:
+        assert np.array_equal(b.run_quantized({b.inputs[0]: x}, backend=backend)[b.outputs[0]], want), backend
+
+
+@pytest.mark.parametrize("sa, sb, sy", [(0.043353430926799774, 0.013772385194897652, 0.03701871633529663),
+                                        (0.03673287853598595, 0.02518748864531517, 0.06675467640161514)])
+def test_mul_multiplier_in_float(tmp_path, sa, sb, sy):
+    """TFLite's MUL computes s_a * s_b / s_y in float (float scales), not double: these scales (found by
+    search) give multipliers that part on 8 of the 65,536 input pairs; edgeq follows TFLite on all."""
+    a = np.repeat(np.arange(-128, 128), 256).reshape(1, 256, 256, 1).astype(np.int8)
+    bx = np.tile(np.arange(-128, 128), 256).reshape(1, 256, 256, 1).astype(np.int8)
+    w = ModelWriter()
+    ia, ib, iy = w.act("a", a.shape, sa, 3), w.act("b", a.shape, sb, -5), w.act("y", a.shape, sy, 7)
+    w.op(OP.MUL, [ia, ib], [iy], "MulOptions", FusedActivationFunction=0)
+    data = w.to_bytes([ia, ib], [iy])
+    want, _ = tflite_run(data, [a, bx])
+    double = np.clip(multiply_by_quantized_multiplier((a.astype(np.int64) - 3) * (bx.astype(np.int64) + 5),
+                                                      *quantize_multiplier(sa * sb / sy)) + 7, -128, 127)
+    assert (double != want).sum() == 8  # the double-precision multiplier would miss these
+    b = convert(tmp_path, data)
+    for backend in BACKENDS:
+        assert np.array_equal(b.run_quantized(dict(zip(b.inputs, [a, bx])), backend=backend)[b.outputs[0]], want)
 
 
 @pytest.fixture(scope="module")
@@ -201,13 +269,42 @@ def _mixed_model() -> bytes:
     return w.to_bytes([x], [y])
 
 
+def _slice_model(**masks: int) -> bytes:
+    w = ModelWriter()
+    x, y = w.act("x", (1, 4, 4, 2), 0.05, 0), w.act("y", (1, 2, 4, 2), 0.05, 0)
+    consts = [w.tensor(n, (4,), "int32", data=np.array(v, np.int32))
+              for n, v in (("begin", [0, 1, 0, 0]), ("end", [1, 3, 4, 2]), ("strides", [1, 1, 1, 1]))]
+    w.op(OP.STRIDED_SLICE, [x, *consts], [y], "StridedSliceOptions", **masks)
+    return w.to_bytes([x], [y])
+
+
+def _div_model() -> bytes:
+    w = ModelWriter()
+    a, b, y = (w.act(n, (1, 4), 0.05, 0) for n in "aby")
+    w.op(OP.DIV, [a, b], [y], "DivOptions", FusedActivationFunction=0)
+    return w.to_bytes([a, b], [y])
+
+
+def _prelu_model() -> bytes:
+    w = ModelWriter()
+    x, y = w.act("x", (1, 2, 2, 3), 0.05, 0), w.act("y", (1, 2, 2, 3), 0.05, 0)
+    alpha = w.tensor("alpha", (1, 1, 3), "int8", 0.01, 0, np.array([10, 20, 30], np.int8).reshape(1, 1, 3))
+    w.op(OP.PRELU, [x, alpha], [y])
+    return w.to_bytes([x], [y])
+
+
 BAD = {
     "garbage": (b"\x10\x99\x7f\x03TFL3" + np.random.default_rng(0).bytes(3000), "malformed"),
     "not_tflite": (b"hello world, not a model", "TFL3"),
     "unsupported_op": (_model_with(OP.LOG_SOFTMAX), "LOG_SOFTMAX (node 0) is not supported; supported: ADD"),
     "float16": (_model_with(OP.RELU, "float16"), "float16"),
-    "int16": (_model_with(OP.RELU, "int16"), "int16"),
+    "int16": (_model_with(OP.RELU, "int16"), "tensor 'x' (of RELU node 0) is int16 (the 16x8 scheme)"),
     "mixed": (_mixed_model(), "float32 in an int8 model"),
+    "uint8": (_model_with(OP.RELU, "uint8"), "tensor 'x' (of RELU node 0) is uint8 (the legacy scheme): edgeq imports int8"),
+    "div_activations": (_div_model(), "DIV (node 0): only an activation divided by a constant int8 scalar"),
+    "prelu_per_channel": (_prelu_model(), "PRELU (node 0): only one int8 alpha for every element"),
+    "slice_ellipsis": (_slice_model(EllipsisMask=2), "STRIDED_SLICE (node 0): ellipsis_mask"),
+    "slice_batch": (_slice_model(ShrinkAxisMask=1), "STRIDED_SLICE (node 0): shrinking the batch axis"),
 }
 
 

@@ -16,7 +16,8 @@ import tflite
 OP = tflite.BuiltinOperator
 OPTIONS = tflite.BuiltinOptions
 TYPES = {"int8": tflite.TensorType.INT8, "int32": tflite.TensorType.INT32, "float32": tflite.TensorType.FLOAT32,
-         "int16": tflite.TensorType.INT16, "float16": tflite.TensorType.FLOAT16, "uint8": tflite.TensorType.UINT8}
+         "int16": tflite.TensorType.INT16, "float16": tflite.TensorType.FLOAT16, "uint8": tflite.TensorType.UINT8,
+         "int64": tflite.TensorType.INT64}
 SAME, VALID = tflite.Padding.SAME, tflite.Padding.VALID
 ACTS = {"none": 0, "relu": 1, "relu_n1_to_1": 2, "relu6": 3}
 
@@ -152,7 +153,8 @@ def _offsets(b: flatbuffers.Builder, start: Any, values: list[int]) -> int:
 # --- random models -------------------------------------------------------------------------------------
 
 KINDS = ("conv", "depthwise", "pad_conv", "fc", "add", "mul", "maxpool", "avgpool", "mean", "softmax", "logistic", "tanh",
-         "hard_swish", "relu", "reshape", "concat", "transpose", "net")
+         "hard_swish", "relu", "reshape", "concat", "transpose", "sub", "div", "leaky_relu", "prelu", "strided_slice", "split",
+         "resize_nearest", "resize_bilinear", "net", "decoder")
 
 
 def _scale(rng: np.random.Generator) -> float:
@@ -251,13 +253,117 @@ class _Draw:
                   FusedActivationFunction=int(self.rng.choice([0, 1, 3])))
         return y
 
-    def binary(self, a: int, b: int, mul: bool) -> int:
+    def binary(self, a: int, b: int, mul: bool, sub: bool = False) -> int:
         y = self.act("mul_y" if mul else "add_y", self.shapes[a],
                      self.q[a][0] * self.q[b][0] * 60 if mul else None)
         if mul:
             self.w.op(OP.MUL, [a, b], [y], "MulOptions", FusedActivationFunction=int(self.rng.choice([0, 1])))
         else:
-            self.w.op(OP.ADD, [a, b], [y], "AddOptions", FusedActivationFunction=int(self.rng.choice([0, 1, 3])))
+            self.w.op(OP.SUB if sub else OP.ADD, [a, b], [y], "SubOptions" if sub else "AddOptions",
+                      FusedActivationFunction=int(self.rng.choice([0, 1, 3])))
+        return y
+
+    def div(self, x: int) -> int:
+        """x / c, c a constant int8 scalar (any of the shapes a converter writes for it), c != its zero point."""
+        r = self.rng
+        s2, z2 = _scale(r), _zp(r)
+        c = int(r.choice([v for v in range(-128, 128) if v != z2]))
+        sy = float(np.float32(self.q[x][0] / (s2 * abs(c - z2)) * r.uniform(0.5, 2.0)))
+        shape = [(), (1,), (1, 1, 1, 1)][int(r.integers(0, 3))]
+        ci = self.w.tensor("divisor", shape, "int8", s2, z2, np.full(shape, c, np.int8))
+        y = self.act("div_y", self.shapes[x], sy)
+        self.w.op(OP.DIV, [x, ci], [y], "DivOptions", FusedActivationFunction=int(r.choice([0, 1, 3])))
+        return y
+
+    def prelu(self, x: int) -> int:
+        """PRELU with one alpha value, stored as a converter writes it: one per channel (all equal) or one."""
+        r = self.rng
+        sa, za = float(np.float32(r.uniform(0.002, 0.02))), int(r.integers(-20, 21))
+        shape = (1, 1, self.shapes[x][-1]) if r.integers(0, 2) else (1,)
+        ai = self.w.tensor("alpha", shape, "int8", sa, za, np.full(shape, int(r.integers(-128, 128)), np.int8))
+        y = self.act("prelu_y", self.shapes[x])
+        self.w.op(OP.PRELU, [x, ai], [y])
+        return y
+
+    def leaky_relu(self, x: int) -> int:
+        y = self.act("leaky_y", self.shapes[x])
+        self.w.op(OP.LEAKY_RELU, [x], [y], "LeakyReluOptions",
+                  Alpha=float(np.float32(self.rng.choice([0.2, 0.01, 0.1, self.rng.uniform(-1.0, 2.0)]))))
+        return y
+
+    def strided_slice(self, x: int) -> int:
+        """Random begin/end/strides (negative ones and out-of-range ends included), masks, shrunk axes."""
+        r, shape = self.rng, self.shapes[x]
+        begin, end, step = [0], [1], [1]
+        begin_mask = end_mask = shrink = 0
+        for k, n in enumerate(shape[1:], 1):
+            s = int(r.choice([1, 1, 2, 3, -1, -2]))
+            b, e = sorted(int(v) for v in r.integers(-n - 1, n + 2, size=2))
+            b, e = (b, e) if s > 0 else (e, b)
+            if r.random() < 0.15 and not shrink:
+                shrink |= 1 << k
+                b, e, s = int(r.integers(-n, n)), 0, 1
+            begin_mask |= int(r.random() < 0.2) << k
+            end_mask |= int(r.random() < 0.2) << k
+            begin, end, step = begin + [b], end + [e], step + [s]
+        index = tuple(slice(b if not begin_mask >> k & 1 else None, e if not end_mask >> k & 1 else None, s)
+                      if not shrink >> k & 1 else b for k, (b, e, s) in enumerate(zip(begin, end, step)))
+        out = np.empty(shape)[index].shape
+        if 0 in out:  # an empty slice: take the whole tensor instead
+            return self.strided_slice_full(x)
+        y = self.act("slice_y", out, *self.q[x])
+        consts = [self.w.tensor(n, (len(v),), "int32", data=np.array(v, np.int32))
+                  for n, v in (("begin", begin), ("end", end), ("strides", step))]
+        self.w.op(OP.STRIDED_SLICE, [x, *consts], [y], "StridedSliceOptions", BeginMask=begin_mask,
+                  EndMask=end_mask, ShrinkAxisMask=shrink)
+        return y
+
+    def strided_slice_full(self, x: int) -> int:
+        rank = len(self.shapes[x])
+        y = self.act("slice_y", self.shapes[x], *self.q[x])
+        consts = [self.w.tensor(n, (rank,), "int32", data=np.full(rank, v, np.int32))
+                  for n, v in (("begin", 0), ("end", 0), ("strides", 1))]
+        self.w.op(OP.STRIDED_SLICE, [x, *consts], [y], "StridedSliceOptions", BeginMask=(1 << rank) - 1,
+                  EndMask=(1 << rank) - 1)
+        return y
+
+    def split(self, x: int) -> tuple[list[int], int]:
+        """SPLIT into equal parts or SPLIT_V into random sizes (one maybe -1) along a non-batch axis."""
+        shape = self.shapes[x]
+        axis = int(self.rng.integers(1, len(shape)))
+        n = shape[axis]
+        divisors = [d for d in range(1, n + 1) if n % d == 0]
+        if self.rng.integers(0, 2) or n == 1:
+            parts = int(self.rng.choice(divisors))
+            sizes = [n // parts] * parts
+        else:
+            cuts = sorted(int(v) for v in self.rng.choice(np.arange(1, n), size=min(n - 1, int(self.rng.integers(1, 3))),
+                                                          replace=False))
+            sizes = list(np.diff([0, *cuts, n]))
+        ys = [self.act("split_y", tuple(s if k == axis else d for k, d in enumerate(shape)), *self.q[x]) for s in sizes]
+        ax = self.w.tensor("axis", (), "int32", data=np.array(axis - len(shape) * int(self.rng.integers(0, 2)), np.int32))
+        if len(set(sizes)) == 1 and self.rng.integers(0, 2):
+            self.w.op(OP.SPLIT, [ax, x], ys, "SplitOptions", NumSplits=len(sizes))
+        else:
+            given = list(sizes)
+            if self.rng.integers(0, 2):
+                given[int(self.rng.integers(0, len(given)))] = -1
+            sz = self.w.tensor("size_splits", (len(given),), "int32", data=np.array(given, np.int32))
+            self.w.op(OP.SPLIT_V, [x, sz, ax], ys, "SplitVOptions", NumSplits=len(sizes))
+        return ys, axis
+
+    def resize(self, x: int, bilinear: bool) -> int:
+        _, h, wd, c = self.shapes[x]
+        oh, ow = (int(self.rng.integers(1, 3 * n + 1)) for n in (h, wd))
+        corners, half = [(False, False), (True, False), (False, True)][int(self.rng.integers(0, 3))]
+        y = self.act("resize_y", (1, oh, ow, c), *self.q[x])
+        size = self.w.tensor("size", (2,), "int32", data=np.array([oh, ow], np.int32))
+        if bilinear:
+            self.w.op(OP.RESIZE_BILINEAR, [x, size], [y], "ResizeBilinearOptions", AlignCorners=corners,
+                      HalfPixelCenters=half)
+        else:
+            self.w.op(OP.RESIZE_NEAREST_NEIGHBOR, [x, size], [y], "ResizeNearestNeighborOptions",
+                      AlignCorners=corners, HalfPixelCenters=half)
         return y
 
     def unary(self, x: int, code: int) -> int:
@@ -318,10 +424,23 @@ def random_model(seed: int, kind: str) -> tuple[bytes, list[tuple[int, ...]]]:
         y = d.conv(x, kind == "depthwise")
     elif kind == "fc":
         y = d.fc(x)  # a 4-D input is flattened in NHWC order
-    elif kind in ("add", "mul"):
+    elif kind in ("add", "mul", "sub"):
         b = d.act("input_b", image)
         inputs.append(b)
-        y = d.binary(x, b, kind == "mul")
+        y = d.binary(x, b, kind == "mul", kind == "sub")
+    elif kind == "leaky_relu":
+        y = d.leaky_relu(x)
+    elif kind == "prelu":
+        y = d.prelu(x)
+    elif kind == "div":
+        y = d.div(x)
+    elif kind == "strided_slice":
+        y = d.strided_slice(d.conv(x) if rng.integers(0, 2) else x)  # a conv output is stored NCHW
+    elif kind == "split":
+        parts, axis = d.split(d.conv(x) if rng.integers(0, 2) else x)
+        y = d.concat(parts[::-1], axis)  # every part reaches the output, in another order
+    elif kind in ("resize_nearest", "resize_bilinear"):
+        y = d.resize(d.conv(x) if rng.integers(0, 2) else x, kind == "resize_bilinear")
     elif kind in ("maxpool", "avgpool"):
         y = d.pool(x, kind == "avgpool")
     elif kind == "mean":
@@ -351,6 +470,14 @@ def random_model(seed: int, kind: str) -> tuple[bytes, list[tuple[int, ...]]]:
         h = d.binary(h, d.conv(h, depthwise=True, keep_shape=True), mul=False) if rng.integers(0, 2) else h
         h = d.reshape(h, (1, int(np.prod(d.shapes[h][1:]))))
         y = d.unary(d.fc(h), OP.SOFTMAX if rng.integers(0, 2) else OP.LOGISTIC)
+    elif kind == "decoder":
+        h = d.conv(x)
+        h = d.binary(h, d.conv(h, depthwise=True, keep_shape=True), mul=False, sub=bool(rng.integers(0, 2)))
+        h = d.resize(h, bilinear=bool(rng.integers(0, 2)))
+        parts, axis = d.split(h)
+        h = d.concat(parts[::-1], axis)
+        h = d.leaky_relu(d.conv(h)) if rng.integers(0, 2) else d.conv(h)
+        y = d.strided_slice(h)
     else:
         raise ValueError(kind)
     return d.w.to_bytes(inputs, [y]), [d.shapes[i] for i in inputs]
