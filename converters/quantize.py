@@ -28,18 +28,24 @@ WIDE_INPUT_OPS = ("Conv",) + LUT_OPS  # float ops whose integer kernels read int
 WIDE_OUTPUT_OPS = ("Conv",) + LUT_OPS  # ... and write int16 outputs
 
 
+def round_half_away(x: float) -> int:
+    """TfLiteRound / std::round: half away from zero (Python's round() takes ties to even)."""
+    return int(math.copysign(math.floor(abs(x) + 0.5), x))
+
+
 def quantize_multiplier(m: float) -> tuple[int, int]:
-    """TFLite QuantizeMultiplier: m = mult * 2^(shift - 31) with mult in [2^30, 2^31)."""
-    if m <= 0 or not math.isfinite(m):
+    """TFLite's QuantizeMultiplier exactly: m = mult * 2^(shift - 31), |mult| in [2^30, 2^31), the frexp
+    mantissa times 2^31 rounded half away from zero; a negative m keeps its sign (TFLite importer)."""
+    if m == 0 or not math.isfinite(m):
         return 0, 0
     q, shift = math.frexp(m)
-    mult = round(q * (1 << 31))
-    if mult == 1 << 31:
+    mult = round_half_away(q * (1 << 31))  # q * 2^31 is exact in a double
+    if abs(mult) == 1 << 31:
         mult //= 2
         shift += 1
     if shift < -31:
         return 0, 0
-    return int(mult), int(shift)
+    return mult, shift
 
 
 def qparams(lo: float, hi: float) -> tuple[float, int]:

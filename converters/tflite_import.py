@@ -14,7 +14,6 @@ order, so model inputs and outputs keep TFLite's layout and RESHAPE keeps TFLite
 from __future__ import annotations
 
 import hashlib
-import math
 from pathlib import Path
 from typing import Any, Callable
 
@@ -26,31 +25,11 @@ from edgeq.runtimes.fixedpoint import (multiply_by_quantized_multiplier, roundin
                                        saturating_rounding_doubling_high_mul)
 from edgeq.runtimes.reference import conv_out_size
 from edgeq.runtimes.registry import STRIDED_RANK
-from .quantize import QMAX, QMIN, _fuse_tables
+from .quantize import QMAX, QMIN, _fuse_tables, quantize_multiplier, round_half_away
 from .tflite_read import SUPPORTED_OPS, TFLiteModel, TFLiteOp, TFLiteTensor, parse_tflite, read_bytes
 
 NCHW = (0, 3, 1, 2)  # stored order of a 4-D tensor for the window ops: stored axis k = NHWC axis NCHW[k]
 _ACTIVATIONS = {0: None, 1: (0.0, None), 2: (-1.0, 1.0), 3: (0.0, 6.0)}  # fused NONE, RELU, RELU_N1_TO_1, RELU6
-
-
-def _round_away(x: float) -> int:
-    """TfLiteRound / std::round: half away from zero."""
-    return int(math.copysign(math.floor(abs(x) + 0.5), x))
-
-
-def quantize_multiplier(m: float) -> tuple[int, int]:
-    """TFLite's QuantizeMultiplier exactly: m = mult * 2^(shift - 31), the frexp mantissa times 2^31 rounded
-    half away from zero (TfLiteRound; Python's round() would take ties to even), negative m kept negative."""
-    if m == 0 or not math.isfinite(m):
-        return 0, 0
-    q, shift = math.frexp(m)
-    mult = _round_away(q * (1 << 31))  # q * 2^31 is exact in a double
-    if abs(mult) == 1 << 31:
-        mult //= 2
-        shift += 1
-    if shift < -31:
-        return 0, 0
-    return mult, shift
 
 
 def _same_pads(size: int, k: int, stride: int, dilation: int, padding: int) -> tuple[int, int, int]:
@@ -150,7 +129,7 @@ class _Builder:
             return QMIN, QMAX
         s, z = self.qp(i)
         lo, hi = _ACTIVATIONS[fused]
-        q = lambda f: z + _round_away(float(np.float32(f) / np.float32(s)))  # noqa: E731 (float math as TFLite)
+        q = lambda f: z + round_half_away(float(np.float32(f) / np.float32(s)))  # noqa: E731 (float math as TFLite)
         return max(QMIN, q(lo)), QMAX if hi is None else min(QMAX, q(hi))
 
     # --- ops -------------------------------------------------------------------------------------------
@@ -434,8 +413,8 @@ class _Builder:
         (sx, zx), (sy, zy) = self.qp(op.inputs[0]), self.qp(op.outputs[0])
         # ReluPrepare divides the two float scales in float; QUANTIZE casts them to double first
         m, sh = quantize_multiplier(sx / sy if op.code == "QUANTIZE" else float(np.float32(sx) / np.float32(sy)))
-        qmin = QMIN if lo is None else max(QMIN, zy + _round_away(float(np.float32(lo) / np.float32(sy))))
-        qmax = QMAX if hi is None else min(QMAX, zy + _round_away(float(np.float32(hi) / np.float32(sy))))
+        qmin = QMIN if lo is None else max(QMIN, zy + round_half_away(float(np.float32(lo) / np.float32(sy))))
+        qmax = QMAX if hi is None else min(QMAX, zy + round_half_away(float(np.float32(hi) / np.float32(sy))))
         self.table(op, lambda v: np.clip(zy + multiply_by_quantized_multiplier(v - zx, m, sh), qmin, qmax))
 
     def op_RELU(self, op: TFLiteOp) -> None:

@@ -120,10 +120,9 @@ def test_quantize_multiplier_ties(tmp_path):
     to even). Scales s_x = (1 + 2^-23) 2^-6, s_w = (1 + 2^-8) 2^-10, s_y = 2^8 make the per-channel
     multiplier double(s_x) * s_w / s_y = (1 + 2^-8 + 2^-23 + 2^-31) 2^-24 a tie; the bias puts accumulators
     where mult and mult - 1 give different outputs."""
-    from edgeq.converters.tflite_import import quantize_multiplier as tfl_qm
     sx, sw, sy = np.float32((1 + 2**-23) * 2**-6), np.float32((1 + 2**-8) * 2**-10), 256.0
     m = float(sx) * float(sw) / sy
-    mult, shift = tfl_qm(m)
+    mult, shift = quantize_multiplier(m)
     assert (mult, shift) == (2**30 + 2**22 + 2**7 + 1, -23) and round(math.frexp(m)[0] * 2**31) == mult - 1
     x = np.arange(-128, 128, dtype=np.int8).reshape(1, 16, 16, 1)
     acc = np.arange(-128, 128, dtype=np.int64)
